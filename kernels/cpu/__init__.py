@@ -1,0 +1,1 @@
+"""Parallel Numba kernels: the "numba" backend. See kernels/README.md."""
