@@ -1,0 +1,60 @@
+"""Which implementation runs the hot ops: a small strategy object, not `if` chains in
+every op. A backend is a device plus a kernel namespace with the functions listed in
+kernels/README.md; the ops in `minidl.functions` call `backend_for(x).<kernel>(...)`.
+
+    "numba"  kernels.cpu        parallel Numba kernels (default)
+    "numpy"  kernels.reference  the readable NumPy references
+    "cuda"   (arrives with the CUDA issue)
+"""
+from __future__ import annotations
+
+import importlib
+
+import numba
+
+_MODULES = {"numba": "kernels.cpu", "numpy": "kernels.reference"}
+_current = "numba"
+_loaded = {}
+
+
+class BackendError(ValueError):
+    pass
+
+
+def set_backend(name: str) -> None:
+    """Choose the implementation of conv2d, batch_norm, pooling and fused activations."""
+    global _current
+    if name == "cuda":
+        raise BackendError("set_backend: the 'cuda' backend is not implemented yet")
+    if name not in _MODULES:
+        raise BackendError(f"set_backend: unknown backend {name!r}; choose one of "
+                           f"{sorted(_MODULES)}")
+    _current = name
+
+
+def get_backend() -> str:
+    return _current
+
+
+def kernels(name: str | None = None):
+    """The kernel namespace of backend `name` (default: the current one)."""
+    name = name or _current
+    mod = _loaded.get(name)
+    if mod is None:
+        mod = _loaded[name] = importlib.import_module(_MODULES[name])
+    return mod
+
+
+def backend_for(*tensors):
+    """Kernels for these tensors. All are on the CPU for now; this is where the device
+    of the inputs will pick the CUDA kernels."""
+    return kernels()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the Numba kernels (BLAS keeps its own setting)."""
+    numba.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return numba.get_num_threads()

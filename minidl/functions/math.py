@@ -1,0 +1,165 @@
+"""Elementwise arithmetic with NumPy broadcasting. Each op: forward, then its local
+backward right beside it. Gradients are reduced back to each input's shape."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import record
+from ..tensor import Tensor
+from ._util import broadcast_error, lift, lift_pair, unbroadcast
+
+
+def _binary(op_name, ufunc, a, b):
+    a, b = lift_pair(a, b)
+    try:
+        return a, b, ufunc(a.data, b.data)
+    except ValueError:
+        raise broadcast_error(op_name, a, b) from None
+
+
+def add(a, b) -> Tensor:
+    a, b, out = _binary("add", np.add, a, b)
+    sa, sb = a.shape, b.shape
+
+    def backward(g):
+        return unbroadcast(g, sa), unbroadcast(g, sb)
+    return record(out, (a, b), backward, "Add")
+
+
+def sub(a, b) -> Tensor:
+    a, b, out = _binary("sub", np.subtract, a, b)
+    sa, sb = a.shape, b.shape
+
+    def backward(g):
+        return unbroadcast(g, sa), unbroadcast(-g, sb)
+    return record(out, (a, b), backward, "Sub")
+
+
+def mul(a, b) -> Tensor:
+    a, b, out = _binary("mul", np.multiply, a, b)
+
+    def backward(g):
+        return (unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
+                unbroadcast(g * a.data, b.shape) if b.requires_grad else None)
+    return record(out, (a, b), backward, "Mul")
+
+
+def div(a, b) -> Tensor:
+    a, b, out = _binary("div", np.divide, a, b)
+
+    def backward(g):
+        ga = g / b.data
+        gb = -ga * out if b.requires_grad else None  # d(a/b)/db = -(a/b)/b
+        return (unbroadcast(ga, a.shape) if a.requires_grad else None,
+                None if gb is None else unbroadcast(gb, b.shape))
+    return record(out, (a, b), backward, "Div")
+
+
+def neg(a) -> Tensor:
+    a = lift(a)
+    return record(-a.data, (a,), lambda g: (-g,), "Neg")
+
+
+def pow(a, b) -> Tensor:  # noqa: A001 - the op's name
+    a, b, out = _binary("pow", np.power, a, b)
+
+    def backward(g):
+        ga = gb = None
+        if a.requires_grad:
+            ga = unbroadcast(g * b.data * np.power(a.data, b.data - 1), a.shape)
+        if b.requires_grad:
+            # d(a^b)/db = a^b log a; defined as 0 where a^b is 0 (0^b, b > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                logs = np.where(out != 0, np.log(np.where(a.data > 0, a.data, 1)), 0)
+            gb = unbroadcast(g * out * logs, b.shape)
+        return ga, gb
+    return record(out, (a, b), backward, "Pow")
+
+
+def exp(a) -> Tensor:
+    a = lift(a)
+    out = np.exp(a.data)
+    return record(out, (a,), lambda g: (g * out,), "Exp")
+
+
+def log(a) -> Tensor:
+    a = lift(a)
+    return record(np.log(a.data), (a,), lambda g: (g / a.data,), "Log")
+
+
+def sqrt(a) -> Tensor:
+    a = lift(a)
+    out = np.sqrt(a.data)
+    return record(out, (a,), lambda g: (g / (2 * out),), "Sqrt")
+
+
+def abs(a) -> Tensor:  # noqa: A001
+    a = lift(a)
+    return record(np.abs(a.data), (a,), lambda g: (g * np.sign(a.data),), "Abs")
+
+
+def maximum(a, b) -> Tensor:
+    """Elementwise max; on ties the gradient is split evenly, as in PyTorch."""
+    a, b, out = _binary("maximum", np.maximum, a, b)
+
+    def backward(g):
+        wa = (a.data > b.data) + 0.5 * (a.data == b.data)
+        return (unbroadcast(g * wa, a.shape).astype(a.dtype, copy=False),
+                unbroadcast(g * (1 - wa), b.shape).astype(b.dtype, copy=False))
+    return record(out, (a, b), backward, "Maximum")
+
+
+def minimum(a, b) -> Tensor:
+    return neg(maximum(neg(a), neg(b)))
+
+
+def where(cond, a, b) -> Tensor:
+    """`a` where `cond` is true, else `b`; `cond` is a boolean array or tensor."""
+    cond = np.asarray(getattr(cond, "data", cond), dtype=bool)
+    a, b = lift_pair(a, b)
+    try:
+        out = np.where(cond, a.data, b.data)
+    except ValueError:
+        raise broadcast_error("where", a, b) from None
+
+    def backward(g):
+        zero = np.zeros((), g.dtype)
+        return (unbroadcast(np.where(cond, g, zero), a.shape),
+                unbroadcast(np.where(cond, zero, g), b.shape))
+    return record(out, (a, b), backward, "Where")
+
+
+def clip(a, lo=None, hi=None) -> Tensor:
+    a = lift(a)
+    out = np.clip(a.data, lo, hi)
+
+    def backward(g):
+        inside = np.ones(a.shape, bool)
+        if lo is not None:
+            inside &= a.data >= lo
+        if hi is not None:
+            inside &= a.data <= hi
+        return (g * inside,)
+    return record(out, (a,), backward, "Clip")
+
+
+def cast(a, dtype) -> Tensor:
+    a = lift(a)
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype:
+        return a
+    src = a.dtype
+    return record(a.data.astype(dtype), (a,), lambda g: (g.astype(src),), "Cast")
+
+
+# Comparisons return plain (non-differentiable) boolean tensors.
+def _compare(ufunc):
+    def compare(a, b):
+        a, b = lift_pair(a, b)
+        return Tensor._wrap(ufunc(a.data, b.data))
+    return compare
+
+
+eq, ne, lt, le, gt, ge = (_compare(u) for u in
+                          (np.equal, np.not_equal, np.less, np.less_equal, np.greater,
+                           np.greater_equal))

@@ -1,0 +1,215 @@
+"""`Tensor`: a NumPy array with a device, an optional gradient and a recorded history.
+
+The arithmetic lives in `minidl.functions`; that package binds the operators and
+methods (`a + b`, `x.sum()`, `x.reshape(...)`) onto this class, so this file holds only
+the data side of a tensor.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import autograd
+
+float32 = np.dtype(np.float32)
+float64 = np.dtype(np.float64)
+int64 = np.dtype(np.int64)
+int32 = np.dtype(np.int32)
+bool_ = np.dtype(np.bool_)
+
+_FLOAT_DTYPES = (float32, float64)
+
+
+def _as_array(data, dtype=None) -> np.ndarray:
+    """The array a new tensor holds. Python floats become float32 (PyTorch's default);
+    NumPy float32/float64 arrays keep their dtype; integer data stays integer."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is not None:
+        return np.asarray(data, dtype=dtype)
+    arr = np.asarray(data)
+    if arr.dtype.kind == "f":
+        if arr.dtype not in _FLOAT_DTYPES or not isinstance(data, np.ndarray):
+            arr = arr.astype(np.float32)
+    elif arr.dtype.kind not in "iub":
+        raise TypeError(f"tensor: unsupported data type {arr.dtype}")
+    return arr
+
+
+class Tensor:
+    __slots__ = ("data", "grad", "requires_grad", "_node", "device", "__weakref__")
+    # Makes `ndarray * Tensor` call Tensor.__rmul__ instead of NumPy's broadcasting.
+    __array_priority__ = 1000
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device: str = "cpu"):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self._node = None
+        self.device = device
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _wrap(cls, data: np.ndarray, device: str = "cpu") -> "Tensor":
+        """Fast constructor for op outputs: no conversion, no checks."""
+        t = cls.__new__(cls)
+        t.data, t.grad, t._node, t.device, t.requires_grad = data, None, None, device, False
+        return t
+
+    # ---- data side -----------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    def size(self, dim=None):
+        return self.data.shape if dim is None else self.data.shape[dim]
+
+    def numel(self) -> int:
+        return self.data.size
+
+    def __len__(self) -> int:
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return len(self.data)
+
+    def numpy(self) -> np.ndarray:
+        if self.requires_grad:
+            # Same rule as PyTorch: the array would silently escape the graph.
+            raise RuntimeError("numpy(): call .detach().numpy() on a tensor that requires grad")
+        return self.data
+
+    def __array__(self, dtype=None, copy=None):
+        if dtype is not None and dtype != self.data.dtype:
+            return self.data.astype(dtype)
+        return self.data.copy() if copy else self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item(): tensor of shape {self.shape} has {self.data.size} "
+                             f"elements, not 1")
+        return self.data.item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def detach(self) -> "Tensor":
+        return Tensor._wrap(self.data, self.device)
+
+    def requires_grad_(self, flag: bool = True) -> "Tensor":
+        if flag and self.data.dtype.kind != "f":
+            raise RuntimeError(f"only floating point tensors can require grad, got {self.dtype}")
+        if self._node is not None and not flag:
+            raise RuntimeError("requires_grad_(False) on a non-leaf tensor: use .detach()")
+        self.requires_grad = bool(flag)
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    @property
+    def grad_fn(self):
+        return self._node
+
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        autograd.backward(self, grad, retain_graph)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def to(self, target) -> "Tensor":
+        """`to("cpu")` or `to(dtype)`; a dtype change is a differentiable cast."""
+        if isinstance(target, str):
+            if target != "cpu":
+                raise ValueError(f"to(): device {target!r} is not available (only 'cpu' so far)")
+            return self
+        from .functions import cast
+        return cast(self, target)
+
+    def float(self) -> "Tensor":
+        return self.to(float32)
+
+    def double(self) -> "Tensor":
+        return self.to(float64)
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.data, separator=", ", prefix="tensor(", threshold=100)
+        extra = ""
+        if self.data.dtype not in (float32, int64):
+            extra += f", dtype={self.data.dtype}"
+        if self._node is not None:
+            extra += f", grad_fn={self._node!r}"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    __hash__ = object.__hash__  # == builds a tensor, so keep identity hashing
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+        return bool(self.data)
+
+
+# ---- creation helpers ---------------------------------------------------------
+
+def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
+    """A new tensor holding `data` (copied from Python lists; arrays are wrapped as is)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def _shape(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+def zeros(*shape, dtype=float32, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.zeros(_shape(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=float32, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.ones(_shape(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def full(shape, fill_value, dtype=float32, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.full(_shape((shape,)), fill_value, dtype=dtype), requires_grad=requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.zeros_like(np.asarray(t), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.ones_like(np.asarray(t), dtype=dtype), requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=float32, requires_grad: bool = False, generator=None) -> Tensor:
+    from .random import default_generator
+    gen = generator or default_generator()
+    data = gen.standard_normal(_shape(shape), dtype=np.dtype(dtype).type)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def rand(*shape, dtype=float32, requires_grad: bool = False, generator=None) -> Tensor:
+    from .random import default_generator
+    gen = generator or default_generator()
+    data = gen.random(_shape(shape), dtype=np.dtype(dtype).type)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def arange(start, stop=None, step=1, dtype=None, requires_grad: bool = False) -> Tensor:
+    if stop is None:
+        start, stop = 0, start
+    data = np.arange(start, stop, step)
+    if dtype is None:
+        dtype = int64 if data.dtype.kind in "iu" else float32
+    return Tensor(data.astype(dtype), requires_grad=requires_grad)
