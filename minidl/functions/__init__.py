@@ -8,11 +8,19 @@ live in `minidl.nn`. Each op sits next to its backward in one of these files:
                    concatenate stack pad
     activation.py  relu sigmoid tanh softmax log_softmax
     loss.py        cross_entropy mse_loss
+    dropout.py     dropout
+    conv.py        conv2d                       (backend kernels: kernels/*/conv2d.py)
+    normalization.py batch_norm                 (backend kernels: kernels/*/batchnorm.py)
+    pooling.py     max_pool2d avg_pool2d adaptive_avg_pool2d  (kernels/*/pooling.py)
 
 This module also binds the operators and methods of `Tensor` to these functions.
 """
 from ..tensor import Tensor
 from ._util import ShapeError
+from .conv import conv2d
+from .dropout import dropout
+from .normalization import batch_norm
+from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .activation import log_softmax, relu, sigmoid, softmax, tanh
 from .linalg import linear, matmul
 from .loss import cross_entropy, mse_loss

@@ -1,0 +1,1 @@
+"""minidl's benchmarks. Speed is measured here, never in the test suite."""

@@ -1,0 +1,80 @@
+"""batch_norm as one tape node. The math (the paper's Algorithm 1 and its backward)
+lives in the kernels: kernels/reference/batchnorm.py is the readable version. This
+layer chooses batch or running statistics and updates the running ones."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import no_grad, record
+from ..backend import backend_for
+from ..tensor import Tensor
+from ._kernel_args import check_float, contiguous
+from ._util import ShapeError
+
+
+def _update_running_stats(running_mean, running_var, mean, var, m, momentum):
+    """running = (1 - momentum) * running + momentum * batch, with the unbiased
+    variance m/(m-1) var for running_var (as in the paper's Algorithm 2 and PyTorch)."""
+    with no_grad():
+        rm, rv = running_mean.data, running_var.data
+        rm *= 1 - momentum
+        rm += momentum * mean.astype(rm.dtype, copy=False)
+        rv *= 1 - momentum
+        rv += (momentum * m / (m - 1)) * var.astype(rv.dtype, copy=False)
+
+
+def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalization over (N, C) or (N, C, H, W), statistics per channel C.
+
+    training=True normalizes with the batch's mean and biased variance and updates the
+    running statistics in place; training=False uses the running statistics. Without
+    running statistics (None) the batch's are used in both modes, as in PyTorch."""
+    op = "batch_norm"
+    if x.ndim not in (2, 4):
+        raise ShapeError(f"{op}: expected input of shape (N, C) or (N, C, H, W), got {x.shape}")
+    c = x.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (c,):
+            raise ShapeError(f"{op}: {name} has shape {t.shape} but the input {x.shape} has "
+                             f"{c} channels")
+    dtype = check_float(op, input=x.data, weight=None if weight is None else weight.data,
+                        bias=None if bias is None else bias.data)
+    use_batch_stats = training or running_mean is None or running_var is None
+    m = x.data.size // max(c, 1)
+    if training and m < 2:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
+                         f"input of shape {x.shape}")
+
+    K = backend_for(x)
+    xd = contiguous(x.data)
+    gamma = weight.data if weight is not None else np.ones(c, dtype)
+    beta = bias.data if bias is not None else np.zeros(c, dtype)
+    if use_batch_stats:
+        out, mean, var = K.batch_norm_train_forward(xd, gamma, beta, eps)
+        if training and running_mean is not None and running_var is not None:
+            _update_running_stats(running_mean, running_var, mean, var, m, momentum)
+
+        def grads(g):
+            return K.batch_norm_train_backward(g, xd, gamma, mean, var, eps)
+    else:
+        rm = running_mean.data.astype(dtype, copy=False)
+        rv = running_var.data.astype(dtype, copy=False)
+        out = K.batch_norm_eval_forward(xd, gamma, beta, rm, rv, eps)
+
+        def grads(g):
+            return K.batch_norm_eval_backward(g, xd, gamma, rm, rv, eps)
+
+    parents = tuple(t for t in (x, weight, bias) if t is not None)
+
+    def backward(g):
+        dx, dgamma, dbeta = grads(contiguous(g))
+        out_grads = [dx]
+        if weight is not None:
+            out_grads.append(dgamma)
+        if bias is not None:
+            out_grads.append(dbeta)
+        return tuple(out_grads)
+    return record(out, parents, backward, "BatchNorm")
