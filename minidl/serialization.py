@@ -1,0 +1,186 @@
+"""`save(obj, path)` / `load(path)`: checkpoints without pickle.
+
+A checkpoint is one .npz file: every array of `obj` is stored under its own key
+("a0", "a1", ...) and the structure around them - dicts, lists, tuples, Python
+scalars, strings, None - is described in JSON, stored as a uint8 array under
+"__minidl__". Loading uses allow_pickle=False, so a checkpoint can be read from an
+untrusted source without running code.
+
+What round-trips:
+    ndarray (any non-object dtype)     -> ndarray, bit-exact (dtype, shape, bytes)
+    minidl Tensor                      -> ndarray (its .data)
+    NumPy scalar (np.float32(1.5)...)  -> the same NumPy scalar type
+    int (any size), float, bool, str, None -> themselves
+    dict (keys: str, int, float, bool, None, or tuples of these), list, tuple
+                                       -> the same container type (dict subclasses
+                                          such as OrderedDict come back as dict)
+NumPy generator states (`generator.bit_generator.state`) hold ints larger than 64
+bits; JSON integers are unbounded, so they round-trip exactly.
+
+Writing is atomic: the file is written to a temp file in the same directory,
+flushed and fsync'ed, then renamed over `path` with os.replace. A crash at any
+point leaves either the old checkpoint or the new one, never half of one.
+"""
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save", "load", "CheckpointError"]
+
+_META_KEY = "__minidl__"
+_FORMAT = "minidl-checkpoint"
+_VERSION = 1
+
+
+def _umask_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
+class CheckpointError(ValueError):
+    """The file exists but is not a readable minidl checkpoint."""
+
+
+# ---- encoding: Python object -> (JSON tree, {key: array}) -------------------------
+
+def _encode(obj, arrays, where):
+    if obj is None or isinstance(obj, (bool, str)) and not isinstance(obj, np.generic):
+        return obj
+    if isinstance(obj, np.generic):            # before int/float: np.float64 is a float
+        return {"$": "scalar", "key": _put(np.asarray(obj), arrays, where)}
+    if isinstance(obj, (int, float)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return {"$": "array", "key": _put(obj, arrays, where)}
+    data = getattr(obj, "data", None)
+    if isinstance(data, np.ndarray):           # a minidl Tensor (or anything alike)
+        return {"$": "array", "key": _put(data, arrays, where)}
+    if isinstance(obj, dict):
+        keys, values = [], []
+        for k, v in obj.items():
+            keys.append(_encode_key(k, where))
+            values.append(_encode(v, arrays, f"{where}[{k!r}]"))
+        return {"$": "dict", "keys": keys, "values": values}
+    if isinstance(obj, (list, tuple)):
+        tag = "tuple" if isinstance(obj, tuple) else "list"
+        return {"$": tag, "items": [_encode(v, arrays, f"{where}[{i}]")
+                                    for i, v in enumerate(obj)]}
+    raise TypeError(f"save: cannot store {type(obj).__name__} at {where}; supported are "
+                    f"arrays, Tensors, Python/NumPy scalars, str, None, dict, list, tuple")
+
+
+def _encode_key(key, where):
+    if key is None or isinstance(key, (bool, int, float, str)) and not isinstance(key, np.generic):
+        return key
+    if isinstance(key, tuple):
+        return {"$": "tuple", "items": [_encode_key(k, where) for k in key]}
+    raise TypeError(f"save: unsupported dict key {key!r} ({type(key).__name__}) in {where}")
+
+
+def _put(array, arrays, where):
+    if array.dtype.hasobject:
+        raise TypeError(f"save: array of dtype {array.dtype} at {where} would need pickle")
+    key = f"a{len(arrays)}"
+    arrays[key] = array
+    return key
+
+
+# ---- decoding: (JSON tree, arrays) -> Python object -------------------------------
+
+def _decode(node, arrays):
+    if not isinstance(node, dict):
+        return node
+    tag = node["$"]
+    if tag == "array":
+        return arrays[node["key"]]
+    if tag == "scalar":
+        return arrays[node["key"]][()]
+    if tag == "list":
+        return [_decode(v, arrays) for v in node["items"]]
+    if tag == "tuple":
+        return tuple(_decode(v, arrays) for v in node["items"])
+    if tag == "dict":
+        return {_decode(k, arrays): _decode(v, arrays)
+                for k, v in zip(node["keys"], node["values"])}
+    raise KeyError(f"unknown node type {tag!r}")
+
+
+# ---- public API -------------------------------------------------------------------
+
+def save(obj, path):
+    """Write `obj` to `path` (a .npz file) atomically."""
+    path = os.fspath(path)
+    arrays = {}
+    # Encode first: an unsupported object fails before anything touches the disk.
+    tree = _encode(obj, arrays, "obj")
+    meta = json.dumps({"format": _FORMAT, "version": _VERSION, "tree": tree})
+    arrays[_META_KEY] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp's 0600 -> what open() would give
+            # No pickle needed: _put rejected object arrays.
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    # Makes the rename itself durable; not possible on every platform/filesystem.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path):
+    """Read a checkpoint written by `save`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load: no such checkpoint file: {path!r}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise CheckpointError("a .npy file, not an .npz")
+        with npz:
+            if _META_KEY not in npz.files:
+                raise CheckpointError(f"an .npz without the {_META_KEY!r} entry")
+            meta = json.loads(npz[_META_KEY].tobytes().decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+                raise CheckpointError("unrecognized metadata")
+            if meta.get("version") != _VERSION:
+                raise CheckpointError(f"format version {meta.get('version')!r}; this "
+                                      f"minidl reads version {_VERSION}")
+            arrays = {k: npz[k] for k in npz.files if k != _META_KEY}
+        return _decode(meta["tree"], arrays)
+    except CheckpointError as e:
+        raise CheckpointError(f"load: {path!r} is not a minidl checkpoint: {e}") from None
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
+            UnicodeDecodeError) as e:
+        raise CheckpointError(f"load: {path!r} is not a minidl checkpoint or is corrupt "
+                              f"({type(e).__name__}: {e})") from None
