@@ -1,5 +1,5 @@
 """minidl: a Numba-accelerated deep-learning mini-framework with PyTorch's names."""
-from . import functions
+from . import data, functions, nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import get_backend, get_num_threads, set_backend, set_num_threads
 from .functions import (ShapeError, abs, add, argmax, cat, clip, concatenate, cross_entropy,
@@ -8,6 +8,7 @@ from .functions import (ShapeError, abs, add, argmax, cat, clip, concatenate, cr
                         softmax, sqrt, squeeze, stack, sub, sum, tanh, transpose, unsqueeze,
                         var, where)
 from .gradcheck import GradcheckError, gradcheck
+from .serialization import load, save
 from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import (Tensor, arange, bool_, float32, float64, full, int32, int64, ones,
                      ones_like, rand, randn, tensor, zeros, zeros_like)

@@ -6,9 +6,17 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minidl", description=__doc__)
+    from .experiments import figure1, train
+    parser = argparse.ArgumentParser(prog="minidl", description="minidl: a Numba-accelerated "
+                                     "deep-learning mini-framework")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, threads, BLAS and CUDA availability")
+    p = sub.add_parser("figure1", help="reproduce Figure 1 of the Batch Normalization paper",
+                       description=figure1.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    figure1.add_arguments(p)
+    p = sub.add_parser("train", help="train one network of the MNIST experiment")
+    train.add_train_arguments(p)
     return parser
 
 
@@ -17,7 +25,15 @@ def main(argv=None) -> int:
     if args.command == "info":
         from .info import main as info_main
         return info_main(args)
-    return 2
+    if args.command == "figure1":
+        from .experiments import figure1
+        result = figure1.run(args)
+    elif args.command == "train":
+        from .experiments import train
+        result = train.run(args)
+    else:
+        return 2
+    return 130 if result.get("interrupted") else 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import pickle
 import socket
 import struct
 import threading
-import time
 
 import numpy as np
 import pytest
