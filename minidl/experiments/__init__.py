@@ -1,0 +1,1 @@
+"""The paper's experiments, runnable from the `minidl` command."""

@@ -1,0 +1,4 @@
+"""Ready-made networks of the paper's experiments."""
+from .mlp import mlp
+
+__all__ = ["mlp"]

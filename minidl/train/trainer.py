@@ -1,0 +1,286 @@
+"""A reusable training loop: steps, periodic evaluation, metrics as JSON lines, a
+progress bar, atomic checkpoints, resume, and a clean stop on Ctrl-C."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import functions as F
+from ..autograd import no_grad
+from ..random import get_rng_state, set_rng_state
+from ..serialization import load, save
+from .bn_stats import population_statistics
+
+BN_EVAL_MODES = ("running", "population")
+
+
+def accuracy_and_loss(model, loader, loss_fn=F.cross_entropy) -> tuple[float, float]:
+    """Classification accuracy and mean loss of `model` over `loader`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    with no_grad():
+        for x, y in loader:
+            logits = model(x)
+            loss_sum += float(loss_fn(logits, y, reduction="sum").data)
+            correct += int((logits.data.argmax(axis=1) == y.data).sum())
+            total += len(y.data)
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("accuracy_and_loss: the evaluation loader yielded no examples")
+    return correct / total, loss_sum / total
+
+
+class _Forever:
+    """Batches from a DataLoader across epochs; its state is the loader's state."""
+
+    def __init__(self, loader):
+        self.loader, self._it = loader, None
+
+    def next(self):
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            return next(self._it)
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+        self._it = None
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a flag checked between steps (a checkpoint taken in
+    the middle of an optimizer update would be inconsistent); a second one interrupts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+class Trainer:
+    """Trains `model` with `optimizer` on batches of `train_loader`.
+
+    Every `eval_every` steps: test accuracy and loss on `eval_loader` (BN layers use
+    their running statistics, or with bn_eval="population" the paper's Algorithm 2
+    statistics over `bn_stats_batches` batches of `bn_stats_loader`), recorder
+    percentiles, one JSON line appended to `out_dir/metrics.jsonl`. Every
+    `checkpoint_every` steps (and at the end, and on Ctrl-C) an atomic checkpoint
+    `out_dir/checkpoint.npz`; `fit(..., resume=True)` continues from it exactly."""
+
+    def __init__(self, model, optimizer, train_loader, *, eval_loader=None,
+                 loss_fn=F.cross_entropy, eval_every: int = 1000,
+                 checkpoint_every: int | None = 5000, out_dir=None, recorders=(),
+                 bn_eval: str = "running", bn_stats_loader=None, bn_stats_batches: int = 50,
+                 scheduler=None, progress: bool = True, name: str = "train"):
+        if bn_eval not in BN_EVAL_MODES:
+            raise ValueError(f"Trainer: bn_eval must be one of {BN_EVAL_MODES}, got {bn_eval!r}")
+        if bn_eval == "population" and bn_stats_loader is None:
+            raise ValueError("Trainer: bn_eval='population' needs bn_stats_loader (training "
+                             "batches, with their own shuffling)")
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.batches = _Forever(train_loader)
+        self.eval_loader, self.loss_fn = eval_loader, loss_fn
+        self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.recorders = list(recorders)
+        self.bn_eval, self.bn_stats_loader = bn_eval, bn_stats_loader
+        self.bn_stats_batches = bn_stats_batches
+        self.progress, self.name = progress, name
+        self.step = 0
+        self.history: list[dict] = []
+        self.train_seconds = 0.0
+
+    # ---- paths and persistence ----------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "checkpoint.npz"
+
+    @property
+    def metrics_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "metrics.jsonl"
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "loader": self.batches.state_dict(),
+            "rng": get_rng_state(),
+            "history": self.history,
+            "recorders": [r.history for r in self.recorders],
+            "train_seconds": self.train_seconds,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.batches.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        self.history = [dict(row) for row in state["history"]]
+        for rec, hist in zip(self.recorders, state["recorders"]):
+            rec.history = [dict(row) for row in hist]
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is not None:
+            save(self.state_dict(), self.checkpoint_path)
+
+    def _rewrite_metrics(self) -> None:
+        """Metrics as of the checkpoint: lines a crashed run wrote after it are dropped."""
+        if self.metrics_path is None:
+            return
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, self.metrics_path)
+
+    def _append_metrics(self, row: dict) -> None:
+        if self.metrics_path is not None:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # ---- evaluation ---------------------------------------------------------
+    def _stats_batches(self):
+        it = iter(self.bn_stats_loader)
+        for _ in range(self.bn_stats_batches):
+            try:
+                yield next(it)[0]
+            except StopIteration:
+                return
+
+    def evaluate(self) -> dict:
+        row = {"step": self.step}
+        if self.eval_loader is None:
+            return row
+        for rec in self.recorders:
+            rec.__enter__()
+        try:
+            if self.bn_eval == "population":
+                with population_statistics(self.model, self._stats_batches()):
+                    acc, loss = accuracy_and_loss(self.model, self.eval_loader, self.loss_fn)
+            else:
+                acc, loss = accuracy_and_loss(self.model, self.eval_loader, self.loss_fn)
+        finally:
+            for rec in self.recorders:
+                rec.__exit__(None, None, None)
+        row.update(test_acc=acc, test_loss=loss, bn_eval=self.bn_eval)
+        for rec in self.recorders:
+            snap = rec.snapshot(self.step)
+            row.update({f"{rec.name}_{k}": v for k, v in snap.items() if k != "step"})
+        return row
+
+    # ---- the loop -------------------------------------------------------------
+    def train_step(self) -> float:
+        x, y = self.batches.next()
+        loss = self.loss_fn(self.model(x), y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return float(loss.data)
+
+    def fit(self, steps: int, resume: bool = False) -> dict:
+        """Train until `steps` total steps. Returns a summary dict; `interrupted` is True
+        if Ctrl-C stopped it (a checkpoint was written first)."""
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load_state_dict(load(self.checkpoint_path))
+            self._rewrite_metrics()
+        elif self.metrics_path is not None:
+            self._rewrite_metrics()  # a fresh run starts a fresh metrics file
+        self.model.train()
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=steps, initial=self.step, desc=self.name, unit="step",
+                       dynamic_ncols=True, leave=True)
+        interrupted = False
+        loss_sum, loss_count = 0.0, 0
+        last_acc = self.history[-1].get("test_acc") if self.history else None
+        with _StopRequest() as stop:
+            t_start = time.perf_counter()
+            while self.step < steps:
+                if stop.requested:
+                    interrupted = True
+                    break
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                self.train_seconds += time.perf_counter() - t0
+                self.step += 1
+                if not math.isfinite(loss):
+                    self.save_checkpoint()
+                    raise FloatingPointError(f"{self.name}: loss became {loss} at step "
+                                             f"{self.step}; try a lower learning rate")
+                loss_sum += loss
+                loss_count += 1
+                if self.step % self.eval_every == 0 or self.step == steps:
+                    row = self.evaluate()
+                    row["train_loss"] = loss_sum / loss_count
+                    row["train_seconds"] = self.train_seconds
+                    loss_sum, loss_count = 0.0, 0
+                    self.history.append(row)
+                    self._append_metrics(row)
+                    last_acc = row.get("test_acc", last_acc)
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % 50 == 0 or self.step == steps:
+                        post = {"loss": f"{loss:.4f}",
+                                "steps/s": f"{self.step_rate():.0f}"}
+                        if last_acc is not None:
+                            post["test_acc"] = f"{last_acc:.4f}"
+                        bar.set_postfix(post, refresh=False)
+            wall = time.perf_counter() - t_start
+        if bar is not None:
+            bar.close()
+        self.save_checkpoint()
+        return {"name": self.name, "steps": self.step, "interrupted": interrupted,
+                "wall_seconds": wall, "train_seconds": self.train_seconds,
+                "steps_per_second": self.step_rate(), "history": self.history}
+
+    def step_rate(self) -> float:
+        return self.step / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+def set_seed_everywhere(seed: int) -> None:
+    """Seed minidl's generator (NumPy's legacy global state is not used by minidl)."""
+    from ..random import manual_seed
+    manual_seed(seed)
+    np.random.seed(seed % 2**32)
