@@ -1,0 +1,167 @@
+"""Full training steps (forward, backward, SGD-momentum update) of minidl against the
+same models in PyTorch CPU, on the same random data.
+
+    python -m benchmarks.train_step [--steps 300] [--threads N]
+
+Models: the paper's 784-100-100-100-10 sigmoid MLP with and without BN at batch 60 and
+256, and a small BN CNN (three conv3x3-BN-ReLU blocks, max pooling after the first two,
+global average pooling, linear) at batch 64 on 28x28 inputs. PyTorch is timed at 1 and
+N threads and its faster setting is reported (at batch 60 one thread often wins).
+"""
+from __future__ import annotations
+
+import argparse
+
+from benchmarks.common import clean_blas_env
+
+clean_blas_env()
+
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import minidl as md  # noqa: E402
+from minidl import nn, optim  # noqa: E402
+from minidl.models import mlp  # noqa: E402
+
+CASES = [  # (name, builder key, batch)
+    ("MLP no-BN b60", "mlp", 60), ("MLP BN b60", "mlp_bn", 60),
+    ("MLP no-BN b256", "mlp", 256), ("MLP BN b256", "mlp_bn", 256),
+    ("CNN BN b64", "cnn", 64),
+]
+
+
+def minidl_model(kind):
+    if kind == "mlp":
+        return mlp(bn=False)
+    if kind == "mlp_bn":
+        return mlp(bn=True)
+    blocks, c_in = [], 1
+    for i, c in enumerate((16, 32, 64)):
+        blocks += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+        if i < 2:
+            blocks.append(nn.MaxPool2d(2))
+        c_in = c
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+def torch_model(kind):
+    import torch.nn as tnn
+    if kind in ("mlp", "mlp_bn"):
+        bn = kind == "mlp_bn"
+        layers, width = [tnn.Flatten()], 784
+        for _ in range(3):
+            layers.append(tnn.Linear(width, 100, bias=not bn))
+            if bn:
+                layers.append(tnn.BatchNorm1d(100))
+            layers.append(tnn.Sigmoid())
+            width = 100
+        return tnn.Sequential(*layers, tnn.Linear(100, 10))
+    blocks, c_in = [], 1
+    for i, c in enumerate((16, 32, 64)):
+        blocks += [tnn.Conv2d(c_in, c, 3, padding=1, bias=False), tnn.BatchNorm2d(c), tnn.ReLU()]
+        if i < 2:
+            blocks.append(tnn.MaxPool2d(2))
+        c_in = c
+    return tnn.Sequential(*blocks, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10))
+
+
+def data(kind, batch, n_batches=8, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (batch, 784) if kind.startswith("mlp") else (batch, 1, 28, 28)
+    return [(rng.random(shape, dtype=np.float32), rng.integers(0, 10, batch))
+            for _ in range(n_batches)]
+
+
+def time_minidl(kind, batch, steps, threads):
+    md.set_num_threads(threads)
+    md.manual_seed(0)
+    model = minidl_model(kind)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = [(md.tensor(x), md.tensor(y)) for x, y in data(kind, batch)]
+
+    def step(i):
+        x, y = batches[i % len(batches)]
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    t0 = time.perf_counter()
+    step(0)
+    first = time.perf_counter() - t0  # includes JIT compilation (or cache load)
+    for i in range(10):
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps / (time.perf_counter() - t0), first
+
+
+def time_torch(kind, batch, steps, threads):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = torch_model(kind)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in data(kind, batch)]
+    loss_fn = torch.nn.functional.cross_entropy
+
+    def step(i):
+        x, y = batches[i % len(batches)]
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for i in range(10):
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps / (time.perf_counter() - t0)
+
+
+def run(threads=None, steps=300, quick=False, cases=None) -> list[dict]:
+    import numba
+    threads = threads or numba.config.NUMBA_NUM_THREADS
+    steps = 20 if quick else steps
+    rows = []
+    for name, kind, batch in cases or CASES:
+        n = max(steps // 5, 10) if kind == "cnn" else steps
+        ours, first = time_minidl(kind, batch, n, threads)
+        row = {"case": name, "batch": batch, "threads": threads, "minidl_steps_s": ours,
+               "minidl_first_step_s": first}
+        try:
+            best = max((time_torch(kind, batch, n, t), t) for t in sorted({1, threads}))
+            row.update(torch_steps_s=best[0], torch_threads=best[1],
+                       ratio_vs_torch=ours / best[0])
+        except ImportError:
+            pass
+        rows.append(row)
+    md.set_num_threads(threads)
+    return rows
+
+
+def format_table(rows) -> str:
+    lines = [f"{'case':<16}{'minidl steps/s':>15}{'torch steps/s':>15}{'torch thr':>10}"
+             f"{'minidl/torch':>13}"]
+    for r in rows:
+        lines.append(f"{r['case']:<16}{r['minidl_steps_s']:>15.0f}"
+                     f"{r.get('torch_steps_s', float('nan')):>15.0f}"
+                     f"{r.get('torch_threads', '-'):>10}"
+                     f"{r.get('ratio_vs_torch', float('nan')):>13.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    rows = run(args.threads, args.steps, args.quick)
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
