@@ -1,0 +1,443 @@
+"""Batch normalization as parallel Numba kernels (the "numba" backend).
+
+Same functions and results as kernels/reference/batchnorm.py; read that file first for the
+math. This one is about moving each byte as few times as possible, on any thread count:
+
+* Shifted sums. A channel's mean and variance come from float64 sums of d = x - k and d*d,
+  with k the channel's first value: one pass over memory instead of the reference's two.
+  var = E[d^2] - E[d]^2 only cancels in proportion to ((mean - k) / std)^2, which is at
+  most m - 1 (no sample lies further than sqrt(m - 1) standard deviations from the mean),
+  so float64 keeps at least 9 digits even for m = 10^6 and a mean of 10^4: unlike
+  E[x^2] - E[x]^2, whose cancellation grows with (mean / std)^2.
+* Lanes. With fastmath off, LLVM may not reorder a floating-point sum, so `s += v` stays
+  scalar. We sum into many independent lanes instead, one per pixel of a plane (or per
+  column of a row): s[j] += v[j] is an elementwise update that vectorizes. The lanes are
+  added up at the end.
+* A fixed decomposition. The work is cut into pieces whose bounds depend on the shape
+  only, and partial sums are combined in a fixed order, so results are bitwise the same
+  for any thread count.
+* Two layouts. Plane layout, for (N, C, H, W): a task is a channel, or a piece of one
+  (a block of its N planes of H*W contiguous pixels). With enough channels to keep every
+  thread busy, a task computes its channel's statistics and normalizes it right away,
+  while the channel is still in cache (fused); otherwise the pieces of all channels are
+  summed in one parallel loop and normalized in a second (split). Row layout, for (N, C)
+  and maps too small to stream per channel: a task is a block of samples, each one
+  contiguous row of C*H*W values, added column-wise into the task's partial sums.
+* Element loops run in x's dtype (float32: twice the SIMD lanes), on coefficients
+  computed in float64 and rounded once (see _coefs).
+* Small inputs (the paper's MLP: (60, 100), three calls per step) cost less than waking
+  the thread pool, so below _SERIAL_BELOW elements the same code runs compiled serially.
+"""
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+_LANES_MAX = 2048  # widest piece of a plane: its lanes (2 x 16 KiB) stay in L1/L2
+_PIECE = 16384  # values of one channel per piece: the unit of parallel work
+_ROW_TASKS_MAX = 16  # row blocks of the row layout: bounds the partial sums to combine
+_ROWS_MAX_L = 64  # maps of at most this many pixels use the row layout
+_FUSE_MIN_C_PER_THREAD = 4  # channels per thread from which the plane layout fuses
+# Below this many elements the serial twin runs: waking the second thread costs 10-50 us
+# on an idle 2-core machine, and far more when another process holds the other core;
+# measured with `python -m benchmarks.bench_batchnorm --sweep` (serial wins up to ~1e5).
+_SERIAL_BELOW = 1 << 17
+
+
+# --- pieces: the unit of parallel work on (N, C, L) planes ------------------------------
+# Piece p of channel c is the rectangle of planes [n0, n1) by pixels [l0, l1): PN pieces
+# across the batch times PL across a plane (PL > 1 only for planes of more than
+# _LANES_MAX pixels). Its sums are accumulated in l1 - l0 lanes, one per pixel, so a sweep
+# adds a whole run of contiguous pixels with one vectorized loop.
+
+@njit(cache=True, fastmath=False)
+def _piece(N, L, PN, PL, p):
+    pn, pl = p // PL, p % PL
+    return pn * N // PN, (pn + 1) * N // PN, pl * L // PL, (pl + 1) * L // PL
+
+
+@njit(cache=True, fastmath=False)
+def _piece_moments(x3, c, n0, n1, l0, l1, k):
+    """(sum d, sum d^2), d = x - k, over one piece of channel c. Four planes per sweep
+    over the lanes: the lanes live in memory, and their loads and stores, not the
+    arithmetic, limit this loop. (Slices keep indices provably >= 0: no gathers.)"""
+    s1 = np.zeros(l1 - l0)
+    s2 = np.zeros(l1 - l0)
+    n = n0
+    while n + 4 <= n1:
+        b0, b1 = x3[n, c, l0:l1], x3[n + 1, c, l0:l1]
+        b2, b3 = x3[n + 2, c, l0:l1], x3[n + 3, c, l0:l1]
+        for j in range(s1.size):
+            d0 = np.float64(b0[j]) - k
+            d1 = np.float64(b1[j]) - k
+            d2 = np.float64(b2[j]) - k
+            d3 = np.float64(b3[j]) - k
+            s1[j] += (d0 + d1) + (d2 + d3)
+            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        n += 4
+    for n in range(n, n1):
+        b0 = x3[n, c, l0:l1]
+        for j in range(s1.size):
+            d0 = np.float64(b0[j]) - k
+            s1[j] += d0
+            s2[j] += d0 * d0
+    return s1.sum(), s2.sum()
+
+
+@njit(cache=True, fastmath=False)
+def _piece_grad_moments(dy3, x3, c, n0, n1, l0, l1, center):
+    """(sum dy, sum dy * (x - center)) over one piece, swept as in _piece_moments."""
+    s1 = np.zeros(l1 - l0)
+    s2 = np.zeros(l1 - l0)
+    n = n0
+    while n + 4 <= n1:
+        g0, g1 = dy3[n, c, l0:l1], dy3[n + 1, c, l0:l1]
+        g2, g3 = dy3[n + 2, c, l0:l1], dy3[n + 3, c, l0:l1]
+        x0, x1 = x3[n, c, l0:l1], x3[n + 1, c, l0:l1]
+        x2, x3_ = x3[n + 2, c, l0:l1], x3[n + 3, c, l0:l1]
+        for j in range(s1.size):
+            e0 = np.float64(g0[j])
+            e1 = np.float64(g1[j])
+            e2 = np.float64(g2[j])
+            e3 = np.float64(g3[j])
+            s1[j] += (e0 + e1) + (e2 + e3)
+            s2[j] += ((e0 * (np.float64(x0[j]) - center) + e1 * (np.float64(x1[j]) - center))
+                      + (e2 * (np.float64(x2[j]) - center) + e3 * (np.float64(x3_[j]) - center)))
+        n += 4
+    for n in range(n, n1):
+        g0, x0 = dy3[n, c, l0:l1], x3[n, c, l0:l1]
+        for j in range(s1.size):
+            e0 = np.float64(g0[j])
+            s1[j] += e0
+            s2[j] += e0 * (np.float64(x0[j]) - center)
+    return s1.sum(), s2.sum()
+
+
+@njit(cache=True, fastmath=False)
+def _piece_affine(x3, y3, c, n0, n1, l0, l1, center, scale, shift):
+    """y = (x - center) * scale + shift, with coefficients of x's dtype (see _coefs)."""
+    for n in range(n0, n1):
+        xr, yr = x3[n, c, l0:l1], y3[n, c, l0:l1]
+        for j in range(xr.size):
+            yr[j] = (xr[j] - center) * scale + shift
+
+
+@njit(cache=True, fastmath=False)
+def _piece_grad_affine(dy3, x3, dx3, c, n0, n1, l0, l1, a, g0, g1, center):
+    """dx = a * ((dy - g0) - (x - center) * g1): the paper's collapsed backward,
+    a * (dy - dbeta/m - xhat * dgamma/m), in that order, so that where dy - dbeta/m
+    cancels (a batch of one) it does so exactly, before the scaling by a."""
+    for n in range(n0, n1):
+        gr, xr, dxr = dy3[n, c, l0:l1], x3[n, c, l0:l1], dx3[n, c, l0:l1]
+        for j in range(xr.size):
+            dxr[j] = a * ((gr[j] - g0) - (xr[j] - center) * g1)
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def _coefs(center, scale, shift, out):
+    """Rounds the coefficients of y = (x - center) * scale + shift to out's dtype (x's),
+    moving the rounding error of the center into the shift. The element loops then run
+    in x's precision (twice the SIMD lanes for float32), and x - center stays exact
+    (Sterbenz) for x near the center: what keeps a mean of 1e4 harmless in float32."""
+    out[0] = center
+    out[1] = scale
+    out[2] = shift + (np.float64(out[0]) - center) * scale
+
+
+@njit(cache=True, fastmath=False)
+def _stats(s1, s2, k, m):
+    """Mean and biased variance from the shifted sums; var is clamped at 0 because
+    rounding can leave a constant channel's E[d^2] - E[d]^2 a hair below zero."""
+    d = s1 / m
+    return k + d, max(s2 / m - d * d, 0.0)
+
+
+def _build(parallel):
+    """The kernels, compiled with prange loops running in parallel or (for small inputs,
+    parallel=False) as plain loops. Same code, so bitwise the same results."""
+    loop = prange if parallel else range
+
+    def plane_forward(x3, gamma, beta, mean_in, var_in, eps, train, PN, PL, fused):
+        """y = (x - mean) / sqrt(var + eps) * gamma + beta over (N, C, L) x3, with the
+        batch statistics (train) or mean_in, var_in (eval). Returns (y3, mean, var)."""
+        N, C, L = x3.shape
+        P = PN * PL
+        y3 = np.empty_like(x3)
+        mean = np.empty(C, x3.dtype)
+        var = np.empty(C, x3.dtype)
+        S1 = np.zeros((C, P))  # shifted sums of each piece
+        S2 = np.zeros((C, P))
+        per = 1 if fused else P  # normalization tasks per channel
+        cf = np.empty((C * per, 3), x3.dtype)  # each task's (center, scale, shift)
+        if train and not fused:
+            for t in loop(C * P):
+                c, p = t // P, t % P
+                n0, n1, l0, l1 = _piece(N, L, PN, PL, p)
+                k = np.float64(x3[0, c, 0])
+                S1[c, p], S2[c, p] = _piece_moments(x3, c, n0, n1, l0, l1, k)
+        for t in loop(C * per):
+            c, p = t // per, t % per
+            if train:
+                k = np.float64(x3[0, c, 0])
+                if fused:
+                    for q in range(P):
+                        n0, n1, l0, l1 = _piece(N, L, PN, PL, q)
+                        S1[c, q], S2[c, q] = _piece_moments(x3, c, n0, n1, l0, l1, k)
+                s1 = 0.0
+                s2 = 0.0
+                for q in range(P):
+                    s1 += S1[c, q]
+                    s2 += S2[c, q]
+                mu, v = _stats(s1, s2, k, N * L)
+            else:
+                mu, v = np.float64(mean_in[c]), np.float64(var_in[c])
+            if p == 0:
+                mean[c] = mu
+                var[c] = v
+            # y = gamma (x - mu) / sqrt(v + eps) + beta: one scale and shift per channel,
+            # applied to x - mu rather than x (see _coefs)
+            _coefs(mu, gamma[c] / np.sqrt(v + eps), np.float64(beta[c]), cf[t])
+            n0, n1, l0, l1 = (0, N, 0, L) if fused else _piece(N, L, PN, PL, p)
+            _piece_affine(x3, y3, c, n0, n1, l0, l1, cf[t, 0], cf[t, 1], cf[t, 2])
+        return y3, mean, var
+
+    def plane_backward(dy3, x3, gamma, mean, var, eps, train, PN, PL, fused):
+        """(dx3, dgamma, dbeta) for (N, C, L) arrays; mean, var are the forward's batch
+        statistics (train) or the running statistics (eval, where dx = dy * scale)."""
+        N, C, L = x3.shape
+        P = PN * PL
+        dx3 = np.empty_like(x3)
+        dgamma = np.empty(C, x3.dtype)
+        dbeta = np.empty(C, x3.dtype)
+        G1 = np.zeros((C, P))  # sum dy and sum dy * (x - mean) of each piece
+        G2 = np.zeros((C, P))
+        per = 1 if fused else P
+        cf = np.empty((C * per, 3), x3.dtype)  # each task's (a, g0, g1), in x's dtype
+        if not fused:
+            for t in loop(C * P):
+                c, p = t // P, t % P
+                n0, n1, l0, l1 = _piece(N, L, PN, PL, p)
+                mu = np.float64(mean[c])
+                G1[c, p], G2[c, p] = _piece_grad_moments(dy3, x3, c, n0, n1, l0, l1, mu)
+        for t in loop(C * per):
+            c, p = t // per, t % per
+            mu = np.float64(mean[c])
+            if fused:
+                for q in range(P):
+                    n0, n1, l0, l1 = _piece(N, L, PN, PL, q)
+                    G1[c, q], G2[c, q] = _piece_grad_moments(dy3, x3, c, n0, n1, l0, l1, mu)
+            sdy = 0.0
+            sdyxc = 0.0
+            for q in range(P):
+                sdy += G1[c, q]
+                sdyxc += G2[c, q]
+            inv_std = 1.0 / np.sqrt(np.float64(var[c]) + eps)
+            db, dg = sdy, sdyxc * inv_std
+            a = gamma[c] * inv_std
+            # dx = a * (dy - dbeta/m - xhat * dgamma/m), xhat = (x - mean) * inv_std;
+            # in eval the statistics are constants and dx = a * dy
+            g0, g1 = (db / (N * L), inv_std * dg / (N * L)) if train else (0.0, 0.0)
+            if p == 0:
+                dgamma[c] = dg
+                dbeta[c] = db
+            cf[t, 0], cf[t, 1], cf[t, 2] = a, g0, g1
+            n0, n1, l0, l1 = (0, N, 0, L) if fused else _piece(N, L, PN, PL, p)
+            _piece_grad_affine(dy3, x3, dx3, c, n0, n1, l0, l1,
+                               cf[t, 0], cf[t, 1], cf[t, 2], mean[c])
+        return dx3, dgamma, dbeta
+
+    def rows_forward(x3, gamma, beta, mean_in, var_in, eps, train, T):
+        """Forward for (N, C, L) x3 with short planes (L = 1 for (N, C) input). Task t
+        takes samples [t*N//T, (t+1)*N//T), each a contiguous row of J = C*L values,
+        and adds them column-wise into its own partial sums: the columns are the lanes."""
+        N, C, L = x3.shape
+        J = C * L
+        x2 = x3.reshape(N, J)
+        y2 = np.empty_like(x2)
+        mean = np.empty(C, x3.dtype)
+        var = np.empty(C, x3.dtype)
+        cf = np.empty((3, C), x3.dtype)  # per channel (center, scale, shift), see _coefs
+        if train:
+            k = np.repeat(x3[0, :, 0].astype(np.float64), L)  # each channel's first value
+            S1 = np.zeros((T, J))
+            S2 = np.zeros((T, J))
+            for t in loop(T):
+                s1, s2 = S1[t], S2[t]
+                n, n1 = t * N // T, (t + 1) * N // T
+                while n + 4 <= n1:  # four rows per sweep, as in _piece_moments
+                    r0, r1, r2, r3 = x2[n], x2[n + 1], x2[n + 2], x2[n + 3]
+                    for j in range(J):
+                        d0 = np.float64(r0[j]) - k[j]
+                        d1 = np.float64(r1[j]) - k[j]
+                        d2 = np.float64(r2[j]) - k[j]
+                        d3 = np.float64(r3[j]) - k[j]
+                        s1[j] += (d0 + d1) + (d2 + d3)
+                        s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                    n += 4
+                for n in range(n, n1):
+                    r0 = x2[n]
+                    for j in range(J):
+                        d0 = np.float64(r0[j]) - k[j]
+                        s1[j] += d0
+                        s2[j] += d0 * d0
+            for c in loop(C):  # combine the tasks' partial sums, in a fixed order
+                s1c = 0.0
+                s2c = 0.0
+                for t in range(T):
+                    for j in range(c * L, (c + 1) * L):
+                        s1c += S1[t, j]
+                        s2c += S2[t, j]
+                mu, v = _stats(s1c, s2c, k[c * L], N * L)
+                mean[c], var[c] = mu, v
+                _coefs(mu, gamma[c] / np.sqrt(v + eps), np.float64(beta[c]), cf[:, c])
+        else:
+            for c in range(C):
+                mu, v = np.float64(mean_in[c]), np.float64(var_in[c])
+                mean[c], var[c] = mu, v
+                _coefs(mu, gamma[c] / np.sqrt(v + eps), np.float64(beta[c]), cf[:, c])
+        # per-column copies of the per-channel coefficients keep the inner loop a plain
+        # vectorizable sweep along the row
+        cj, sj, hj = np.repeat(cf[0], L), np.repeat(cf[1], L), np.repeat(cf[2], L)
+        for t in loop(T):
+            for n in range(t * N // T, (t + 1) * N // T):
+                xr, yr = x2[n], y2[n]
+                for j in range(J):
+                    yr[j] = (xr[j] - cj[j]) * sj[j] + hj[j]
+        return y2.reshape(N, C, L), mean, var
+
+    def rows_backward(dy3, x3, gamma, mean, var, eps, train, T):
+        """Backward for the row layout: the reductions of plane_backward, per column."""
+        N, C, L = x3.shape
+        J = C * L
+        x2 = x3.reshape(N, J)
+        dy2 = dy3.reshape(N, J)
+        dx2 = np.empty_like(x2)
+        mj = np.repeat(mean.astype(np.float64), L)
+        G1 = np.zeros((T, J))  # sum dy and sum dy * (x - mean), per task and column
+        G2 = np.zeros((T, J))
+        for t in loop(T):
+            s1, s2 = G1[t], G2[t]
+            n, n1 = t * N // T, (t + 1) * N // T
+            while n + 4 <= n1:
+                g0, g1, g2, g3 = dy2[n], dy2[n + 1], dy2[n + 2], dy2[n + 3]
+                x0, x1, x2_, x3_ = x2[n], x2[n + 1], x2[n + 2], x2[n + 3]
+                for j in range(J):
+                    e0 = np.float64(g0[j])
+                    e1 = np.float64(g1[j])
+                    e2 = np.float64(g2[j])
+                    e3 = np.float64(g3[j])
+                    s1[j] += (e0 + e1) + (e2 + e3)
+                    m0 = mj[j]
+                    s2[j] += ((e0 * (np.float64(x0[j]) - m0) + e1 * (np.float64(x1[j]) - m0))
+                              + (e2 * (np.float64(x2_[j]) - m0) + e3 * (np.float64(x3_[j]) - m0)))
+                n += 4
+            for n in range(n, n1):
+                g0, x0 = dy2[n], x2[n]
+                for j in range(J):
+                    e0 = np.float64(g0[j])
+                    s1[j] += e0
+                    s2[j] += e0 * (np.float64(x0[j]) - mj[j])
+        dgamma = np.empty(C, x3.dtype)
+        dbeta = np.empty(C, x3.dtype)
+        a = np.empty(C, x3.dtype)  # dx = a ((dy - g0) - (x - mean) g1), see _piece_grad_affine
+        g0 = np.zeros(C, x3.dtype)
+        g1 = np.zeros(C, x3.dtype)
+        m = N * L
+        for c in loop(C):
+            sdy = 0.0
+            sdyxc = 0.0
+            for t in range(T):
+                for j in range(c * L, (c + 1) * L):
+                    sdy += G1[t, j]
+                    sdyxc += G2[t, j]
+            inv_std = 1.0 / np.sqrt(np.float64(var[c]) + eps)
+            db, dg = sdy, sdyxc * inv_std
+            dbeta[c], dgamma[c] = db, dg
+            a[c] = gamma[c] * inv_std
+            if train:
+                g0[c] = db / m
+                g1[c] = inv_std * dg / m
+        aj, g0j, g1j = np.repeat(a, L), np.repeat(g0, L), np.repeat(g1, L)
+        mxj = np.repeat(mean, L)
+        for t in loop(T):
+            for n in range(t * N // T, (t + 1) * N // T):
+                gr, xr, dxr = dy2[n], x2[n], dx2[n]
+                for j in range(J):
+                    dxr[j] = aj[j] * ((gr[j] - g0j[j]) - (xr[j] - mxj[j]) * g1j[j])
+        return dx2.reshape(N, C, L), dgamma, dbeta
+
+    jit = njit(parallel=parallel, cache=True, fastmath=False)
+    return jit(plane_forward), jit(plane_backward), jit(rows_forward), jit(rows_backward)
+
+
+_PARALLEL = _build(True)
+_SERIAL = _build(False)
+
+
+def _row_tasks(x3):
+    """Row blocks for the row layout: from the shape only (determinism), and at most
+    _ROW_TASKS_MAX so that combining the (T, C*L) partial sums stays cheap."""
+    return max(1, min(x3.shape[0], _ROW_TASKS_MAX, x3.size // _PIECE))
+
+
+def _layout(x):
+    """x as a C-contiguous (N, C, L), and whether to use the row layout: for (N, C) input
+    and for maps so small that a channel's runs of L values are too short to stream."""
+    x = np.ascontiguousarray(x)  # a no-op under the contract; a copy for stray views
+    if x.ndim == 2:
+        return x.reshape(x.shape[0], x.shape[1], 1), True
+    N, C, H, W = x.shape
+    return x.reshape(N, C, H * W), H * W <= _ROWS_MAX_L
+
+
+def _plane_plan(x):
+    """(PN, PL, fused) for the plane layout: pieces across the batch and across a plane
+    (from the shape only), and whether to fuse. Fusing a channel's statistics with its
+    normalization saves a pass over memory, but needs enough channels to share out:
+    numba gives each thread one contiguous block of the channels."""
+    N, C, H, W = x.shape
+    L = H * W
+    PL = -(-L // _LANES_MAX)
+    PN = max(1, min(N, N * (L // PL) // _PIECE))
+    fused = (PN * PL == 1 or x.size < _SERIAL_BELOW
+             or C >= _FUSE_MIN_C_PER_THREAD * get_num_threads())
+    return PN, PL, fused
+
+
+def _forward(x, gamma, beta, mean_in, var_in, eps, train):
+    plane_fwd, _, rows_fwd, _ = _SERIAL if x.size < _SERIAL_BELOW else _PARALLEL
+    x3, rows = _layout(x)
+    if rows:
+        y, mean, var = rows_fwd(x3, gamma, beta, mean_in, var_in, eps, train, _row_tasks(x3))
+    else:
+        PN, PL, fused = _plane_plan(x)
+        y, mean, var = plane_fwd(x3, gamma, beta, mean_in, var_in, eps, train, PN, PL, fused)
+    return y.reshape(x.shape), mean, var
+
+
+def _backward(dy, x, gamma, mean, var, eps, train):
+    _, plane_bwd, _, rows_bwd = _SERIAL if x.size < _SERIAL_BELOW else _PARALLEL
+    x3, rows = _layout(x)
+    dy3 = np.ascontiguousarray(dy).reshape(x3.shape)
+    if rows:
+        dx, dgamma, dbeta = rows_bwd(dy3, x3, gamma, mean, var, eps, train, _row_tasks(x3))
+    else:
+        PN, PL, fused = _plane_plan(x)
+        dx, dgamma, dbeta = plane_bwd(dy3, x3, gamma, mean, var, eps, train, PN, PL, fused)
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+def batch_norm_train_forward(x, gamma, beta, eps):
+    # the running-statistics slots are unused in training; gamma fills them so that
+    # training and eval share one compiled specialization
+    return _forward(x, gamma, beta, gamma, gamma, eps, True)
+
+
+def batch_norm_train_backward(dy, x, gamma, mean, var, eps):
+    return _backward(dy, x, gamma, mean, var, eps, True)
+
+
+def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps):
+    return _forward(x, gamma, beta, running_mean, running_var, eps, False)[0]
+
+
+def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps):
+    return _backward(dy, x, gamma, running_mean, running_var, eps, False)
