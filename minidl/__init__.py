@@ -1,4 +1,8 @@
 """minidl: a Numba-accelerated deep-learning mini-framework with PyTorch's names."""
+from . import _malloc
+
+_malloc.tune()
+
 from . import data, functions, nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import get_backend, get_num_threads, set_backend, set_num_threads

@@ -102,18 +102,23 @@ def _topological_order(root) -> list:
     return order
 
 
-def _accumulate_leaf(leaf, g: np.ndarray) -> None:
+def _accumulate_leaf(leaf, g: np.ndarray, shared: bool) -> None:
+    """Add `g` into `leaf.grad`. `shared`: `g` may be seen elsewhere (it is an op's
+    incoming gradient, a view, or was handed to another parent too), so a leaf that
+    keeps it gets a private copy: a user clipping p.grad in place must not change
+    another tensor's gradient."""
     from .tensor import Tensor
 
     if g.dtype != leaf.data.dtype:
-        g = g.astype(leaf.data.dtype)
+        g, shared = g.astype(leaf.data.dtype), False
     if leaf.grad is None:
-        # A copy, because an op's backward may hand the same array to several parents
-        # (add returns grad_out twice); a user clipping p.grad in place must not touch
-        # another parameter's gradient.
-        leaf.grad = Tensor._wrap(np.array(g, copy=True))
+        leaf.grad = Tensor._wrap(np.array(g, copy=True) if shared else g)
     else:
-        leaf.grad = Tensor._wrap(leaf.grad.data + g)
+        acc = leaf.grad.data
+        if acc.flags.writeable and acc.base is None:
+            acc += g  # accumulation across backward calls, in place as in PyTorch
+        else:
+            leaf.grad = Tensor._wrap(acc + g)
 
 
 def backward(root, grad=None, retain_graph: bool = False) -> None:
@@ -133,10 +138,11 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             raise ValueError(f"backward: grad has shape {grad.shape} but the output has shape "
                              f"{root.shape}")
     if root._node is None:  # a leaf: d(root)/d(root) = 1
-        _accumulate_leaf(root, grad)
+        _accumulate_leaf(root, grad, shared=True)
         return
 
     grads = {id(root): grad}
+    handed = set()  # ids of gradient arrays already given to some tensor in this pass
     for t in reversed(_topological_order(root)):
         g = grads.pop(id(t), None)
         if g is None:
@@ -151,8 +157,10 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
         for p, gp in zip(node.parents, parent_grads):
             if gp is None or not p.requires_grad:
                 continue
+            shared = gp is g or gp.base is not None or id(gp) in handed
+            handed.add(id(gp))
             if p._node is None:
-                _accumulate_leaf(p, gp)
+                _accumulate_leaf(p, gp, shared)
             else:
                 prev = grads.get(id(p))
                 grads[id(p)] = gp if prev is None else prev + gp

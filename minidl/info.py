@@ -39,6 +39,11 @@ def cuda_status() -> str:
         return f"not available ({type(e).__name__})"
 
 
+def _malloc_status() -> str:
+    from . import _malloc
+    return _malloc.status
+
+
 def collect() -> dict:
     import numba
     import numpy as np
@@ -58,6 +63,7 @@ def collect() -> dict:
         "backend": get_backend(),
         "numpy BLAS": blas_info(),
         "cuda": cuda_status(),
+        "malloc tuning": _malloc_status(),
     }
     try:
         import torch

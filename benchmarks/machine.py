@@ -1,0 +1,59 @@
+"""The machine's practical limits, measured in the same run as the kernels they judge:
+float32 GEMM throughput through NumPy's BLAS (the ceiling for compute-bound convs) and
+memory bandwidth as a large copy and a STREAM-style triad (the ceiling for memory-bound
+batch norm and pooling)."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from benchmarks.common import timeit
+
+
+@njit(parallel=True, cache=True)
+def _triad(a, b, c, s):
+    for i in prange(a.size):
+        a[i] = b[i] + s * c[i]
+
+
+@njit(parallel=True, cache=True)
+def _copy(dst, src):
+    for i in prange(dst.size):
+        dst[i] = src[i]
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    t = timeit(lambda: a @ b, repeats=repeats)["median"]
+    return 2 * n**3 / t / 1e9
+
+
+def bandwidth_gbs(mib: int = 256, repeats: int = 5) -> dict:
+    """Copy and triad bandwidth with Numba's threads, counting bytes read plus written."""
+    n = mib * 2**20 // 4
+    b = np.ones(n, np.float32)
+    c = np.ones(n, np.float32)
+    a = np.empty(n, np.float32)
+    _copy(a, b)
+    _triad(a, b, c, np.float32(2.0))
+    t_copy = timeit(lambda: _copy(a, b), repeats=repeats)["median"]
+    t_triad = timeit(lambda: _triad(a, b, c, np.float32(2.0)), repeats=repeats)["median"]
+    return {"copy": 2 * a.nbytes / t_copy / 1e9, "triad": 3 * a.nbytes / t_triad / 1e9}
+
+
+def limits(quick: bool = False) -> dict:
+    from minidl.info import blas_info, threading_layer
+    bw = bandwidth_gbs(mib=32 if quick else 256, repeats=3 if quick else 5)
+    return {
+        "gemm_gflops": gemm_gflops(512 if quick else 2048, repeats=3 if quick else 5),
+        "copy_gbs": bw["copy"], "triad_gbs": bw["triad"],
+        "blas": blas_info(), "threading_layer": threading_layer(),
+        "numba_threads": numba.get_num_threads(),
+    }
+
+
+if __name__ == "__main__":
+    for k, v in limits().items():
+        print(f"{k:>16}: {v:.1f}" if isinstance(v, float) else f"{k:>16}: {v}")
