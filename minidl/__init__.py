@@ -1,4 +1,6 @@
 """minidl: a Numba-accelerated deep-learning mini-framework with PyTorch's names."""
+import kernels  # noqa: F401  (first: sets the OpenMP wait policy before Numba starts)
+
 from . import _malloc
 
 _malloc.tune()

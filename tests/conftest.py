@@ -1,5 +1,8 @@
 import os
 
+# Before anything (torch included) loads an OpenMP runtime: see kernels/__init__.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 from hypothesis import settings
