@@ -35,7 +35,6 @@ Numba then binds to that one, so torch imported first (with the variable unset) 
 the spinning back.
 """
 import functools
-import os
 import threading
 
 import numpy as np
