@@ -560,3 +560,21 @@ def test_loss_modules_match_functional():
     assert nn.MSELoss(reduction="sum")(a, b).item() == pytest.approx(
         float(((a.data - b.data) ** 2).sum()), rel=1e-6)
     assert repr(nn.MSELoss(reduction="sum")) == "MSELoss(reduction='sum')"
+
+
+def test_batchnorm_eval_output_is_independent_of_the_batch():
+    import minidl as md
+    from minidl import nn
+    md.manual_seed(0)
+    for bn, shape in ((nn.BatchNorm1d(6), (9, 6)), (nn.BatchNorm2d(3), (5, 3, 4, 4))):
+        for _ in range(3):  # some running statistics
+            bn(md.randn(*shape) * 3 + 1)
+        bn.eval()
+        x = md.randn(*shape)
+        whole = bn(x).data
+        for i in range(shape[0]):
+            alone = bn(x[i:i + 1]).data
+            np.testing.assert_allclose(alone[0], whole[i], rtol=1e-6, atol=1e-6)
+        other = md.randn(*shape) * 10  # a very different batch around it
+        mixed = bn(md.concatenate([x[:1], other])).data
+        np.testing.assert_allclose(mixed[0], whole[0], rtol=1e-6, atol=1e-6)
