@@ -1,0 +1,72 @@
+"""Cold and warm start of the Numba kernels: every kernel family called once in float32
+and float64 in a fresh process, first with an empty Numba cache (JIT compilation and
+cache writes), then again with the cache on disk (`cache=True`: loads only).
+
+    python -m benchmarks.compile_time
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+CHILD = r"""
+import time
+t0 = time.perf_counter()
+import numpy as np
+import kernels.cpu as K
+t_import = time.perf_counter() - t0
+rng = np.random.default_rng(0)
+for dt in (np.float32, np.float64):
+    x = rng.standard_normal((4, 6, 9, 9)).astype(dt)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(dt)
+    b = np.zeros(8, dt)
+    y = K.conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 2)
+    K.conv2d_backward_input(y, w, x.shape, (1, 1), (1, 1), (1, 1), 2)
+    K.conv2d_backward_weight(y, x, w.shape, (1, 1), (1, 1), (1, 1), 2)
+    K.conv2d_backward_bias(y)
+    for shape in ((4, 6, 9, 9), (64, 6, 40, 40), (60, 100), (20000, 100)):  # serial and parallel paths
+        z = rng.standard_normal(shape).astype(dt)
+        g, bt = np.ones(shape[1], dt), np.zeros(shape[1], dt)
+        out, m, v = K.batch_norm_train_forward(z, g, bt, 1e-5)
+        K.batch_norm_train_backward(out, z, g, m, v, 1e-5)
+        K.batch_norm_eval_forward(z, g, bt, m, v, 1e-5)
+        K.batch_norm_eval_backward(out, z, g, m, v, 1e-5)
+        for act in ("relu", "sigmoid"):
+            a = K.bias_act_forward(z, g, act)
+            K.act_backward(a, a, act)
+    y, idx = K.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), False)
+    K.max_pool2d_backward(y, idx, x.shape)
+    y = K.avg_pool2d_forward(x, (3, 3), (2, 2), (1, 1), False, True)
+    K.avg_pool2d_backward(y, x.shape, (3, 3), (2, 2), (1, 1), False, True)
+    K.global_avg_pool2d_backward(K.global_avg_pool2d_forward(x), x.shape)
+print(f"{t_import:.3f} {time.perf_counter() - t0:.3f}")
+"""
+
+
+def measure() -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        out = {}
+        for label in ("cold", "warm"):
+            t0 = time.perf_counter()
+            res = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=root,
+                                 capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - t0
+            t_import, t_total = map(float, res.stdout.split())
+            out[label] = {"process_wall_s": wall, "import_s": t_import, "kernels_s": t_total}
+    return out
+
+
+def main():
+    res = measure()
+    for label, r in res.items():
+        print(f"{label}: all kernels, float32 + float64, first calls {r['kernels_s']:.1f} s "
+              f"(import {r['import_s']:.2f} s), whole process {r['process_wall_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
