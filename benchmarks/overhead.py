@@ -11,6 +11,10 @@ from benchmarks.common import clean_blas_env
 
 clean_blas_env()
 
+try:  # before minidl, so torch's OpenMP runtime keeps its own wait policy
+    import torch  # noqa: F401
+except ImportError:
+    pass
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
