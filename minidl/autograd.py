@@ -16,6 +16,7 @@ import contextlib
 import numpy as np
 
 _grad_enabled = True
+Tensor = None  # bound by minidl.tensor, which imports this module first (no import cycle)
 
 
 def is_grad_enabled() -> bool:
@@ -64,8 +65,6 @@ class Node:
 def record(data: np.ndarray, parents: tuple, backward, name: str):
     """Wrap `data` as the output Tensor of op `name`; attach a Node when any parent
     requires grad and recording is on."""
-    from .tensor import Tensor
-
     out = Tensor._wrap(data)
     if _grad_enabled:
         for p in parents:
@@ -107,8 +106,6 @@ def _accumulate_leaf(leaf, g: np.ndarray, shared: bool) -> None:
     incoming gradient, a view, or was handed to another parent too), so a leaf that
     keeps it gets a private copy: a user clipping p.grad in place must not change
     another tensor's gradient."""
-    from .tensor import Tensor
-
     if g.dtype != leaf.data.dtype:
         g, shared = g.astype(leaf.data.dtype), False
     if leaf.grad is None:

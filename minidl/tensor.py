@@ -159,6 +159,9 @@ class Tensor:
         return bool(self.data)
 
 
+autograd.Tensor = Tensor  # the tape wraps op outputs as Tensors
+
+
 # ---- creation helpers ---------------------------------------------------------
 
 def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:

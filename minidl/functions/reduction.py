@@ -23,6 +23,8 @@ def sum(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:  # n
     axis, keepdims = pick_axis(axis, dim, keepdims, keepdim)
     axes = normalize_axis(axis, a.ndim, "sum")
     out = np.asarray(a.data.sum(axis=axes, keepdims=keepdims))
+    if len(axes) == a.ndim:  # a full reduction (the usual loss.sum()): g broadcasts as is
+        return record(out, (a,), lambda g: (np.broadcast_to(g, a.shape),), "Sum")
 
     def backward(g):
         return (np.broadcast_to(_expand(g, a.shape, axes, keepdims), a.shape),)
