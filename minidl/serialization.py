@@ -24,25 +24,17 @@ point leaves either the old checkpoint or the new one, never half of one.
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 __all__ = ["save", "load", "CheckpointError"]
 
 _META_KEY = "__minidl__"
 _FORMAT = "minidl-checkpoint"
 _VERSION = 1
-
-
-def _umask_mode():
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umask_mode()
 
 
 class CheckpointError(ValueError):
@@ -124,38 +116,8 @@ def save(obj, path):
     meta = json.dumps({"format": _FORMAT, "version": _VERSION, "tree": tree})
     arrays[_META_KEY] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp's 0600 -> what open() would give
-            # No pickle needed: _put rejected object arrays.
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    # Makes the rename itself durable; not possible on every platform/filesystem.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as (f, _):
+        np.savez(f, **arrays)  # no pickle needed: _put rejected object arrays
 
 
 def load(path):

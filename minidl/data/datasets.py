@@ -18,13 +18,13 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 import zlib
 from typing import NamedTuple
 
 import numpy as np
 
+from .._atomic import atomic_write
 from .dataset import TensorDataset
 from .idx import DataFormatError, load_idx_pair
 
@@ -136,15 +136,6 @@ _COUNTS = {True: 60000, False: 10000}
 _TIMEOUT_S = 60
 
 
-def _umask_mode():
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umask_mode()
-
-
 def _check_name(name):
     if name not in FILES:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(FILES)}")
@@ -221,38 +212,23 @@ def _fetch(url, dest, info):
     """
     from tqdm.auto import tqdm
 
-    directory = os.path.dirname(dest)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(dest) + ".",
-                               suffix=".part")
-    try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 -> what open() would give
+    with atomic_write(dest, suffix=".part") as (out, tmp), \
+            urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, \
-                urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-            length = response.headers.get("Content-Length")
-            with tqdm(total=int(length) if length else info.size, unit="B",
-                      unit_scale=True, desc=os.path.basename(dest), disable=None,
-                      leave=False) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
+        length = response.headers.get("Content-Length")
+        with tqdm(total=int(length) if length else info.size, unit="B", unit_scale=True,
+                  desc=os.path.basename(dest), disable=None, leave=False) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        out.flush()
         actual = digest.hexdigest()
         if actual != info.sha256 and not _gzip_contents_match(tmp, info.raw_sha256):
             raise ChecksumError(
                 f"{url}: SHA-256 mismatch: expected {info.sha256} (or a gzip whose "
                 f"contents hash to {info.raw_sha256}), got {actual}; the corrupt "
                 f"download was deleted")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _not_found_message(name, train, root, failures=()):

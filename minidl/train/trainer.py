@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import functions as F
+from .._atomic import atomic_write
 from ..autograd import no_grad
 from ..random import get_rng_state, set_rng_state
 from ..serialization import load, save
@@ -162,11 +162,9 @@ class Trainer:
         """Metrics as of the checkpoint: lines a crashed run wrote after it are dropped."""
         if self.metrics_path is None:
             return
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
+        with atomic_write(self.metrics_path, mode="w") as (f, _):
             for row in self.history:
                 f.write(json.dumps(row) + "\n")
-        os.replace(tmp, self.metrics_path)
 
     def _append_metrics(self, row: dict) -> None:
         if self.metrics_path is not None:
