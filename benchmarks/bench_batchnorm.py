@@ -8,7 +8,8 @@ counts only the bytes the operation must move: forward reads x and writes y (2 a
 backward reads x and dy and writes dx (3 arrays); "%bw" relates that to the copy
 bandwidth measured in the same run with `threads` threads of np.copyto, so 100% means
 "as fast as copying the arrays it has to touch". Times are the best of `repeats` runs:
-other processes share the cores, and the minimum is the least disturbed.
+other processes share the cores, and the minimum is the least disturbed. torch runs in
+a child process (importing it here would slow numba: see bench_conv.py).
 """
 import os
 
@@ -18,6 +19,7 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_var, None)
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -26,11 +28,6 @@ import numpy as np  # noqa: E402
 
 from kernels.cpu import batchnorm as nb_bn  # noqa: E402
 from kernels.reference import batchnorm as np_bn  # noqa: E402
-
-try:
-    import torch
-except ImportError:  # torch is an optional peer
-    torch = None
 
 SHAPES = [(64, 64, 28, 28), (64, 128, 14, 14), (256, 96, 7, 7), (60, 100)]
 EPS = 1e-5
@@ -74,6 +71,7 @@ def copy_bandwidth(threads, nbytes=1 << 27, repeats=5):
 def _torch_cases(x, dy, gamma, beta, mean, var):
     """{layout: (train fwd, train bwd, eval fwd)} closures over torch's ATen kernels: the
     same work as ours, without autograd's bookkeeping."""
+    import torch
     layouts = {"nchw": torch.contiguous_format}
     if x.ndim == 4:
         layouts["channels_last"] = torch.channels_last
@@ -99,47 +97,65 @@ def _torch_cases(x, dy, gamma, beta, mean, var):
     return cases
 
 
-def run(threads=None, repeats=5, quick=False):
-    """Rows of timings, one per (shape, implementation); see the module docstring."""
-    threads = threads or numba.config.NUMBA_NUM_THREADS
-    numba.set_num_threads(threads)
-    if torch is not None:
-        torch.set_num_threads(threads)
-    copy_gbs = copy_bandwidth(threads, nbytes=(1 << 25) if quick else (1 << 27))
-    shapes = SHAPES[1:] if quick else SHAPES
+def _problems(quick):
+    """(shape, x, dy, gamma, beta, mean, var) per shape, the same in the torch child."""
     rng = np.random.default_rng(0)
-    rows = []
-    for shape in shapes:
+    for shape in SHAPES[1:] if quick else SHAPES:
         x = rng.standard_normal(shape, dtype=np.float32)
         dy = rng.standard_normal(shape, dtype=np.float32)
         C = shape[1]
         gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
         beta = rng.standard_normal(C, dtype=np.float32)
         _, mean, var = np_bn.batch_norm_train_forward(x, gamma, beta, EPS)
+        yield shape, x, dy, gamma, beta, mean, var
 
-        impls = {}
+
+def _row(shape, impl, threads, nbytes, fwd, bwd, evalf, repeats):
+    t_fwd, t_bwd, t_eval = (_best(f, repeats) for f in (fwd, bwd, evalf))
+    return dict(shape=tuple(shape), impl=impl, threads=threads, fwd_s=t_fwd, bwd_s=t_bwd,
+                train_s=t_fwd + t_bwd, eval_s=t_eval,
+                train_gbs=5 * nbytes / (t_fwd + t_bwd) / 1e9, eval_gbs=2 * nbytes / t_eval / 1e9)
+
+
+def torch_worker(request):
+    """torch's rows, in a child process (benchmarks.kernels.run_child)."""
+    import torch
+    torch.set_num_threads(request["threads"])
+    rows = []
+    for shape, x, dy, gamma, beta, mean, var in _problems(request["quick"]):
+        for name, fns in _torch_cases(x, dy, gamma, beta, mean, var).items():
+            rows.append(_row(shape, "torch_" + name, request["threads"], x.nbytes, *fns,
+                             request["repeats"]))
+    return rows
+
+
+def run(threads=None, repeats=5, quick=False):
+    """Rows of timings, one per (shape, implementation); see the module docstring."""
+    threads = threads or numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(threads)
+    copy_gbs = copy_bandwidth(threads, nbytes=(1 << 25) if quick else (1 << 27))
+    rows = []
+    for shape, x, dy, gamma, beta, mean, var in _problems(quick):
         for name, mod in (("numba", nb_bn), ("numpy", np_bn)):
-            impls[name] = (
+            rows.append(_row(
+                shape, name, threads, x.nbytes,
                 lambda mod=mod: mod.batch_norm_train_forward(x, gamma, beta, EPS),
                 lambda mod=mod: mod.batch_norm_train_backward(dy, x, gamma, mean, var, EPS),
                 lambda mod=mod: mod.batch_norm_eval_forward(x, gamma, beta, mean, var, EPS),
-            )
-        if torch is not None:
-            cases = _torch_cases(x, dy, gamma, beta, mean, var)
-            impls.update({"torch_" + k: v for k, v in cases.items()})
-
-        for name, (fwd, bwd, evalf) in impls.items():
-            t_fwd, t_bwd, t_eval = (_best(f, repeats) for f in (fwd, bwd, evalf))
-            rows.append(dict(shape=shape, impl=name, threads=threads, fwd_s=t_fwd, bwd_s=t_bwd,
-                             train_s=t_fwd + t_bwd, eval_s=t_eval,
-                             train_gbs=5 * x.nbytes / (t_fwd + t_bwd) / 1e9,
-                             eval_gbs=2 * x.nbytes / t_eval / 1e9, copy_gbs=copy_gbs))
-        torch_rows = [r for r in rows if r["shape"] == shape and r["impl"].startswith("torch")]
-        best_torch = min(torch_rows, key=lambda r: r["train_s"]) if torch_rows else None
-        for r in rows:
-            if r["shape"] == shape:
-                r["pct_bw"] = 100 * r["train_gbs"] / copy_gbs
-                r["vs_torch"] = best_torch["train_s"] / r["train_s"] if best_torch else None
+                repeats))
+    if importlib.util.find_spec("torch") is not None:
+        from benchmarks.kernels import run_child
+        torch_rows = run_child("benchmarks.bench_batchnorm",
+                               dict(threads=threads, repeats=repeats, quick=quick))
+        order = [shape for shape, *_ in _problems(quick)]
+        rows = sorted(rows + [dict(r, shape=tuple(r["shape"])) for r in torch_rows],
+                      key=lambda r: order.index(r["shape"]))  # stable: numba, numpy, torch
+    for r in rows:
+        torch_rows = [t for t in rows if t["shape"] == r["shape"] and t["impl"].startswith("torch")]
+        best_torch = min(torch_rows, key=lambda t: t["train_s"]) if torch_rows else None
+        r["copy_gbs"] = copy_gbs
+        r["pct_bw"] = 100 * r["train_gbs"] / copy_gbs
+        r["vs_torch"] = best_torch["train_s"] / r["train_s"] if best_torch else None
     return rows
 
 

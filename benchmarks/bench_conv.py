@@ -186,7 +186,10 @@ def _time_in_child(backend, shape_indices, threads, repeats, wait_idle):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend,
            "--threads", str(threads), "--repeats", str(repeats), "--wait-idle", str(wait_idle),
            "--only", ",".join(map(str, shape_indices))]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    # torch's default OpenMP wait policy, and minidl's malloc settings: see child_env
+    from benchmarks.kernels import child_env
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT,
+                         env=child_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

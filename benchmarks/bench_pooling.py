@@ -7,9 +7,12 @@ that also absorbs JIT compilation/cache loading, reported as `first_call_s`). To
 timed at the kernel level (aten max_pool2d_with_indices / avg_pool2d and their
 backward ops, no autograd overhead) with the same thread count. GB/s counts the bytes
 the pass must move: forward reads x and writes y (and the int64 argmax for max);
-backward reads dy (and argmax) and writes dx.
+backward reads dy (and argmax) and writes dx. torch runs in a child process (importing it
+here would slow numba: see bench_conv.py).
 """
 import argparse
+import importlib.metadata
+import importlib.util
 import statistics
 import time
 
@@ -18,11 +21,6 @@ import numpy as np
 
 from kernels.cpu import pooling as cpu
 from kernels.reference import pooling as ref
-
-try:
-    import torch
-except ImportError:  # torch is an optional peer
-    torch = None
 
 CASES = [  # (op, shape, kernel, stride, padding)
     ("max", (64, 64, 28, 28), 3, 2, 1),
@@ -59,6 +57,7 @@ def _numpy_like_passes(mod, op, x, k, s, p):
 
 
 def _torch_passes(op, x, k, s, p):
+    import torch
     aten = torch.ops.aten
     xt = torch.from_numpy(x)
     if op == "max":
@@ -80,42 +79,56 @@ def _bytes(op, x_shape, y_shape, itemsize):
     return {"forward": (nx + ny) * itemsize + extra, "backward": (nx + ny) * itemsize + extra}
 
 
+def _problems():
+    """(op, shape, k, s, p, x, bytes per pass) per case, the same in the torch child."""
+    rng = np.random.default_rng(0)
+    for op, shape, k, s, p in CASES:
+        x = rng.standard_normal(shape).astype(np.float32)
+        Ho = ref.pool_output_size(shape[2], k, s, p, CEIL_MODE)
+        Wo = ref.pool_output_size(shape[3], k, s, p, CEIL_MODE)
+        yield op, shape, k, s, p, x, _bytes(op, shape, (*shape[:2], Ho, Wo), x.itemsize)
+
+
+def _rows(impl, make, threads, repeats):
+    rows = []
+    for op, shape, k, s, p, x, nbytes in _problems():
+        t0 = time.perf_counter()
+        passes = make(op, x, (k, k), (s, s), (p, p))  # runs one forward: JIT/cache load here
+        setup = time.perf_counter() - t0
+        for name, fn in zip(("forward", "backward"), passes):
+            # The reference is slow; fewer repeats keep the run short.
+            reps = max(1, repeats // 3) if impl == "numpy" else repeats
+            sec, first = _time(fn, reps)
+            rows.append({"op": op, "shape": shape, "kernel": k, "stride": s,
+                         "padding": p, "dtype": "float32", "pass": name, "impl": impl,
+                         "threads": threads, "seconds": sec,
+                         "gbps": float(nbytes[name]) / sec / 1e9,
+                         "first_call_s": setup if name == "forward" else first})
+    return rows
+
+
+def torch_worker(request):
+    """torch's rows, in a child process (benchmarks.kernels.run_child)."""
+    import torch
+    torch.set_num_threads(request["threads"])
+    return _rows("torch", _torch_passes, request["threads"], request["repeats"])
+
+
 def run(threads=None, repeats=10, quick=False):
     """One dict per (case, pass, impl): median seconds, GB/s, first-call seconds."""
     threads = threads or numba.config.NUMBA_NUM_THREADS
     numba.set_num_threads(threads)
-    if torch is not None:
-        torch.set_num_threads(threads)
     if quick:
         repeats = min(repeats, 3)
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for op, shape, k, s, p in CASES:
-        x = rng.standard_normal(shape).astype(np.float32)
-        k2, s2, p2 = (k, k), (s, s), (p, p)
-        Ho = ref.pool_output_size(shape[2], k, s, p, CEIL_MODE)
-        Wo = ref.pool_output_size(shape[3], k, s, p, CEIL_MODE)
-        nbytes = _bytes(op, shape, (*shape[:2], Ho, Wo), x.itemsize)
-
-        impls = {"numba": lambda: _numpy_like_passes(cpu, op, x, k2, s2, p2),
-                 "numpy": lambda: _numpy_like_passes(ref, op, x, k2, s2, p2)}
-        if torch is not None:
-            impls["torch"] = lambda: _torch_passes(op, x, k2, s2, p2)
-        for impl, make in impls.items():
-            t0 = time.perf_counter()
-            passes = make()  # runs one forward: the numba JIT/cache load lands here
-            setup = time.perf_counter() - t0
-            for name, fn in zip(("forward", "backward"), passes):
-                # The reference is slow; fewer repeats keep the run short.
-                reps = max(1, repeats // 3) if impl == "numpy" else repeats
-                sec, first = _time(fn, reps)
-                rows.append({"op": op, "shape": shape, "kernel": k, "stride": s,
-                             "padding": p, "dtype": "float32", "pass": name, "impl": impl,
-                             "threads": threads, "seconds": sec,
-                             "gbps": nbytes[name] / sec / 1e9,
-                             "first_call_s": setup if name == "forward" else first})
-    return rows
+    rows = (_rows("numba", lambda *a: _numpy_like_passes(cpu, *a), threads, repeats)
+            + _rows("numpy", lambda *a: _numpy_like_passes(ref, *a), threads, repeats))
+    if importlib.util.find_spec("torch") is not None:
+        from benchmarks.kernels import run_child
+        rows += [dict(r, shape=tuple(r["shape"])) for r in
+                 run_child("benchmarks.bench_pooling", dict(threads=threads, repeats=repeats))]
+    case_index = {case: i for i, case in enumerate(CASES)}
+    return sorted(rows, key=lambda r: case_index[(r["op"], r["shape"], r["kernel"], r["stride"],
+                                                  r["padding"])])
 
 
 def _print_table(rows):
@@ -136,7 +149,8 @@ if __name__ == "__main__":
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    print(f"numba {numba.__version__}, numpy {np.__version__}, "
-          f"torch {torch.__version__ if torch else 'not installed'}, "
+    torch_version = (importlib.metadata.version("torch") if importlib.util.find_spec("torch")
+                     else "not installed")
+    print(f"numba {numba.__version__}, numpy {np.__version__}, torch {torch_version}, "
           f"threads {a.threads or numba.config.NUMBA_NUM_THREADS}")
     _print_table(run(a.threads, a.repeats, a.quick))

@@ -45,10 +45,12 @@ def bandwidth_gbs(mib: int = 256, repeats: int = 5) -> dict:
 
 def limits(quick: bool = False) -> dict:
     from minidl.info import blas_info, threading_layer
-    bw = bandwidth_gbs(mib=32 if quick else 256, repeats=3 if quick else 5)
+    mib, n = (32, 512) if quick else (256, 2048)
+    bw = bandwidth_gbs(mib=mib, repeats=3 if quick else 5)
     return {
-        "gemm_gflops": gemm_gflops(512 if quick else 2048, repeats=3 if quick else 5),
+        "gemm_gflops": gemm_gflops(n, repeats=3 if quick else 5),
         "copy_gbs": bw["copy"], "triad_gbs": bw["triad"],
+        "gemm_n": n, "bandwidth_mib": mib,
         "blas": blas_info(), "threading_layer": threading_layer(),
         "numba_threads": numba.get_num_threads(),
     }

@@ -5,8 +5,12 @@ same models in PyTorch CPU, on the same random data.
 
 Models: the paper's 784-100-100-100-10 sigmoid MLP with and without BN at batch 60 and
 256, and a small BN CNN (three conv3x3-BN-ReLU blocks, max pooling after the first two,
-global average pooling, linear) at batch 64 on 28x28 inputs. PyTorch is timed at 1 and
-N threads and its faster setting is reported (at batch 60 one thread often wins).
+global average pooling, linear) at batch 64 on 28x28 inputs. Steps/s is over `steps`
+steps after 10 warm-up steps; the spread is over 5 equal blocks of them.
+
+PyTorch is timed at 1 and N threads (and the CNN also in channels_last) and its fastest
+setting is reported (at batch 60 one thread often wins), in a child process: importing
+torch here would bind Numba to torch's OpenMP runtime and slow minidl (see bench_conv.py).
 """
 from __future__ import annotations
 
@@ -16,13 +20,12 @@ from benchmarks.common import clean_blas_env
 
 clean_blas_env()
 
+import importlib.util  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-import minidl as md  # noqa: E402
-from minidl import nn, optim  # noqa: E402
-from minidl.models import mlp  # noqa: E402
+# minidl is imported where it is used: the torch child must load torch first.
 
 CASES = [  # (name, builder key, batch)
     ("MLP no-BN b60", "mlp", 60), ("MLP BN b60", "mlp_bn", 60),
@@ -32,6 +35,8 @@ CASES = [  # (name, builder key, batch)
 
 
 def minidl_model(kind):
+    from minidl import nn
+    from minidl.models import mlp
     if kind == "mlp":
         return mlp(bn=False)
     if kind == "mlp_bn":
@@ -73,7 +78,25 @@ def data(kind, batch, n_batches=8, seed=0):
             for _ in range(n_batches)]
 
 
-def time_minidl(kind, batch, steps, threads):
+def _time_steps(step, steps, warmup, blocks=5):
+    """Steps/s over `steps` steps after `warmup` ones, and its spread over `blocks` blocks."""
+    for i in range(warmup):
+        step(i)
+    per_block = max(1, steps // blocks)
+    block_s = []
+    for b in range(blocks):
+        t0 = time.perf_counter()
+        for i in range(b * per_block, (b + 1) * per_block):
+            step(i)
+        block_s.append(time.perf_counter() - t0)
+    rates = [per_block / t for t in block_s]
+    return {"steps_s": per_block * blocks / sum(block_s), "min_steps_s": min(rates),
+            "max_steps_s": max(rates), "steps": per_block * blocks}
+
+
+def time_minidl(kind, batch, steps, threads, warmup=10):
+    import minidl as md
+    from minidl import nn, optim
     md.set_num_threads(threads)
     md.manual_seed(0)
     model = minidl_model(kind)
@@ -89,21 +112,19 @@ def time_minidl(kind, batch, steps, threads):
     t0 = time.perf_counter()
     step(0)
     first = time.perf_counter() - t0  # includes JIT compilation (or cache load)
-    for i in range(10):
-        step(i)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return steps / (time.perf_counter() - t0), first
+    return _time_steps(step, steps, warmup), first
 
 
-def time_torch(kind, batch, steps, threads):
+def time_torch(kind, batch, steps, threads, channels_last=False, warmup=10):
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = torch_model(kind)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in data(kind, batch)]
+    batches = [(torch.from_numpy(x).contiguous(memory_format=fmt) if x.ndim == 4
+                else torch.from_numpy(x), torch.from_numpy(y)) for x, y in data(kind, batch)]
     loss_fn = torch.nn.functional.cross_entropy
 
     def step(i):
@@ -112,32 +133,53 @@ def time_torch(kind, batch, steps, threads):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    for i in range(10):
-        step(i)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return steps / (time.perf_counter() - t0)
+    return _time_steps(step, steps, warmup)
 
 
-def run(threads=None, steps=300, quick=False, cases=None) -> list[dict]:
+def torch_worker(request):
+    """In a child process (benchmarks.kernels.run_child): every case in every torch
+    configuration; {case name: {config: result}}."""
+    out = {}
+    for name, kind, batch, steps in request["cases"]:
+        out[name] = {}
+        for threads in request["threads"]:
+            for cl in (False, True) if kind == "cnn" else (False,):
+                config = f"{threads} thread{'s' if threads > 1 else ''}"
+                if kind == "cnn":
+                    config = f"{'channels_last' if cl else 'nchw'}, {config}"
+                out[name][config] = dict(time_torch(kind, batch, steps, threads, cl,
+                                                    request["warmup"]), threads=threads)
+    return out
+
+
+def run(threads=None, steps=300, quick=False, cases=None, use_torch=True) -> list[dict]:
+    """One row per case: minidl and (best) torch steps/s, their ratio, minidl's first step."""
     import numba
+
+    import minidl as md
     threads = threads or numba.config.NUMBA_NUM_THREADS
-    steps = 20 if quick else steps
+    steps, warmup = (5, 1) if quick else (steps, 10)
+    plan = [(name, kind, batch, max(steps // 5, 5) if kind == "cnn" else steps)
+            for name, kind, batch in cases or CASES]
     rows = []
-    for name, kind, batch in cases or CASES:
-        n = max(steps // 5, 10) if kind == "cnn" else steps
-        ours, first = time_minidl(kind, batch, n, threads)
-        row = {"case": name, "batch": batch, "threads": threads, "minidl_steps_s": ours,
-               "minidl_first_step_s": first}
-        try:
-            best = max((time_torch(kind, batch, n, t), t) for t in sorted({1, threads}))
-            row.update(torch_steps_s=best[0], torch_threads=best[1],
-                       ratio_vs_torch=ours / best[0])
-        except ImportError:
-            pass
-        rows.append(row)
+    for name, kind, batch, n in plan:
+        ours, first = time_minidl(kind, batch, n, threads, warmup)
+        rows.append({"case": name, "batch": batch, "threads": threads,
+                     "minidl_steps_s": ours["steps_s"], "minidl_min_steps_s": ours["min_steps_s"],
+                     "minidl_max_steps_s": ours["max_steps_s"], "steps": ours["steps"],
+                     "minidl_first_step_s": first})
     md.set_num_threads(threads)
+    if use_torch and importlib.util.find_spec("torch") is not None:
+        from benchmarks.kernels import run_child
+        res = run_child("benchmarks.train_step", {"cases": plan, "warmup": warmup,
+                                                  "threads": sorted({1, threads})})
+        for row in rows:
+            configs = res[row["case"]]
+            best = max(configs, key=lambda c: configs[c]["steps_s"])
+            row.update(torch_steps_s=configs[best]["steps_s"],
+                       torch_threads=configs[best]["threads"], torch_config=best,
+                       torch_configs={c: r["steps_s"] for c, r in configs.items()},
+                       ratio_vs_torch=row["minidl_steps_s"] / configs[best]["steps_s"])
     return rows
 
 

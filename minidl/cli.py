@@ -17,6 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     figure1.add_arguments(p)
     p = sub.add_parser("train", help="train one network of the MNIST experiment")
     train.add_train_arguments(p)
+    from . import bench
+    p = sub.add_parser("bench", help="benchmark kernels and training steps against NumPy and "
+                       "PyTorch", description=bench.__doc__)
+    bench.add_arguments(p)
     return parser
 
 
@@ -31,6 +35,9 @@ def main(argv=None) -> int:
     elif args.command == "train":
         from .experiments import train
         result = train.run(args)
+    elif args.command == "bench":
+        from .bench import run as bench_run
+        return bench_run(args)
     else:
         return 2
     return 130 if result.get("interrupted") else 0
