@@ -351,27 +351,32 @@ def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
 def conv2d_backward_weight(dy, x, w_shape, stride, padding, dilation, groups):
     g = _Geometry(x.shape, w_shape, stride, padding, dilation, groups, x.itemsize)
     dy3 = dy.reshape(g.N, g.K, g.P)
-    dw = np.zeros((g.G, g.Kg, g.CgRS), dtype=dy.dtype)
+    # Accumulates dw^T = cols @ dy^T, (Cg*R*S, Kg) per group, and transposes it back at
+    # the end (a small copy): the same products as dw = dy @ cols^T, but OpenBLAS runs
+    # this orientation faster. Measured on 2 cores, GEMM alone, (Kg, L, Cg*R*S) =
+    # (64, 7056, 288), (96, 3528, 576), (128, 2401, 864): 178 -> 225, 243 -> 270,
+    # 230 -> 268 GFLOP/s; the per-sample products of a first layer ((32, 784, 9) x 64):
+    # 0.48 -> 0.44 ms. The transposes are BLAS flags, not copies.
+    dw_t = np.zeros((g.G, g.CgRS, g.Kg), dtype=dy.dtype)
     per_sample = g.per_sample_weight and g.nc * g.K * g.CgRS * dy.itemsize <= _CHUNK_BYTES
     for n0, nc in g.chunks():
         cols = _columns(x, g, n0, nc)
         if per_sample:
-            # dw += sum over samples of dy[n] @ cols[n]^T: per-sample products (the
-            # transposes are BLAS flags), then one sum; no transpose of dy.
-            part = _buffer("dw_part", (nc, g.K, g.CgRS), dy.dtype)
-            cols_t = _by_sample(cols, nc, g.P).transpose(0, 2, 1)
-            np.matmul(dy3[n0:n0 + nc], cols_t, out=part)
-            dw[0] += part.sum(axis=0)
+            # dw^T += sum over samples of cols[n] @ dy[n]^T: per-sample products, then
+            # one sum; no transpose of dy.
+            part = _buffer("dw_part", (nc, g.CgRS, g.K), dy.dtype)
+            np.matmul(_by_sample(cols, nc, g.P), dy3[n0:n0 + nc].transpose(0, 2, 1),
+                      out=part)
+            dw_t[0] += part.sum(axis=0)
             continue
         dy_knp = _buffer("dy_knp", (g.K, nc * g.P), dy.dtype)
         _nkp_to_knp(dy3, n0, dy_knp)
-        part = _buffer("dw_part", (g.Kg, g.CgRS), dy.dtype)
+        part = _buffer("dw_part", (g.CgRS, g.Kg), dy.dtype)
         for gi in range(g.G):
-            # dw[g] += dy[g] @ cols[g]^T: the transpose is a BLAS flag, not a copy.
-            np.matmul(dy_knp[gi * g.Kg:(gi + 1) * g.Kg],
-                      cols[gi * g.CgRS:(gi + 1) * g.CgRS].T, out=part)
-            dw[gi] += part
-    return dw.reshape(w_shape)
+            np.matmul(cols[gi * g.CgRS:(gi + 1) * g.CgRS],
+                      dy_knp[gi * g.Kg:(gi + 1) * g.Kg].T, out=part)
+            dw_t[gi] += part
+    return np.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(w_shape)
 
 
 def conv2d_backward_bias(dy):
