@@ -347,3 +347,43 @@ def test_max_pool_nan_and_ties_match_torch():
             y, a = mod.max_pool2d_forward(x, *args)
             np.testing.assert_array_equal(y, yt.numpy())  # NaNs compare equal here
             np.testing.assert_array_equal(a, it.numpy())
+
+
+# ------------------------------------------------- realistic planes (the vectorized fast path)
+
+# Planes large enough that the per-offset loops of kernels.cpu run full vector iterations
+# plus a remainder: strides 1 and 2 take the constant-stride paths, 3 the generic one;
+# k > s leaves garbage windows per scratch row, k <= s none (the one-loop compaction).
+LARGE_CASES = [
+    ((2, 3, 28, 28), (3, 3), (2, 2), (1, 1), False),
+    ((2, 3, 14, 14), (2, 2), (2, 2), (0, 0), False),
+    ((1, 2, 17, 23), (3, 3), (1, 1), (1, 1), True),
+    ((2, 1, 13, 11), (2, 3), (3, 2), (1, 1), True),
+    ((1, 3, 15, 15), (3, 2), (2, 3), (1, 0), True),
+    ((3, 2, 9, 31), (1, 1), (1, 1), (0, 0), False),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, k, s, p, ceil", LARGE_CASES)
+def test_pool_cpu_matches_reference_on_large_planes(shape, k, s, p, ceil, dtype):
+    rng = np.random.default_rng(sum(shape) + 7 * k[0] + s[1])
+    x = rng.integers(-3, 4, shape).astype(dtype)  # ties everywhere
+    x.flat[rng.choice(x.size, 5, replace=False)] = np.nan
+    x.flat[rng.choice(x.size, 5, replace=False)] = -np.inf
+    x[0, 0, :4, :4] = -np.inf  # windows with no finite element, some at the padded border
+    y_ref, a_ref = ref.max_pool2d_forward(x, k, s, p, ceil)
+    y_cpu, a_cpu = cpu.max_pool2d_forward(x, k, s, p, ceil)
+    np.testing.assert_array_equal(y_cpu, y_ref)  # NaNs compare equal here
+    np.testing.assert_array_equal(a_cpu, a_ref)
+
+    dy = _dy(rng, y_ref.shape, dtype)
+    assert_close(cpu.max_pool2d_backward(dy, a_cpu, shape),
+                 ref.max_pool2d_backward(dy, a_ref, shape))
+
+    x = rng.standard_normal(shape).astype(dtype)
+    for cip in (False, True):
+        assert_close(cpu.avg_pool2d_forward(x, k, s, p, ceil, cip),
+                     ref.avg_pool2d_forward(x, k, s, p, ceil, cip))
+        assert_close(cpu.avg_pool2d_backward(dy, shape, k, s, p, ceil, cip),
+                     ref.avg_pool2d_backward(dy, shape, k, s, p, ceil, cip))
