@@ -135,3 +135,15 @@ def kaiming_normal_(tensor, a: float = 0, mode: str = "fan_in",
     arr = _array(tensor)
     _normal(arr, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(_fan(arr, mode)), generator)
     return tensor
+
+
+def default_layer_init_(weight, bias=None):
+    """PyTorch's default init of Linear and Conv2d: kaiming_uniform_(a=sqrt(5)) for the
+    weight, which is U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias
+    (fan_in = in_features, or in_channels / groups * kH * kW)."""
+    kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in = _array(weight)[0].size
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        uniform_(bias, -bound, bound)
+    return weight

@@ -1,7 +1,6 @@
 """2-D convolution (NCHW), PyTorch's Conv2d."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -58,13 +57,7 @@ class Conv2d(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # PyTorch's default, as for Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-        # fan_in = in_channels // groups * kH * kW.
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight.data[0].size
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            init.uniform_(self.bias, -bound, bound)
+        init.default_layer_init_(self.weight, self.bias)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
