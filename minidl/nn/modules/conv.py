@@ -1,7 +1,6 @@
 """2-D convolution (NCHW), PyTorch's Conv2d."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from .. import functional as F

@@ -1,7 +1,6 @@
 """Fully connected layers."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from .. import functional as F
