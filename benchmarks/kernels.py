@@ -320,6 +320,13 @@ def set_threads(threads):
     _openblas_call("openblas_set_num_threads", ctypes.c_int(threads))
 
 
+# OpenBLAS's worker threads spin for 2^28 cycles (~70 ms at 3.7 GHz) after each
+# multithreaded call before they sleep, and while they spin a parallel Numba kernel on
+# the same cores runs up to 2x slower (measured). Whatever ran before (the numpy
+# reference's matrix products) must not tax the kernel timed next: wait that out.
+BLAS_SPIN_S = 0.12
+
+
 def time_local(case_list, mode="full", progress=None) -> list[dict]:
     """numba and numpy timings of every case, in this process."""
     repeats, min_sample, budget = MODES[mode]
@@ -329,6 +336,8 @@ def time_local(case_list, mode="full", progress=None) -> list[dict]:
             progress(f"[{i + 1}/{len(case_list)}] {case.kernel} {case.case} {case.pass_}")
         res = {}
         for backend in case.backends:
+            if mode == "full":
+                time.sleep(BLAS_SPIN_S)
             # the reference is slow and only a yardstick: half the budget
             b = budget / 2 if backend == "numpy" else budget
             res[backend] = measure(case.make(backend, "nchw"), repeats, min_sample, b)

@@ -40,9 +40,12 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from . import conv2d_direct
+
 _CHUNK_BYTES = 8 << 20  # column-matrix bytes per batch chunk (see module docstring)
 _THIN_FORWARD = 16  # Cg*R*S up to which forward runs one GEMM per sample
 _THIN_WEIGHT = 128  # ... and backward-weight (see _Geometry)
+_DIRECT = True  # groups == 1 and not 1x1: kernels/cpu/conv2d_direct.py (see _Geometry)
 
 
 # --- scratch buffers ------------------------------------------------------------------
@@ -257,6 +260,12 @@ class _Geometry:
         one = groups == 1
         self.per_sample_forward = one and (self.pointwise or self.CgRS <= _THIN_FORWARD)
         self.per_sample_weight = one and not self.pointwise and self.CgRS <= _THIN_WEIGHT
+        # The direct kernels build columns per block of pixels in cache and multiply
+        # them in Numba: no column matrix, no transposes, and no BLAS call, whose
+        # worker threads keep spinning for ~70 ms after each call and then slow every
+        # Numba kernel sharing the cores (measured 1.5-2x). A 1x1 kernel needs no
+        # columns at all, and one GEMM per sample is faster there.
+        self.direct = _DIRECT and one and not self.pointwise
         per_sample_bytes = self.C * self.R * self.S * self.P * itemsize
         self.nc = max(1, min(self.N, _CHUNK_BYTES // max(per_sample_bytes, 1)))
 
@@ -296,6 +305,9 @@ def _flipped(w, groups):
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     g = _Geometry(x.shape, w.shape, stride, padding, dilation, groups, x.itemsize)
+    if g.direct:
+        return conv2d_direct.forward(x, w, b, stride, padding, dilation, (g.Ho, g.Wo),
+                                     _gather_table(*g.geometry()))
     w_mat = w.reshape(g.G, g.Kg, g.CgRS)
     y = np.empty((g.N, g.K, g.P), dtype=x.dtype)
     if g.per_sample_forward:
@@ -327,8 +339,9 @@ def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
     # im2col of dy (K*R*S rows) and a GEMM with a long Kg*R*S contraction, instead of a
     # (Cg*R*S, Kg) @ (Kg, N*P) GEMM and a col2im of its C*R*S rows. The latter moves less
     # data when C < K, but col2im's scatter along short rows costs extra on small maps;
-    # the (1 + 4/Wo) factor models that (fitted on the benchmark's shapes).
-    if can_flip and (g.pointwise or g.K <= g.C * (1 + 4 / g.Wo)):
+    # the (1 + 4/Wo) factor models that (fitted on the benchmark's shapes). The direct
+    # kernels build no column matrix, so for them the flipped forward always wins.
+    if can_flip and (g.pointwise or g.direct or g.K <= g.C * (1 + 4 / g.Wo)):
         return conv2d_forward(dy, _flipped(w, groups), None, (1, 1),
                               (dh * (R - 1) - g.ph, dw * (S - 1) - g.pw), dilation, groups)
     w_mat = w.reshape(g.G, g.Kg, g.CgRS)
@@ -350,6 +363,8 @@ def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
 
 def conv2d_backward_weight(dy, x, w_shape, stride, padding, dilation, groups):
     g = _Geometry(x.shape, w_shape, stride, padding, dilation, groups, x.itemsize)
+    if g.direct and not g.per_sample_weight:
+        return conv2d_direct.backward_weight(dy, x, w_shape, _gather_table(*g.geometry()))
     dy3 = dy.reshape(g.N, g.K, g.P)
     # Accumulates dw^T = cols @ dy^T, (Cg*R*S, Kg) per group, and transposes it back at
     # the end (a small copy): the same products as dw = dy @ cols^T, but OpenBLAS runs

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernels.cpu import conv2d as cpu
+from kernels.cpu import conv2d_direct as direct
 from kernels.reference import conv2d as ref
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -77,20 +78,25 @@ def all_passes(k, case):
 
 @contextlib.contextmanager
 def patched(**values):
-    """Temporarily set module constants of kernels.cpu.conv2d."""
-    saved = {name: getattr(cpu, name) for name in values}
+    """Temporarily set module constants of kernels.cpu.conv2d (or of conv2d_direct)."""
+    owner = {name: direct if hasattr(direct, name) else cpu for name in values}
+    saved = {name: getattr(owner[name], name) for name in values}
     for name, value in values.items():
-        setattr(cpu, name, value)
+        setattr(owner[name], name, value)
     try:
         yield
     finally:
         for name, value in saved.items():
-            setattr(cpu, name, value)
+            setattr(owner[name], name, value)
 
 
-# One GEMM per sample (NCHW in and out) wherever groups == 1, or one per batch chunk.
-ROUTES = {"per_sample": dict(_THIN_FORWARD=10**9, _THIN_WEIGHT=10**9),
-          "batched": dict(_THIN_FORWARD=-1, _THIN_WEIGHT=-1)}
+# im2col + BLAS with one GEMM per sample (NCHW in and out) wherever groups == 1, or with
+# one per batch chunk; or the direct kernels (groups == 1, not 1x1), whose forward runs
+# along pixels for short contractions and in register tiles otherwise.
+ROUTES = {"per_sample": dict(_DIRECT=False, _THIN_FORWARD=10**9, _THIN_WEIGHT=10**9),
+          "batched": dict(_DIRECT=False, _THIN_FORWARD=-1, _THIN_WEIGHT=-1),
+          "direct_rows": dict(_DIRECT=True, _ROWS_BELOW=10**9),
+          "direct_tiles": dict(_DIRECT=True, _ROWS_BELOW=0)}
 
 
 def check_against_reference(case):
@@ -115,7 +121,7 @@ def test_cpu_matches_reference(route, case):
         check_against_reference(case)
 
 
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", ["per_sample", "batched"])  # the direct ones never chunk
 @SETTINGS
 @given(case=conv_cases(max_hw=13))
 def test_cpu_matches_reference_in_batch_chunks(route, case):
@@ -148,6 +154,27 @@ def test_cpu_matches_reference_fixed_cases(route, dtype, N, C, H, W, K, k, s, p,
     budget = 3 * C * k * k * Ho * Wo * np.dtype(dtype).itemsize
     with patched(_CHUNK_BYTES=budget, **ROUTES[route]):
         check_against_reference(case)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, C, H, W, K, k, s, p, d", [
+    (3, 32, 9, 11, 20, 3, 1, 1, 1),     # 288-long contraction; K, pixels not multiples of 4, 3
+    (1, 17, 8, 8, 5, 3, 2, 1, 1),       # batch 1, stride 2, contraction not a multiple of 16
+    (2, 8, 12, 10, 9, 3, 1, 2, 2),      # dilation 2: one copy per kernel offset
+    (2, 1, 28, 28, 6, 5, 1, 2, 1),      # a first layer: the pixel-row kernel
+    (1, 3, 7, 7, 2, 3, 1, 0, 1),        # fewer channels and pixels than one register tile
+])
+def test_direct_kernels_on_tile_sized_problems(dtype, N, C, H, W, K, k, s, p, d):
+    rng = np.random.default_rng(5)
+    Ho, Wo = out_size(H, k, s, p, d), out_size(W, k, s, p, d)
+    case = dict(x=rng.standard_normal((N, C, H, W)).astype(dtype),
+                w=rng.standard_normal((K, C, k, k)).astype(dtype),
+                b=rng.standard_normal(K).astype(dtype),
+                dy=rng.standard_normal((N, K, Ho, Wo)).astype(dtype),
+                stride=(s, s), padding=(p, p), dilation=(d, d), groups=1)
+    for route in ("direct_rows", "direct_tiles"):
+        with patched(**ROUTES[route]):
+            check_against_reference(case)
 
 
 def test_results_do_not_alias_scratch_buffers():
@@ -241,6 +268,7 @@ def test_matches_torch(backend, case):
     ((4, 1, 28, 28), 8, 3, 1, 1),     # the first layer of the benchmark, smaller batch
     ((2, 16, 14, 14), 16, 1, 1, 0),
     ((2, 16, 14, 14), 8, 3, 2, 1),
+    ((2, 32, 7, 7), 12, 3, 1, 1),     # the direct kernels' register tiles
 ])
 def test_matches_torch_on_benchmark_like_shapes(shape, K, k, s, p):
     rng = np.random.default_rng(3)
