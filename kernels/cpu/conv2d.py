@@ -1,4 +1,6 @@
-"""2-D convolution for the "numba" backend: parallel Numba data movement around BLAS GEMMs.
+"""2-D convolution for the "numba" backend: parallel Numba data movement around BLAS GEMMs,
+or, for groups=1 convolutions other than 1x1, the direct kernels of conv2d_direct.py
+(no column matrix, no BLAS; see there why, and _Geometry for the routes).
 
 Same functions and results as kernels/reference/conv2d.py; read that file first for the
 math (y = w_mat @ cols, dcols = w_mat^T @ dy, dw = dy @ cols^T). The arithmetic is all in
@@ -333,6 +335,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
 
 def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
     g = _Geometry(x_shape, w.shape, stride, padding, dilation, groups, dy.itemsize)
+    if g.direct and dilation == (1, 1):
+        return conv2d_direct.backward_input(dy, w, x_shape, stride, padding)
     (dh, dw), (R, S) = dilation, (g.R, g.S)
     can_flip = stride == (1, 1) and g.ph <= dh * (R - 1) and g.pw <= dw * (S - 1)
     # dx is also the convolution of dy with the flipped kernel, padded to be "full": an

@@ -1,12 +1,15 @@
-"""Direct convolution for the "numba" backend: the GEMM of kernels/reference/conv2d.py
-computed in Numba, tile by tile, without a column matrix in memory.
+"""Direct convolution for the "numba" backend: the GEMMs of kernels/reference/conv2d.py
+computed in Numba, tile by tile, without a column matrix in memory and without BLAS.
+kernels/cpu/conv2d.py sends groups=1 convolutions other than 1x1 here.
 
-Why not im2col + BLAS everywhere (kernels/cpu/conv2d.py does that for the other cases):
-the column matrix is R*S times the input, and writing it, reading it back and
-transposing the GEMM's result cost as much as the GEMM itself (profiled: 60% of the
-time of a 3x3 forward on 28x28 maps). Here every parallel task builds the columns of
-a block of ~100 output pixels only, in a buffer that stays in the core's cache, and
-multiplies it at once.
+Why not im2col + BLAS (conv2d.py does that for the other cases): the column matrix is
+R*S times the input, and writing it, reading it back and transposing the GEMM's result
+cost as much as the GEMM itself (profiled: 60% of a 3x3 forward on 28x28 maps). And
+OpenBLAS's worker threads spin for ~70 ms after each call, slowing whichever Numba
+kernel runs next on the same cores up to 2x: a CNN training step with these kernels ran
+25% faster than with im2col + BLAS (benchmarks/RESULTS.md). Here every parallel task
+builds the columns of a block of ~100 output pixels only, in a buffer that stays in the
+core's cache, and multiplies it at once.
 
 The multiply is a register tile: 3 rows of one operand times 4 rows of the other, 12
 dot products over a contiguous contraction, in one loop. LLVM vectorizes that loop
@@ -15,14 +18,19 @@ up once at the end; 7 vector loads feed 12 FMAs. A single row pair would load tw
 vectors per FMA and run at half the speed; Numba's SLP vectorizer is off, so tiles
 written as unrolled loops over an accumulator array would not be vectorized at all.
 Measured on 2 Zen 4 cores: 190-210 GFLOP/s for the multiply alone (3x4 tiles; 4x4,
-5x4, 3x6 and 6x3 tiles measured 1-8% slower).
+5x4, 3x6 and 6x3 tiles measured 1-8% slower). What it cannot beat: the one horizontal
+sum per output element, about 16/L of the work for a contraction of length L (6% for a
+3x3 kernel over 32 channels), and the loads of both operands, where a JIT-generated
+outer-product kernel (oneDNN's) broadcasts one of them.
 
-Layouts. Forward: x is copied once into zero-padded NHWC, so a pixel's columns are
-R*S contiguous runs of C values (R runs of S*C when dilation is 1) and no bounds are
-checked; the weights are ordered (K, R, S, C) to match; the result is written straight
-into NCHW. Backward-weight contracts over pixels instead: rows of dy (NCHW planes
-are already pixel-contiguous) against rows of the transposed columns, built per batch
-chunk and per block of weight columns.
+Layouts. Forward: x is copied once into zero-padded NHWC, so a pixel's columns are R
+contiguous runs of S*C values (R*S runs of C with dilation) and no bounds are checked;
+the weights are ordered (K, R, S, C) to match; the result is written straight into
+NCHW. A first layer's contraction (C*R*S = 9) is too short for dot products: it runs
+along pixels instead (_forward_rows). Backward-input is the forward of dy with the
+flipped kernel, phase by phase for strides > 1 (see backward_input). Backward-weight
+contracts over pixels: rows of dy (NCHW planes are pixel-contiguous already) against
+rows of the transposed columns, built per batch chunk and per block of weight columns.
 
 Determinism: each output element is one task's dot product in a fixed order, and each
 weight-gradient block belongs to one task that adds the batch chunks in order, so the
@@ -99,23 +107,25 @@ def _store(out, j, i, v, bias, accumulate):
 # --- forward (and backward-input, as the forward of the flipped kernel) -------------
 
 @njit(parallel=True, cache=True)
-def _to_padded_nhwc(x, ph, pw, out):
-    """out[n, ph + h, pw + w, c] = x[n, c, h, w], zeros around; one padded row a task."""
+def _to_padded_nhwc(x, top, left, out):
+    """out[n, i, j, c] = x[n, c, i - top, j - left], 0 outside x: x in NHWC, padded (or,
+    where top or left is negative, cropped) to out's size. One row of out a task."""
     N, C, H, W = x.shape
     _, Hp, Wp, _ = out.shape
+    j0, j1 = max(0, left), min(Wp, W + left)  # the columns of out that x covers
     for t in prange(N * Hp):
         n = t // Hp
-        h = t - n * Hp - ph
-        row = out[n, h + ph]
-        if h < 0 or h >= H:
+        h = t - n * Hp - top
+        row = out[n, h + top]
+        if h < 0 or h >= H or j0 >= j1:
             row[:] = 0
             continue
-        row[:pw] = 0
-        row[pw + W:] = 0
+        row[:j0] = 0
+        row[j1:] = 0
         for c in range(C):
             src = x[n, c, h]
-            for w in range(W):
-                row[pw + w, c] = src[w]
+            for j in range(j0, j1):
+                row[j, c] = src[j - left]
 
 
 def _round16(n):
@@ -208,6 +218,16 @@ def _forward_rows(x, table, wm, b, block, y):
                     yk[p] += wk * src[p]
 
 
+def _tile_weights(w):
+    """(K, C, R, S) weights as the (K, R*S*C) rows _forward_direct multiplies, zero-padded
+    to a multiple of 16 columns."""
+    K, C, R, S = w.shape
+    L = R * S * C
+    wm = np.zeros((K, _round16(L)), dtype=w.dtype)
+    wm[:, :L] = w.transpose(0, 2, 3, 1).reshape(K, L)
+    return wm
+
+
 def forward(x, w, b, stride, padding, dilation, out_hw, table):
     """conv2d_forward for groups == 1, any stride, padding and dilation; table is the
     im2col gather table of the geometry (conv2d._gather_table)."""
@@ -221,11 +241,74 @@ def forward(x, w, b, stride, padding, dilation, out_hw, table):
         return y.reshape(N, K, Ho, Wo)
     xp = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
     _to_padded_nhwc(x, ph, pw, xp)
-    L = R * S * C
-    wm = np.zeros((K, _round16(L)), dtype=x.dtype)
-    wm[:, :L] = w.transpose(0, 2, 3, 1).reshape(K, L)
-    _forward_direct(xp, wm, bias, R, S, *stride, *dilation, Ho, Wo, 96, y)
+    _forward_direct(xp, _tile_weights(w), bias, R, S, *stride, *dilation, Ho, Wo, 96, y)
     return y.reshape(N, K, Ho, Wo)
+
+
+# --- backward-input ------------------------------------------------------------------
+
+@njit(parallel=True, cache=True)
+def _scatter_phase(y, h0, w0, sh, sw, dx):
+    """dx[n, c, h0 + sh*u, w0 + sw*v] = y[n, c, u, v]: one phase's rows into dx."""
+    N, C, Hu, Wu = y.shape
+    for t in prange(N * C * Hu):
+        n = t // (C * Hu)
+        c = (t // Hu) % C
+        u = t % Hu
+        src = y[n, c, u]
+        dst = dx[n, c, h0 + sh * u]
+        for v in range(Wu):
+            dst[w0 + sw * v] = src[v]
+
+
+def _phase_taps(k, stride, pad, size):
+    """For the input positions h with (h + pad) % stride == a, for each phase a: the
+    kernel offsets r that reach them ((r - a) % stride == 0, in decreasing order, so
+    that they line up with increasing rows of dy), the first such h, and how many."""
+    out = []
+    for a in range(stride):
+        taps = list(range(a, k, stride))[::-1]
+        u0 = -(-(pad - a) // stride)  # first u with h = a - pad + stride*u >= 0
+        u1 = (size - 1 + pad - a) // stride  # last u with h < size
+        out.append((taps, a - pad + stride * u0, u0, max(0, u1 - u0 + 1)))
+    return out
+
+
+def backward_input(dy, w, x_shape, stride, padding):
+    """conv2d_backward_input for groups == 1 and dilation 1, any stride: dx is made of
+    sh*sw interleaved phases (input rows h with the same (h + ph) % sh, columns alike),
+    and each phase is a stride-1 convolution of dy with the kernel offsets that reach
+    it, flipped. With stride 1 that is the one "full" convolution with the flipped
+    kernel; with stride 2 and a 3x3 kernel, four convolutions with 2x2, 2x1, 1x2 and
+    1x1 kernels: the forward's multiply-adds exactly, none spent on zeros."""
+    N, C, H, W = x_shape
+    K, _, R, S = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    Ho, Wo = dy.shape[2:]
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    zero = np.zeros(C, dy.dtype)
+    for rows, h0, u0, Hu in _phase_taps(R, sh, ph, H):
+        for cols, w0, v0, Wu in _phase_taps(S, sw, pw, W):
+            if Hu == 0 or Wu == 0:
+                continue
+            if not rows or not cols:  # no kernel offset reaches these pixels
+                dx[:, :, h0::sh, w0::sw] = 0
+                continue
+            # dx[h0 + sh*u] = sum over i of dy[u0 + u - i] * w[rows[i]]: a stride-1
+            # correlation of dy, shifted so that output u = 0 reads dy row u0 - len + 1
+            sub = w[:, :, rows][:, :, :, cols]  # (K, C, Ma, Mb), flipped
+            Ma, Mb = len(rows), len(cols)
+            dyp = np.empty((N, Hu + Ma - 1, Wu + Mb - 1, K), dtype=dy.dtype)
+            _to_padded_nhwc(dy, Ma - 1 - u0, Mb - 1 - v0, dyp)
+            wm = _tile_weights(np.ascontiguousarray(sub.transpose(1, 0, 2, 3)))
+            if sh == sw == 1:  # one phase: all of dx
+                _forward_direct(dyp, wm, zero, Ma, Mb, 1, 1, 1, 1, H, W, 96,
+                                dx.reshape(N, C, H * W))
+                continue
+            y = np.empty((N, C, Hu * Wu), dtype=dy.dtype)
+            _forward_direct(dyp, wm, zero, Ma, Mb, 1, 1, 1, 1, Hu, Wu, 96, y)
+            _scatter_phase(y.reshape(N, C, Hu, Wu), h0, w0, sh, sw, dx)
+    return dx
 
 
 # --- backward-weight ---------------------------------------------------------------

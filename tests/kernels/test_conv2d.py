@@ -163,6 +163,8 @@ def test_cpu_matches_reference_fixed_cases(route, dtype, N, C, H, W, K, k, s, p,
     (2, 8, 12, 10, 9, 3, 1, 2, 2),      # dilation 2: one copy per kernel offset
     (2, 1, 28, 28, 6, 5, 1, 2, 1),      # a first layer: the pixel-row kernel
     (1, 3, 7, 7, 2, 3, 1, 0, 1),        # fewer channels and pixels than one register tile
+    (2, 6, 11, 12, 5, 5, 3, 2, 1),      # stride 3: backward-input in 9 phases
+    (2, 4, 10, 9, 6, 1, 2, 0, 1),       # 1x1 with stride 2: a phase no kernel offset reaches
 ])
 def test_direct_kernels_on_tile_sized_problems(dtype, N, C, H, W, K, k, s, p, d):
     rng = np.random.default_rng(5)
