@@ -71,10 +71,11 @@ def _dot_3x4(a0, a1, a2, b0, b1, b2, b3, n):
 
 
 @njit(inline="always", fastmath=_FASTMATH)
-def _products(A, B, bias, out, accumulate):
-    """out[j, i] = A[i] . B[j] + bias[j], or out[j, i] += A[i] . B[j] when accumulating
-    (bias is then not read), for rows A (m, n) and B (k, n): 3x4 tiles, and single dot
-    products for the rows left over."""
+def _products(A, B, bias, out, at, accumulate):
+    """out[j, at[i]] = A[i] . B[j] + bias[j], or out[j, at[i]] += A[i] . B[j] when
+    accumulating (bias is then not read), for rows A (m, n) and B (k, n): 3x4 tiles,
+    and single dot products for the rows left over. `at` places A's rows among out's
+    columns (a strided phase of dx, or a block of weight columns)."""
     m, n = A.shape
     k = B.shape[0]
     m3, k4 = m - m % 3, k - k % 4
@@ -84,16 +85,13 @@ def _products(A, B, bias, out, accumulate):
             t = _dot_3x4(A[i], A[i + 1], A[i + 2], b0, b1, b2, b3, n)
             for ii in range(3):
                 for jj in range(4):
-                    if accumulate:
-                        out[j + jj, i + ii] += t[ii * 4 + jj]
-                    else:
-                        out[j + jj, i + ii] = t[ii * 4 + jj] + bias[j + jj]
+                    _store(out, j + jj, at[i + ii], t[ii * 4 + jj], bias, accumulate)
         for i in range(m3, m):
             for jj in range(4):
-                _store(out, j + jj, i, _dot(A[i], B[j + jj], n), bias, accumulate)
+                _store(out, j + jj, at[i], _dot(A[i], B[j + jj], n), bias, accumulate)
     for j in range(k4, k):
         for i in range(m):
-            _store(out, j, i, _dot(A[i], B[j], n), bias, accumulate)
+            _store(out, j, at[i], _dot(A[i], B[j], n), bias, accumulate)
 
 
 @njit(inline="always")
@@ -109,10 +107,14 @@ def _store(out, j, i, v, bias, accumulate):
 @njit(parallel=True, cache=True)
 def _to_padded_nhwc(x, top, left, out):
     """out[n, i, j, c] = x[n, c, i - top, j - left], 0 outside x: x in NHWC, padded (or,
-    where top or left is negative, cropped) to out's size. One row of out a task."""
+    where top or left is negative, cropped) to out's size. One row of out a task, filled
+    pixel by pixel: reading C strided values and writing them contiguously measured
+    1.8-4.6x faster than the other way round (strided writes) for 32-64 channels."""
     N, C, H, W = x.shape
     _, Hp, Wp, _ = out.shape
+    HW = H * W
     j0, j1 = max(0, left), min(Wp, W + left)  # the columns of out that x covers
+    xf = x.reshape(-1)
     for t in prange(N * Hp):
         n = t // Hp
         h = t - n * Hp - top
@@ -122,10 +124,11 @@ def _to_padded_nhwc(x, top, left, out):
             continue
         row[:j0] = 0
         row[j1:] = 0
-        for c in range(C):
-            src = x[n, c, h]
-            for j in range(j0, j1):
-                row[j, c] = src[j - left]
+        first = n * C * HW + h * W - left  # flat index of x[n, 0, h, j] is first + j
+        for j in range(j0, j1):
+            pixel = row[j]
+            for c in range(C):
+                pixel[c] = xf[first + j + c * HW]
 
 
 def _round16(n):
@@ -136,10 +139,10 @@ def _round16(n):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward_direct(xp, wm, b, R, S, sh, sw, dh, dw, Ho, Wo, block, y):
-    """y[n, k, p] = cols_n[p] . wm[k] + b[k] for padded NHWC xp, wm (K, Lp) in
-    (r, s, c) order and zero past R*S*C, y (N, K, Ho*Wo). One task per (sample, block
-    of pixels)."""
+def _forward_direct(xp, wm, b, R, S, sh, sw, dh, dw, Ho, Wo, block, y, at):
+    """y[n, k, at[p]] = cols_n[p] . wm[k] + b[k] for padded NHWC xp, wm (K, Lp) in
+    (r, s, c) order and zero past R*S*C, y (N, K, Q), at (Ho*Wo,): where output pixel p
+    goes. One task per (sample, block of pixels)."""
     N, Hp, Wp, C = xp.shape
     K, Lp = wm.shape
     L = R * S * C
@@ -163,7 +166,7 @@ def _forward_direct(xp, wm, b, R, S, sh, sw, dh, dw, Ho, Wo, block, y):
                     d = (r * S + s) * C
                     dst[d:d + run] = xf[src:src + run]
             dst[L:] = 0
-        _products(cols, wm, b, y[n, :, p0:p1], False)
+        _products(cols, wm, b, y[n], at[p0:p1], False)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -241,25 +244,12 @@ def forward(x, w, b, stride, padding, dilation, out_hw, table):
         return y.reshape(N, K, Ho, Wo)
     xp = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
     _to_padded_nhwc(x, ph, pw, xp)
-    _forward_direct(xp, _tile_weights(w), bias, R, S, *stride, *dilation, Ho, Wo, 96, y)
+    _forward_direct(xp, _tile_weights(w), bias, R, S, *stride, *dilation, Ho, Wo, 96, y,
+                    np.arange(Ho * Wo))
     return y.reshape(N, K, Ho, Wo)
 
 
 # --- backward-input ------------------------------------------------------------------
-
-@njit(parallel=True, cache=True)
-def _scatter_phase(y, h0, w0, sh, sw, dx):
-    """dx[n, c, h0 + sh*u, w0 + sw*v] = y[n, c, u, v]: one phase's rows into dx."""
-    N, C, Hu, Wu = y.shape
-    for t in prange(N * C * Hu):
-        n = t // (C * Hu)
-        c = (t // Hu) % C
-        u = t % Hu
-        src = y[n, c, u]
-        dst = dx[n, c, h0 + sh * u]
-        for v in range(Wu):
-            dst[w0 + sw * v] = src[v]
-
 
 def _phase_taps(k, stride, pad, size):
     """For the input positions h with (h + pad) % stride == a, for each phase a: the
@@ -301,13 +291,10 @@ def backward_input(dy, w, x_shape, stride, padding):
             dyp = np.empty((N, Hu + Ma - 1, Wu + Mb - 1, K), dtype=dy.dtype)
             _to_padded_nhwc(dy, Ma - 1 - u0, Mb - 1 - v0, dyp)
             wm = _tile_weights(np.ascontiguousarray(sub.transpose(1, 0, 2, 3)))
-            if sh == sw == 1:  # one phase: all of dx
-                _forward_direct(dyp, wm, zero, Ma, Mb, 1, 1, 1, 1, H, W, 96,
-                                dx.reshape(N, C, H * W))
-                continue
-            y = np.empty((N, C, Hu * Wu), dtype=dy.dtype)
-            _forward_direct(dyp, wm, zero, Ma, Mb, 1, 1, 1, 1, Hu, Wu, 96, y)
-            _scatter_phase(y.reshape(N, C, Hu, Wu), h0, w0, sh, sw, dx)
+            # where each of the phase's Hu x Wu pixels lies in a flat plane of dx
+            at = ((h0 + sh * np.arange(Hu))[:, None] * W + w0 + sw * np.arange(Wu)).ravel()
+            _forward_direct(dyp, wm, zero, Ma, Mb, 1, 1, 1, 1, Hu, Wu, 96,
+                            dx.reshape(N, C, H * W), at)
     return dx
 
 
@@ -342,6 +329,7 @@ def _weight_direct(x, table, nc, dyc, block, dwm):
     HW = H * W
     xf = x.reshape(-1)
     nb = (L + block - 1) // block
+    columns = np.arange(L)
     for t in prange(nb):
         l0, l1 = t * block, min(L, (t + 1) * block)
         colsT = np.zeros((l1 - l0, Lq), dtype=x.dtype)  # the padding past P*nc stays 0
@@ -359,7 +347,7 @@ def _weight_direct(x, table, nc, dyc, block, dwm):
                         q = pick[p]
                         d[p] = plane[q] if q >= 0 else 0
                 dst[m * P:] = 0
-            _products(colsT, dyc[i], dyc[i, :, 0], dwm[:, l0:l1], True)
+            _products(colsT, dyc[i], dyc[i, :, 0], dwm, columns[l0:l1], True)
 
 
 def backward_weight(dy, x, w_shape, table, chunk_pixels=512):
