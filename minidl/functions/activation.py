@@ -2,7 +2,10 @@
 sigmoid' = y(1-y), tanh' = 1-y^2), so only the output is saved. The backwards of relu,
 sigmoid and tanh run as the backend's fused `act_backward` kernel: one pass instead of
 NumPy's two or three temporaries (measured 1.6-2.4x faster from (60, 100) to
-(64, 32, 28, 28)); the forwards stay in NumPy, which measured as fast or faster."""
+(64, 32, 28, 28)). So do the forwards of relu and sigmoid on float arrays (the kernel
+`bias_act_forward` without a bias): on 2 Zen 4 cores 1.0-2.2x faster than np.maximum
+and 1.7-4x faster than scipy's expit, from (60, 100) to (64, 64, 28, 28); np.tanh is
+vectorized in NumPy itself and 2.5-4x faster than the kernel, so it stays."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,15 +24,26 @@ def _act_backward(a, out, act):
     return backward
 
 
+def _kernel_forward(a, act):
+    """act(a) by the backend's kernel, for the float dtypes the kernels take."""
+    if a.data.dtype in (np.float32, np.float64):
+        return backend_for(a).bias_act_forward(contiguous(a.data), None, act)
+    return None
+
+
 def relu(a) -> Tensor:
     a = lift(a)
-    out = np.maximum(a.data, 0)
+    out = _kernel_forward(a, "relu")
+    if out is None:
+        out = np.maximum(a.data, 0)
     return record(out, (a,), _act_backward(a, out, "relu"), "Relu")
 
 
 def sigmoid(a) -> Tensor:
     a = lift(a)
-    out = expit(a.data)  # no overflow for large |x|, unlike 1/(1+exp(-x))
+    out = _kernel_forward(a, "sigmoid")
+    if out is None:
+        out = expit(a.data)  # no overflow for large |x|, unlike 1/(1+exp(-x))
     return record(out, (a,), _act_backward(a, out, "sigmoid"), "Sigmoid")
 
 
