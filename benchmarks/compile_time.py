@@ -23,10 +23,16 @@ for dt in (np.float32, np.float64):
     x = rng.standard_normal((4, 6, 9, 9)).astype(dt)
     w = rng.standard_normal((8, 3, 3, 3)).astype(dt)
     b = np.zeros(8, dt)
-    y = K.conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 2)
+    y = K.conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 2)  # im2col + BLAS (groups)
     K.conv2d_backward_input(y, w, x.shape, (1, 1), (1, 1), (1, 1), 2)
     K.conv2d_backward_weight(y, x, w.shape, (1, 1), (1, 1), (1, 1), 2)
     K.conv2d_backward_bias(y)
+    for c_in, stride in ((6, (1, 1)), (6, (2, 2)), (1, (1, 1))):  # direct: tiles, rows
+        wd = rng.standard_normal((8, c_in, 3, 3)).astype(dt)
+        xd = x[:, :c_in].copy()
+        y = K.conv2d_forward(xd, wd, b, stride, (1, 1), (1, 1), 1)
+        K.conv2d_backward_input(y, wd, xd.shape, stride, (1, 1), (1, 1), 1)
+        K.conv2d_backward_weight(y, xd, wd.shape, stride, (1, 1), (1, 1), 1)
     for shape in ((4, 6, 9, 9), (64, 6, 40, 40), (60, 100), (20000, 100)):  # serial and parallel paths
         z = rng.standard_normal(shape).astype(dt)
         g, bt = np.ones(shape[1], dt), np.zeros(shape[1], dt)
