@@ -22,10 +22,10 @@ BIG = 1 << 62
 MODES = {
     "serial-rows": dict(_SERIAL_BELOW=BIG, _ROWS_MAX_L=BIG, _PIECE=7),
     "serial-planes": dict(_SERIAL_BELOW=BIG, _ROWS_MAX_L=0, _PIECE=7, _LANES_MAX=5),
-    "parallel-rows": dict(_SERIAL_BELOW=0, _ROWS_MAX_L=BIG, _PIECE=7),
-    "parallel-fused": dict(_SERIAL_BELOW=0, _ROWS_MAX_L=0, _PIECE=7, _LANES_MAX=5,
+    "parallel-rows": dict(_SERIAL_BELOW=0, _ROWS_MAX_L_PARALLEL=BIG, _PIECE=7),
+    "parallel-fused": dict(_SERIAL_BELOW=0, _ROWS_MAX_L_PARALLEL=0, _PIECE=7, _LANES_MAX=5,
                            _FUSE_MIN_C_PER_THREAD=0),
-    "parallel-split": dict(_SERIAL_BELOW=0, _ROWS_MAX_L=0, _PIECE=7, _LANES_MAX=5,
+    "parallel-split": dict(_SERIAL_BELOW=0, _ROWS_MAX_L_PARALLEL=0, _PIECE=7, _LANES_MAX=5,
                            _FUSE_MIN_C_PER_THREAD=BIG),
 }
 
