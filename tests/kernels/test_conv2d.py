@@ -92,11 +92,12 @@ def patched(**values):
 
 # im2col + BLAS with one GEMM per sample (NCHW in and out) wherever groups == 1, or with
 # one per batch chunk; or the direct kernels (groups == 1, not 1x1), whose forward runs
-# along pixels for short contractions and in register tiles otherwise.
+# along pixels for short contractions and in register tiles otherwise (and whose
+# backward-weight is used for short contractions too).
 ROUTES = {"per_sample": dict(_DIRECT=False, _THIN_FORWARD=10**9, _THIN_WEIGHT=10**9),
           "batched": dict(_DIRECT=False, _THIN_FORWARD=-1, _THIN_WEIGHT=-1),
-          "direct_rows": dict(_DIRECT=True, _ROWS_BELOW=10**9),
-          "direct_tiles": dict(_DIRECT=True, _ROWS_BELOW=0)}
+          "direct_rows": dict(_DIRECT=True, _ROWS_BELOW=10**9, _THIN_WEIGHT=-1),
+          "direct_tiles": dict(_DIRECT=True, _ROWS_BELOW=0, _THIN_WEIGHT=-1)}
 
 
 def check_against_reference(case):
