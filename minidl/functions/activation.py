@@ -24,26 +24,22 @@ def _act_backward(a, out, act):
     return backward
 
 
-def _kernel_forward(a, act):
-    """act(a) by the backend's kernel, for the float dtypes the kernels take."""
+def _forward(a, act, numpy_fn):
+    """act(a.data): the backend's kernel for the float dtypes it takes, else numpy_fn."""
     if a.data.dtype in (np.float32, np.float64):
         return backend_for(a).bias_act_forward(contiguous(a.data), None, act)
-    return None
+    return numpy_fn(a.data)
 
 
 def relu(a) -> Tensor:
     a = lift(a)
-    out = _kernel_forward(a, "relu")
-    if out is None:
-        out = np.maximum(a.data, 0)
+    out = _forward(a, "relu", lambda x: np.maximum(x, 0))
     return record(out, (a,), _act_backward(a, out, "relu"), "Relu")
 
 
 def sigmoid(a) -> Tensor:
     a = lift(a)
-    out = _kernel_forward(a, "sigmoid")
-    if out is None:
-        out = expit(a.data)  # no overflow for large |x|, unlike 1/(1+exp(-x))
+    out = _forward(a, "sigmoid", expit)  # no overflow for large |x|, unlike 1/(1+exp(-x))
     return record(out, (a,), _act_backward(a, out, "sigmoid"), "Sigmoid")
 
 
