@@ -284,8 +284,10 @@ def backward_input(dy, w, x_shape, stride, padding):
             if not rows or not cols:  # no kernel offset reaches these pixels
                 dx[:, :, h0::sh, w0::sw] = 0
                 continue
-            # dx[h0 + sh*u] = sum over i of dy[u0 + u - i] * w[rows[i]]: a stride-1
-            # correlation of dy, shifted so that output u = 0 reads dy row u0 - len + 1
+            # Rows: dx[h0 + sh*u] = sum over m of dy[u0 + u - m] * w[a + m*sh] (a the
+            # phase), i.e. with the taps reversed (rows) a stride-1 correlation whose
+            # output u reads dy rows u0 + u - (Ma - 1) on: dy padded (or cropped) by
+            # Ma - 1 - u0 on top. Columns alike.
             sub = w[:, :, rows][:, :, :, cols]  # (K, C, Ma, Mb), flipped
             Ma, Mb = len(rows), len(cols)
             dyp = np.empty((N, Hu + Ma - 1, Wu + Mb - 1, K), dtype=dy.dtype)
