@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import conv2d_direct
+from .conv2d_direct import gather
 
 _CHUNK_BYTES = 8 << 20  # column-matrix bytes per batch chunk (see module docstring)
 _THIN_FORWARD = 16  # Cg*R*S up to which forward runs one GEMM per sample
@@ -125,11 +126,7 @@ def _im2col(x, n0, table, cols):
         out = cols[row]
         for nl in range(nc):
             base = ((n0 + nl) * C + c) * HW
-            plane = xf[base:base + HW]
-            dst = out[nl * P:(nl + 1) * P]
-            for p in range(P):
-                k = pick[p]
-                dst[p] = plane[k] if k >= 0 else 0
+            gather(xf[base:base + HW], pick, out[nl * P:(nl + 1) * P])
 
 
 @njit(parallel=True, cache=True, fastmath=False)

@@ -95,6 +95,15 @@ def _products(A, B, bias, out, at, accumulate):
 
 
 @njit(inline="always")
+def gather(plane, pick, dst):
+    """dst[p] = plane[pick[p]], 0 where pick[p] is -1: one row of a transposed column
+    matrix, through conv2d._gather_table (-1 marks a window position on padding)."""
+    for p in range(dst.size):
+        q = pick[p]
+        dst[p] = plane[q] if q >= 0 else 0
+
+
+@njit(inline="always")
 def _store(out, j, i, v, bias, accumulate):
     if accumulate:
         out[j, i] += v
@@ -189,12 +198,8 @@ def _forward_rows(x, table, wm, b, block, y):
         colsT = np.empty((L, pn), dtype=x.dtype)
         for l in range(L):
             c = l // RS
-            pick = table[l - c * RS, p0:p1]
-            plane = xf[(n * C + c) * HW:(n * C + c + 1) * HW]
-            d = colsT[l]
-            for p in range(pn):
-                q = pick[p]
-                d[p] = plane[q] if q >= 0 else 0
+            gather(xf[(n * C + c) * HW:(n * C + c + 1) * HW], table[l - c * RS, p0:p1],
+                   colsT[l])
         for k in range(0, K - K % 4, 4):
             y0, y1 = y[n, k][p0:p1], y[n, k + 1][p0:p1]
             y2, y3 = y[n, k + 2][p0:p1], y[n, k + 3][p0:p1]
@@ -343,11 +348,7 @@ def _weight_direct(x, table, nc, dyc, block, dwm):
                 dst = colsT[l - l0]
                 for nl in range(m):
                     base = ((i * nc + nl) * C + c) * HW
-                    plane = xf[base:base + HW]
-                    d = dst[nl * P:(nl + 1) * P]
-                    for p in range(P):
-                        q = pick[p]
-                        d[p] = plane[q] if q >= 0 else 0
+                    gather(xf[base:base + HW], pick, dst[nl * P:(nl + 1) * P])
                 dst[m * P:] = 0
             _products(colsT, dyc[i], dyc[i, :, 0], dwm, columns[l0:l1], True)
 
