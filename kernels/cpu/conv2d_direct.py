@@ -339,7 +339,7 @@ def _weight_direct(x, table, nc, dyc, block, dwm):
     columns = np.arange(L)
     for t in prange(nb):
         l0, l1 = t * block, min(L, (t + 1) * block)
-        colsT = np.zeros((l1 - l0, Lq), dtype=x.dtype)  # the padding past P*nc stays 0
+        colsT = np.empty((l1 - l0, Lq), dtype=x.dtype)  # every chunk fills every row
         for i in range(nchunks):
             m = min(nc, N - i * nc)
             for l in range(l0, l1):
@@ -349,7 +349,7 @@ def _weight_direct(x, table, nc, dyc, block, dwm):
                 for nl in range(m):
                     base = ((i * nc + nl) * C + c) * HW
                     gather(xf[base:base + HW], pick, dst[nl * P:(nl + 1) * P])
-                dst[m * P:] = 0
+                dst[m * P:] = 0  # padding, and samples a short last chunk lacks
             _products(colsT, dyc[i], dyc[i, :, 0], dwm, columns[l0:l1], True)
 
 
