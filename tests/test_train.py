@@ -11,7 +11,7 @@ import minidl as md
 from minidl import nn, optim
 from minidl.data import DataLoader, TensorDataset
 from minidl.models import mlp
-from minidl.train import ActivationRecorder, Trainer, population_statistics
+from minidl.train import ActivationRecorder, DivergenceError, Trainer, population_statistics
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -98,8 +98,24 @@ def test_loss_becoming_nan_stops_with_a_clear_error(tmp_path):
     t = make_trainer(tmp_path, bn=False)
     for g in t.optimizer.param_groups:
         g["lr"] = 1e38  # float32 weights overflow to inf within a few steps
-    with pytest.raises(FloatingPointError, match="lower learning rate"):
+    with pytest.raises(FloatingPointError, match="no checkpoint was written"):
         t.fit(50)
+    assert not (tmp_path / "checkpoint.npz").exists()  # no diverged state saved
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    t = make_trainer(tmp_path, bn=False, checkpoint_every=5)
+    t.fit(5)  # a good checkpoint at step 5
+    good = params(t)
+    for g in t.optimizer.param_groups:
+        g["lr"] = 1e38
+    with pytest.raises(DivergenceError, match=r"checkpoint.npz \(step 5\)") as err:
+        t.fit(50)
+    assert err.value.step > 5 and err.value.last_good[0] == 5
+    state = md.load(tmp_path / "checkpoint.npz")
+    assert state["step"] == 5
+    for k, v in good.items():
+        np.testing.assert_array_equal(state["model"][k], v, err_msg=k)
 
 
 def test_recorder_percentiles_match_numpy():

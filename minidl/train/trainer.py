@@ -39,6 +39,19 @@ def accuracy_and_loss(model, loader, loss_fn=F.cross_entropy) -> tuple[float, fl
     return correct / total, loss_sum / total
 
 
+class DivergenceError(FloatingPointError):
+    """The training loss became NaN or infinite. `step` is where it happened;
+    `last_good` is (step, path) of the last checkpoint, which still holds the state
+    from before the divergence, or None if none was written."""
+
+    def __init__(self, name: str, loss: float, step: int, last_good=None):
+        self.name, self.loss, self.step, self.last_good = name, loss, step, last_good
+        where = ("no checkpoint was written before it" if last_good is None else
+                 f"the last good checkpoint is {last_good[1]} (step {last_good[0]})")
+        super().__init__(f"{name}: loss became {loss} at step {step}; {where}. Check the "
+                         f"learning rate and the initialization")
+
+
 class _Forever:
     """Batches from a DataLoader across epochs; its state is the loader's state."""
 
@@ -100,7 +113,8 @@ class Trainer:
                  loss_fn=F.cross_entropy, eval_every: int = 1000,
                  checkpoint_every: int | None = 5000, out_dir=None, recorders=(),
                  bn_eval: str = "running", bn_stats_loader=None, bn_stats_batches: int = 50,
-                 scheduler=None, progress: bool = True, name: str = "train"):
+                 scheduler=None, progress: bool = True, progress_position: int | None = None,
+                 name: str = "train"):
         if bn_eval not in BN_EVAL_MODES:
             raise ValueError(f"Trainer: bn_eval must be one of {BN_EVAL_MODES}, got {bn_eval!r}")
         if bn_eval == "population" and bn_stats_loader is None:
@@ -115,9 +129,11 @@ class Trainer:
         self.bn_eval, self.bn_stats_loader = bn_eval, bn_stats_loader
         self.bn_stats_batches = bn_stats_batches
         self.progress, self.name = progress, name
+        self.progress_position = progress_position
         self.step = 0
         self.history: list[dict] = []
         self.train_seconds = 0.0
+        self._last_checkpoint = None  # (step, path) of the last checkpoint written or loaded
 
     # ---- paths and persistence ----------------------------------------------
     @property
@@ -157,6 +173,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is not None:
             save(self.state_dict(), self.checkpoint_path)
+            self._last_checkpoint = (self.step, self.checkpoint_path)
 
     def _rewrite_metrics(self) -> None:
         """Metrics as of the checkpoint: lines a crashed run wrote after it are dropped."""
@@ -219,6 +236,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_state_dict(load(self.checkpoint_path))
+            self._last_checkpoint = (self.step, self.checkpoint_path)
             self._rewrite_metrics()
         elif self.metrics_path is not None:
             self._rewrite_metrics()  # a fresh run starts a fresh metrics file
@@ -227,7 +245,7 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=steps, initial=self.step, desc=self.name, unit="step",
-                       dynamic_ncols=True, leave=True)
+                       dynamic_ncols=True, leave=True, position=self.progress_position)
         interrupted = False
         loss_sum, loss_count = 0.0, 0
         last_acc = self.history[-1].get("test_acc") if self.history else None
@@ -242,9 +260,11 @@ class Trainer:
                 self.train_seconds += time.perf_counter() - t0
                 self.step += 1
                 if not math.isfinite(loss):
-                    self.save_checkpoint()
-                    raise FloatingPointError(f"{self.name}: loss became {loss} at step "
-                                             f"{self.step}; try a lower learning rate")
+                    # The diverged state is NOT saved: the last checkpoint (if any) stays
+                    # the last good one, so --resume restarts from before the divergence.
+                    if bar is not None:
+                        bar.close()
+                    raise DivergenceError(self.name, loss, self.step, self._last_checkpoint)
                 loss_sum += loss
                 loss_count += 1
                 if self.step % self.eval_every == 0 or self.step == steps:

@@ -1,0 +1,453 @@
+"""Channels-last (NHWC) convolution as implicit GEMM on the outer-product micro-kernel of
+kernels/cpu/microkernel.py: no column matrix, no BLAS.
+
+Layouts. x is NHWC (N, H, W, C), padded once into (N, H + 2*ph, W + 2*pw, C), so every
+window is in bounds and a window's values for one tap are C contiguous numbers. Output
+pixels are numbered m = (n*Ho + i)*Wo + j over the whole batch; `pixel_table` holds
+each one's flat offset into the padded input, `tap_table` each kernel tap's offset
+relative to it. Weights (K, C, R, S), PyTorch's layout, are packed once per call as
+[K/NR][R*S][C][NR] (output channels padded with zeros to a multiple of NR): one panel
+of NR output channels is R*S*C*NR contiguous values, read front to back by the kernel.
+
+Forward. The output pixels are cut into blocks of MR that span rows and samples (no
+rounding waste on 7x7 maps); the last block starts at M - MR and overlaps the one before
+it, so there is no edge code: each block writes only the pixels it owns. A parallel
+task takes GROUP consecutive blocks and, panel by panel, runs the micro-kernel over the
+whole R*S*C contraction of each block (the accumulators start at the bias), then writes
+the tile out: NHWC rows (y[m, k]), or straight into NCHW planes for the NCHW entry
+points, through a table of each pixel's output offset and a channel stride.
+
+Backward-input is the forward of dy with input and output channels swapped and the
+kernel flipped. Stride 1: one "full" convolution of dy padded by d*(R-1) - p. Stride > 1
+(dilation 1): sh*sw phases, each a stride-1 convolution with the taps that reach that
+phase (as in conv2d_direct.backward_input), writing its interleaved pixels of dx
+through the output-offset table.
+
+Backward-weight. dW[tap, c][k] = sum over pixels m of xp[pixel_m + tap, c] * dy[m, k]:
+the same micro-kernel with the (tap, channel) pairs as tile rows (MR of them broadcast
+from x) and NR output channels of dy in lanes, contracting over pixels. The pixels are
+cut into chunks of CHUNK; a fixed number of groups (WEIGHT_GROUPS, not the thread count)
+each add their chunks in order into a private partial dW, and the partials are summed
+in a fixed order: results are bitwise the same for any Numba thread count.
+
+Every output element is computed by one task in a fixed order, so all passes are
+deterministic. Supports stride, padding, dilation, groups = 1 (kernels/cpu/conv2d.py
+keeps the other routes for groups > 1).
+"""
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from .microkernel import MR32, MR64, NR32, NR64, tile, versioned
+
+GROUP = 16  # pixel blocks per forward task
+CHUNK = 256  # pixels per backward-weight contraction chunk (dy and x rows stay in L2)
+WEIGHT_GROUPS = 8  # backward-weight partial sums (fixed: results independent of threads)
+
+
+def blocking(dtype):
+    """(MR, NR) of the micro-kernel for dtype."""
+    return (MR32, NR32) if np.dtype(dtype).itemsize == 4 else (MR64, NR64)
+
+
+def _out_size(size, k, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+# --- tables ------------------------------------------------------------------------------
+
+def _frozen(a):
+    a.flags.writeable = False  # shared by every call with this geometry
+    return a
+
+
+@functools.lru_cache(maxsize=64)
+def pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw):
+    """Flat offset into a padded NHWC (N, Hp, Wp, C) input of each output pixel's window
+    origin, for all N*Ho*Wo output pixels in (n, i, j) order."""
+    n = np.arange(N)[:, None, None]
+    i = np.arange(Ho)[None, :, None]
+    j = np.arange(Wo)[None, None, :]
+    return _frozen((((n * Hp + i * sh) * Wp + j * sw) * C).ravel().astype(np.int64))
+
+
+@functools.lru_cache(maxsize=64)
+def tap_table(R, S, dh, dw, Wp, C):
+    """Offset of each kernel tap (r, s), in (r, s) order, from a window's origin."""
+    r = np.arange(R)[:, None]
+    s = np.arange(S)[None, :]
+    return _frozen(((r * dh * Wp + s * dw) * C).ravel().astype(np.int64))
+
+
+@functools.lru_cache(maxsize=64)
+def nchw_table(N, K, Ho, Wo):
+    """Flat offset into an NCHW (N, K, Ho, Wo) output of each output pixel (channel 0);
+    the channel stride is Ho*Wo."""
+    P = Ho * Wo
+    return _frozen((np.arange(N)[:, None] * (K * P) + np.arange(P)).ravel().astype(np.int64))
+
+
+@functools.lru_cache(maxsize=64)
+def nhwc_table(M, K):
+    """Flat offset of each pixel's row in an NHWC output (channel stride 1)."""
+    return _frozen(np.arange(M, dtype=np.int64) * K)
+
+
+def _weight_rows(taps, C, mr):
+    """Offsets of the (tap, channel) pairs, tap-major, padded by repeating the last one
+    to at least mr entries (the tiles over them then need no edge code)."""
+    rows = (taps[:, None] + np.arange(C)[None, :]).ravel()
+    if rows.size < mr:
+        rows = np.concatenate([rows, np.full(mr - rows.size, rows[-1])])
+    return rows.astype(np.int64)
+
+
+def pack_weights(w, nr):
+    """(K, C, R, S) weights as [K/NR][R*S][C][NR], flat, output channels zero-padded to
+    a multiple of nr."""
+    K, C, R, S = w.shape
+    nk = -(-K // nr)
+    wp = np.zeros((nk * nr, R, S, C), dtype=w.dtype)
+    wp[:K] = w.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(
+        wp.reshape(nk, nr, R * S, C).transpose(0, 2, 3, 1)).reshape(-1)
+
+
+def _padded_bias(b, K, nr, dtype):
+    bp = np.zeros(-(-K // nr) * nr, dtype=dtype)
+    if b is not None:
+        bp[:K] = b
+    return bp
+
+
+# --- layout kernels ----------------------------------------------------------------------
+
+@njit(parallel=True, cache=True)
+def _pad_nhwc(x, top, left, out):
+    """out[n, i, j, :] = x[n, i - top, j - left, :], 0 outside x (NHWC; negative top or
+    left crop). One row of out per task."""
+    N, H, W, C = x.shape
+    _, Hp, Wp, _ = out.shape
+    j0, j1 = max(0, left), min(Wp, W + left)
+    for t in prange(N * Hp):
+        n = t // Hp
+        h = t - n * Hp - top
+        row = out[n, h + top]
+        if h < 0 or h >= H or j0 >= j1:
+            row[:] = 0
+            continue
+        row[:j0] = 0
+        row[j1:] = 0
+        row[j0:j1] = x[n, h, j0 - left:j1 - left]
+
+
+@njit(parallel=True, cache=True)
+def _nchw_rows(a, Kp, out):
+    """out[(n*P + p)*Kp + k] = a[n, k, p], 0 for k >= K: NCHW (N, K, P) as pixel rows of
+    Kp values. One sample's block of 64 pixels per task, read plane by plane."""
+    N, K, P = a.shape
+    nb = -(-P // 64)
+    for t in prange(N * nb):
+        n = t // nb
+        p0 = (t - n * nb) * 64
+        p1 = min(P, p0 + 64)
+        base = (n * P) * Kp
+        for p in range(p0, p1):
+            for k in range(K, Kp):
+                out[base + p * Kp + k] = 0
+        for k in range(K):
+            src = a[n, k]
+            for p in range(p0, p1):
+                out[base + p * Kp + k] = src[p]
+
+
+@njit(parallel=True, cache=True)
+def _pad_rows(a, Kp, out):
+    """out[m*Kp + k] = a[m, k], 0 for k >= K: (M, K) rows widened to Kp."""
+    M, K = a.shape
+    for m in prange(M):
+        row = out[m * Kp:(m + 1) * Kp]
+        row[:K] = a[m]
+        row[K:] = 0
+
+
+# --- the implicit GEMMs -----------------------------------------------------------------
+
+@njit(inline="always")
+def _tile_shape(a):
+    if a.itemsize == 4:
+        return MR32, NR32
+    return MR64, NR64
+
+
+@versioned
+@njit(parallel=True, cache=True)
+def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
+    """out[obase[m] + k*kstride] = bias[k] + sum over taps t, channels c of
+    xf[pix[m] + taps[t] + c] * w[k, c, t], for all pixels m and k < K; wp packed by
+    pack_weights, bias padded to the packed width."""
+    M = pix.size
+    T = taps.size
+    mr, nr = _tile_shape(xf)
+    nb = -(-M // mr)
+    ng = -(-nb // GROUP)
+    nk = -(-K // nr)
+    panel = T * C * nr
+    last = max(M - mr, 0)
+    for g in prange(ng):
+        acc = np.empty(mr * nr, dtype=xf.dtype)
+        rows = np.empty(GROUP * mr, dtype=np.int64)
+        b0 = g * GROUP
+        b1 = min(nb, b0 + GROUP)
+        for b in range(b0, b1):
+            start = min(b * mr, last)
+            for i in range(mr):
+                rows[(b - b0) * mr + i] = pix[min(start + i, M - 1)]
+        for kb in range(nk):
+            k0 = kb * nr
+            kn = min(nr, K - k0)
+            for b in range(b0, b1):
+                for i in range(mr):
+                    for j in range(nr):
+                        acc[i * nr + j] = bias[k0 + j]
+                tile(xf, rows, (b - b0) * mr, taps, 0, T, C, 1, wp, kb * panel, nr, acc)
+                start = min(b * mr, last)
+                for i in range(b * mr - start, min(mr, M - start)):
+                    o = obase[start + i] + k0 * kstride
+                    for j in range(kn):
+                        out[o + j * kstride] = acc[i * nr + j]
+
+
+@versioned
+@njit(parallel=True, cache=True)
+def _weight_gemm(xf, pix, wrows, L, dyf, Kp, chunk, groups, partial):
+    """partial[g, l, k] = sum over the pixels m of group g's chunks of
+    xf[pix[m] + wrows[l]] * dyf[m*Kp + k], for l < L (wrows padded to >= MR entries) and
+    k < Kp (a multiple of NR). Group g takes chunks [g*n/groups, (g+1)*n/groups)."""
+    M = pix.size
+    mr, nr = _tile_shape(xf)
+    nchunks = -(-M // chunk)
+    nb = -(-L // mr)
+    nk = Kp // nr
+    last = max(L - mr, 0)
+    for g in prange(groups):
+        part = partial[g]
+        part[:] = 0
+        acc = np.empty(mr * nr, dtype=xf.dtype)
+        for ch in range(g * nchunks // groups, (g + 1) * nchunks // groups):
+            p0 = ch * chunk
+            T = min(chunk, M - p0)
+            for b in range(nb):
+                start = min(b * mr, last)
+                for kb in range(nk):
+                    k0 = kb * nr
+                    for i in range(mr):
+                        for j in range(nr):
+                            acc[i * nr + j] = part[min(start + i, L - 1), k0 + j]
+                    tile(xf, wrows, start, pix, p0, T, 1, 0, dyf, p0 * Kp + k0, Kp, acc)
+                    for i in range(b * mr - start, min(mr, L - start)):
+                        for j in range(nr):
+                            part[start + i, k0 + j] = acc[i * nr + j]
+
+
+@njit(parallel=True, cache=True)
+def _sum_partials(partial, out):
+    """out[l, k] = partial[0, l, k] + partial[1, l, k] + ... in that order."""
+    G, L, Kp = partial.shape
+    for l in prange(L):
+        row = out[l]
+        row[:] = partial[0, l]
+        for g in range(1, G):
+            src = partial[g, l]
+            for k in range(Kp):
+                row[k] += src[k]
+
+
+# --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
+
+def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride):
+    """Forward of the padded NHWC input xp into out (flat), at obase + k*kstride."""
+    N, Hp, Wp, C = xp.shape
+    K, _, R, S = w.shape
+    (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
+    _, nr = blocking(xp.dtype)
+    pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw)
+    taps = tap_table(R, S, dh, dw, Wp, C)
+    _forward_gemm(xp.reshape(-1), pix, taps, C, pack_weights(w, nr),
+                  _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride)
+
+
+def _padded_input(x, padding, nchw):
+    """x (NCHW or NHWC) as a zero-padded NHWC copy."""
+    ph, pw = padding
+    if nchw:
+        from .conv2d_direct import _to_padded_nhwc
+        N, C, H, W = x.shape
+        xp = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
+        _to_padded_nhwc(x, ph, pw, xp)
+    else:
+        N, H, W, C = x.shape
+        xp = np.empty((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
+        _pad_nhwc(x, ph, pw, xp)
+    return xp
+
+
+def _pad_to(a, top, left, Hp, Wp, nchw):
+    """a (NCHW or NHWC) as an NHWC (N, Hp, Wp, C) copy, shifted by (top, left) and
+    zero-padded (or cropped)."""
+    if nchw:
+        from .conv2d_direct import _to_padded_nhwc
+        out = np.empty((a.shape[0], Hp, Wp, a.shape[1]), dtype=a.dtype)
+        _to_padded_nhwc(a, top, left, out)
+    else:
+        out = np.empty((a.shape[0], Hp, Wp, a.shape[3]), dtype=a.dtype)
+        _pad_nhwc(a, top, left, out)
+    return out
+
+
+def forward(x, w, b, stride, padding, dilation, nchw=False):
+    """conv2d forward, groups = 1: x NHWC (N, H, W, C) -> y NHWC (N, Ho, Wo, K), or NCHW
+    -> NCHW with nchw=True (the output is then written straight into NCHW planes)."""
+    if nchw:
+        N, C, H, W = x.shape
+    else:
+        N, H, W, C = x.shape
+    K, _, R, S = w.shape
+    Ho = _out_size(H, R, stride[0], padding[0], dilation[0])
+    Wo = _out_size(W, S, stride[1], padding[1], dilation[1])
+    xp = _padded_input(x, padding, nchw)
+    if nchw:
+        y = np.empty((N, K, Ho, Wo), dtype=x.dtype)
+        obase, kstride = nchw_table(N, K, Ho, Wo), Ho * Wo
+    else:
+        y = np.empty((N, Ho, Wo, K), dtype=x.dtype)
+        obase, kstride = nhwc_table(N * Ho * Wo, K), 1
+    _forward(xp, w, b, stride, dilation, (Ho, Wo), y.reshape(-1), obase, kstride)
+    return y
+
+
+def _flip(w):
+    """(K, C, R, S) -> (C, K, R, S) with the kernel rotated by 180 degrees."""
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
+def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
+    """conv2d backward-input, groups = 1: dy NHWC (N, Ho, Wo, K) -> dx NHWC with x_shape
+    (N, H, W, C); or NCHW dy -> NCHW dx (x_shape NCHW) with nchw=True. Stride > 1 needs
+    dilation 1."""
+    if nchw:
+        N, C, H, W = x_shape
+        Ho, Wo = dy.shape[2:]
+    else:
+        N, H, W, C = x_shape
+        Ho, Wo = dy.shape[1:3]
+    K, _, R, S = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    dxf = dx.reshape(-1)
+    if (sh, sw) == (1, 1):
+        top, left = dh * (R - 1) - ph, dw * (S - 1) - pw
+        dyp = _pad_to(dy, top, left, H + dh * (R - 1), W + dw * (S - 1), nchw)
+        obase, kstride = (nchw_table(N, C, H, W), H * W) if nchw else \
+            (nhwc_table(N * H * W, C), 1)
+        _forward(dyp, _flip(w), None, (1, 1), dilation, (H, W), dxf, obase, kstride)
+        return dx
+    assert dilation == (1, 1), "strided backward-input needs dilation 1"
+    from .conv2d_direct import _phase_taps
+    for rows, h0, u0, Hu in _phase_taps(R, sh, ph, H):
+        for cols, w0, v0, Wu in _phase_taps(S, sw, pw, W):
+            if Hu == 0 or Wu == 0:
+                continue
+            hs = h0 + sh * np.arange(Hu)
+            ws = w0 + sw * np.arange(Wu)
+            if not rows or not cols:  # no kernel offset reaches these pixels
+                if nchw:
+                    dx[:, :, h0::sh, w0::sw] = 0
+                else:
+                    dx[:, h0::sh, w0::sw, :] = 0
+                continue
+            # A stride-1 correlation with the taps that reach this phase (see
+            # conv2d_direct.backward_input), its pixels written interleaved into dx.
+            sub = w[:, :, rows][:, :, :, cols]  # (K, C, Ma, Mb), flipped already
+            Ma, Mb = len(rows), len(cols)
+            dyp = _pad_to(dy, Ma - 1 - u0, Mb - 1 - v0, Hu + Ma - 1, Wu + Mb - 1, nchw)
+            n = np.arange(N)[:, None, None]
+            if nchw:
+                obase = (n * (C * H * W) + hs[:, None] * W + ws).ravel()
+                kstride = H * W
+            else:
+                obase = (((n * H + hs[:, None]) * W + ws) * C).ravel()
+                kstride = 1
+            wt = np.ascontiguousarray(sub.transpose(1, 0, 2, 3))
+            _forward(dyp, wt, None, (1, 1), (1, 1), (Hu, Wu), dxf,
+                     obase.astype(np.int64), kstride)
+    return dx
+
+
+def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
+    """conv2d backward-weight, groups = 1: dy, x NHWC (or both NCHW with nchw=True) ->
+    dw (K, C, R, S)."""
+    K, C, R, S = w_shape
+    mr, nr = blocking(x.dtype)
+    Kp = -(-K // nr) * nr
+    xp = _padded_input(x, padding, nchw)
+    N, Hp, Wp, _ = xp.shape
+    if nchw:
+        Ho, Wo = dy.shape[2:]
+        dyf = np.empty(N * Ho * Wo * Kp, dtype=dy.dtype)
+        _nchw_rows(dy.reshape(N, K, Ho * Wo), Kp, dyf)
+    else:
+        Ho, Wo = dy.shape[1:3]
+        if Kp == K:
+            dyf = dy.reshape(-1)
+        else:
+            dyf = np.empty(N * Ho * Wo * Kp, dtype=dy.dtype)
+            _pad_rows(dy.reshape(-1, K), Kp, dyf)
+    pix = pixel_table(N, Hp, Wp, C, Ho, Wo, *stride)
+    L = R * S * C
+    wrows = _weight_rows(np.asarray(tap_table(R, S, *dilation, Wp, C)), C, mr)
+    groups = max(1, min(WEIGHT_GROUPS, -(-pix.size // CHUNK)))
+    partial = np.empty((groups, L, Kp), dtype=x.dtype)
+    _weight_gemm(xp.reshape(-1), pix, wrows, L, dyf, Kp, CHUNK, groups, partial)
+    if groups == 1:
+        dwt = partial[0]
+    else:
+        dwt = np.empty((L, Kp), dtype=x.dtype)
+        _sum_partials(partial, dwt)
+    # dwt[(r*S + s)*C + c, k] -> dw[k, c, r, s]
+    return np.ascontiguousarray(dwt[:, :K].reshape(R, S, C, K).transpose(3, 2, 0, 1))
+
+
+def backward_bias(dy):
+    """db[k] = sum of dy[..., k] for NHWC dy, accumulated in float64."""
+    K = dy.shape[-1]
+    return dy.reshape(-1, K).sum(axis=0, dtype=np.float64).astype(dy.dtype)
+
+
+# --- public NHWC entry points (see kernels/README.md) ----------------------------------
+
+def conv2d_forward_nhwc(x, w, b, stride, padding, dilation):
+    """x (N, H, W, C), w (K, C, R, S), b (K,) or None -> y (N, Ho, Wo, K); groups = 1."""
+    return forward(x, w, b, stride, padding, dilation)
+
+
+def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
+    """dy (N, Ho, Wo, K) -> dx with x_shape = (N, H, W, C); groups = 1."""
+    if stride != (1, 1) and dilation != (1, 1):
+        from .conv2d import conv2d_backward_input
+        N, H, W, C = x_shape
+        dx = conv2d_backward_input(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)), w,
+                                   (N, C, H, W), stride, padding, dilation, 1)
+        return np.ascontiguousarray(dx.transpose(0, 2, 3, 1))
+    return backward_input(dy, w, x_shape, stride, padding, dilation)
+
+
+def conv2d_backward_weight_nhwc(dy, x, w_shape, stride, padding, dilation):
+    """dy (N, Ho, Wo, K), x (N, H, W, C) -> dw (K, C, R, S); groups = 1."""
+    return backward_weight(dy, x, w_shape, stride, padding, dilation)
+
+
+def conv2d_backward_bias_nhwc(dy):
+    """dy (N, Ho, Wo, K) -> db (K,)."""
+    return backward_bias(dy)

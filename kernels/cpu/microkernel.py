@@ -1,0 +1,252 @@
+"""The register-blocked outer-product micro-kernel of the channels-last convolutions
+(kernels/cpu/conv2d_nhwc.py), emitted as LLVM vector IR.
+
+What it computes. `tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc)`, on
+flat (1-D, C-contiguous) arrays A, B, acc of one float dtype and int64 tables rows,
+toff, updates an MR x NR tile of accumulators held in acc (row-major, acc[i*NR + j]):
+
+    for i < MR, j < NR:
+        acc[i*NR + j] += sum over t < T, c < Cn (t outer, c inner, in that order) of
+            A[rows[r0 + i] + toff[t0 + t] + c*a_cs] * B[b0 + (t*Cn + c)*b_stride + j]
+
+Row i of the tile reads A at its own base offset rows[r0 + i] (an output pixel of a
+convolution, or a (tap, channel) pair for the weight gradient); the contraction runs
+over T table-given offsets (the kernel taps, or the pixels) times Cn strided steps (the
+channels); B supplies NR contiguous values per step (NR output channels in vector
+lanes). The caller must make every index above valid: B has NR readable values past
+each step's start (pad its channels to a multiple of NR), and rows/toff hold at least
+r0 + MR and t0 + T entries.
+
+    forward (NHWC, weights packed [K/NR][R*S][C][NR]):
+        A = padded input, rows = pixel bases, toff = tap offsets, Cn = C, a_cs = 1,
+        B = one weight panel, b_stride = NR
+    backward-weight (dW[tap, c][k] = sum over pixels x[pixel + tap, c] * dy[pixel, k]):
+        A = padded input, rows = (tap, channel) offsets, toff = pixel bases, Cn = 1,
+        B = dy as (pixels, K) rows, b_stride = K
+
+Blocking (chosen at import from the host's vector width, see `host_lanes`): NV = 2
+vectors of `lanes` values per tile row, NR = NV*lanes output channels, MR rows:
+
+    AVX2 (8 float32 / 4 float64 lanes, 16 ymm registers): MR = 6, NR = 16 (float32)
+        or 8 (float64): 12 accumulators + 2 weight vectors + 1 broadcast = 15 registers
+    AVX-512 (16 / 8 lanes, 32 zmm registers): MR = 12, NR = 32 (float32) or 16:
+        24 accumulators + 2 + 1 = 27 registers
+    unknown CPUs: the AVX2 blocking (LLVM splits wider vectors; correct everywhere)
+
+Optimizations:
+  * outer products, not dot products: per contraction step NV vector loads of B and MR
+    scalar loads of A broadcast to vectors feed MR*NV FMAs; no horizontal sums;
+  * the MR*NV accumulators stay in registers across the whole contraction: they are
+    allocas created once (cgutils.alloca_once_value) and loaded/stored inside the
+    cgutils.for_range loops, which LLVM's mem2reg promotes to SSA registers;
+  * vector FMAs through `llvm.fma.v<lanes>f<bits>`, declared by name in the module
+    (llvmlite's builder.fma rejects vectors; Numba's SLP vectorizer is off, so plain
+    Numba code would not produce these);
+  * the row bases are loaded once per tile, the tap offset once per tap; the inner loop
+    over c is a pointer walk with constant strides;
+  * the tile is read from and written back to acc once: the caller initializes it
+    (bias, zeros, or a partial sum) and runs its own epilogue (clipping at the edges of
+    K and of the pixel range), so the kernel itself has no edge code.
+
+Check the code with `inspect_asm`: the inner loop should hold the accumulators in
+vector registers (ymm/zmm) with no stack (rsp) traffic (tests/kernels/test_conv2d_nhwc.py
+looks for the vfmadd instructions).
+
+Debugging: with NUMBA_DISABLE_JIT=1 (or if the intrinsic cannot be built: no llvmlite
+IR support for the vector types), `tile` is `tile_reference`, a plain-loop version with
+the same semantics (separate multiply and add instead of a fused multiply-add, so the
+results differ in the last bits), and every caller runs as Python, steppable in a
+debugger. `tile_reference` is also what the tests compare the intrinsic with.
+
+Cache key: Numba's on-disk cache of a caller is keyed on the caller's own source file,
+so an edit here would leave a stale compiled caller running the old IR. `versioned()`
+adds IR_VERSION and a hash of this file to the cache stamp of a caller; bump IR_VERSION
+when the IR generator changes in a way the file hash would not capture.
+"""
+import hashlib
+import os
+
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+from numba import njit, types
+
+IR_VERSION = 1  # part of every caller's cache key (see versioned)
+
+
+# --- blocking --------------------------------------------------------------------------
+
+def host_lanes(itemsize=4):
+    """Vector lanes of the host for elements of `itemsize` bytes: 64-byte vectors where
+    the CPU has AVX-512F, 32-byte vectors otherwise (AVX2, and unknown CPUs)."""
+    try:
+        wide = bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # no feature query on this platform: the safe default
+        wide = False
+    return (64 if wide else 32) // itemsize
+
+
+def blocking(dtype):
+    """(MR, NR) of the tile for dtype on this host (see the module docstring)."""
+    lanes = host_lanes(np.dtype(dtype).itemsize)
+    nv = 2
+    mr = 12 if lanes * np.dtype(dtype).itemsize == 64 else 6
+    return mr, nv * lanes
+
+
+MR32, NR32 = blocking(np.float32)
+MR64, NR64 = blocking(np.float64)
+
+
+# --- the reference semantics (also the NUMBA_DISABLE_JIT / no-intrinsic fallback) -------
+
+@njit(inline="always")
+def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc):
+    """Plain loops with the semantics of `tile` (see the module docstring); MR and NR
+    follow from the dtype, as for the intrinsic."""
+    if A.itemsize == 4:
+        mr, nr = MR32, NR32
+    else:
+        mr, nr = MR64, NR64
+    for i in range(mr):
+        for j in range(nr):
+            s = acc[i * nr + j]
+            for t in range(T):
+                base = rows[r0 + i] + toff[t0 + t]
+                for c in range(Cn):
+                    s += A[base + c * a_cs] * B[b0 + (t * Cn + c) * b_stride + j]
+            acc[i * nr + j] = s
+
+
+# --- the intrinsic -----------------------------------------------------------------------
+
+def _build_intrinsic():
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    def _shape(bits):
+        mr, nr = (MR32, NR32) if bits == 32 else (MR64, NR64)
+        return mr, nr, 2, nr // 2  # MR, NR, NV, lanes
+
+    @intrinsic
+    def tile(typingctx, A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc):
+        floats = (A, B, acc)
+        if not (all(isinstance(a, types.Array) and a.ndim == 1 for a in floats + (rows, toff))
+                and A.dtype in (types.float32, types.float64)
+                and B.dtype == A.dtype and acc.dtype == A.dtype
+                and rows.dtype == types.int64 and toff.dtype == types.int64):
+            return None
+        ints = (r0, t0, T, Cn, a_cs, b0, b_stride)
+        if not all(isinstance(v, types.Integer) for v in ints):
+            return None
+        sig = types.void(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc)
+
+        def codegen(context, builder, sig, args):
+            (a_arr, rows_arr, r0_v, toff_arr, t0_v, T_v, Cn_v, acs_v, b_arr, b0_v,
+             bst_v, acc_arr) = args
+            i64 = ir.IntType(64)
+
+            def as_i64(val, ty):
+                return context.cast(builder, val, ty, types.int64)
+
+            r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v = (
+                as_i64(v, t) for v, t in zip(
+                    (r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v),
+                    (sig.args[2], sig.args[4], sig.args[5], sig.args[6], sig.args[7],
+                     sig.args[9], sig.args[10])))
+            fty = context.get_value_type(sig.args[0].dtype)
+            bits = 32 if sig.args[0].dtype == types.float32 else 64
+            mr, nr, nv, lanes = _shape(bits)
+            vty = ir.VectorType(fty, lanes)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                f"llvm.fma.v{lanes}f{bits}")
+            align = bits // 8
+
+            def data(arr, ty):
+                return context.make_array(ty)(context, builder, arr).data
+
+            a_ptr = data(a_arr, sig.args[0])
+            b_ptr = data(b_arr, sig.args[8])
+            acc_ptr = data(acc_arr, sig.args[11])
+            rows_ptr = data(rows_arr, sig.args[1])
+            toff_ptr = data(toff_arr, sig.args[3])
+
+            def vptr(ptr, idx):
+                return builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer())
+
+            # Accumulators: allocas promoted to registers (see the module docstring).
+            accs = []
+            for i in range(mr):
+                for v in range(nv):
+                    p = vptr(acc_ptr, ir.Constant(i64, i * nr + v * lanes))
+                    accs.append(cgutils.alloca_once_value(
+                        builder, builder.load(p, align=align)))
+            bases = [builder.load(builder.gep(rows_ptr, [builder.add(
+                r0_v, ir.Constant(i64, i))])) for i in range(mr)]
+            zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            undef = ir.Constant(vty, ir.Undefined)
+            with cgutils.for_range(builder, T_v) as tloop:
+                t = tloop.index
+                off = builder.load(builder.gep(toff_ptr, [builder.add(t0_v, t)]))
+                # B index of step (t, 0): b0 + t*Cn*b_stride
+                bt = builder.add(b0_v, builder.mul(builder.mul(t, Cn_v), bst_v))
+                a_t = [builder.add(base, off) for base in bases]
+                with cgutils.for_range(builder, Cn_v) as cloop:
+                    c = cloop.index
+                    bidx = builder.add(bt, builder.mul(c, bst_v))
+                    ws = [builder.load(vptr(b_ptr, builder.add(
+                        bidx, ir.Constant(i64, v * lanes))), align=align)
+                        for v in range(nv)]
+                    ac = builder.mul(c, acs_v)
+                    for i in range(mr):
+                        a = builder.load(builder.gep(a_ptr, [builder.add(a_t[i], ac)]))
+                        a = builder.shuffle_vector(
+                            builder.insert_element(undef, a, ir.Constant(i64, 0)),
+                            undef, zero_mask)
+                        for v in range(nv):
+                            slot = accs[i * nv + v]
+                            builder.store(builder.call(
+                                fma, [a, ws[v], builder.load(slot)]), slot)
+            for i in range(mr):
+                for v in range(nv):
+                    p = vptr(acc_ptr, ir.Constant(i64, i * nr + v * lanes))
+                    builder.store(builder.load(accs[i * nv + v]), p, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+if numba.config.DISABLE_JIT:
+    tile = tile_reference
+    INTRINSIC = False
+else:
+    try:
+        tile = _build_intrinsic()
+        INTRINSIC = True
+    except Exception:  # pragma: no cover - an llvmlite without vector IR support
+        tile = tile_reference
+        INTRINSIC = False
+
+
+# --- cache versioning --------------------------------------------------------------------
+
+with open(os.path.abspath(__file__), "rb") as _f:
+    _SOURCE_HASH = hashlib.sha256(_f.read()).hexdigest()[:16]
+
+
+def versioned(dispatcher):
+    """Make a cache=True caller of `tile` recompile when this generator changes: its
+    on-disk cache stamp (normally the caller file's mtime and size) gets IR_VERSION,
+    the blocking and this file's hash appended. Returns the dispatcher. If Numba's cache
+    internals differ from the expected ones, the dispatcher is returned unchanged."""
+    try:
+        cache_file = dispatcher._cache._cache_file
+        cache_file._source_stamp = (cache_file._source_stamp, IR_VERSION, _SOURCE_HASH,
+                                    MR32, NR32, MR64, NR64, INTRINSIC)
+    except AttributeError:
+        pass
+    return dispatcher
