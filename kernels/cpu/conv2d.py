@@ -42,13 +42,17 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from . import conv2d_direct
+from . import conv2d_direct, conv2d_nhwc
 from .conv2d_direct import gather
 
 _CHUNK_BYTES = 8 << 20  # column-matrix bytes per batch chunk (see module docstring)
 _THIN_FORWARD = 16  # Cg*R*S up to which forward runs one GEMM per sample
 _THIN_WEIGHT = 128  # ... and backward-weight (see _Geometry)
 _DIRECT = True  # groups == 1 and not 1x1: kernels/cpu/conv2d_direct.py (see _Geometry)
+_NHWC = True  # groups == 1: the channels-last implicit GEMMs of conv2d_nhwc.py (see _Geometry)
+_NHWC_MIN_FORWARD = 32  # ... for forward from this contraction length C*R*S on
+_NHWC_MIN_WEIGHT = 32  # ... for backward-weight likewise
+_NHWC_POINTWISE = False  # ... also for 1x1 convolutions
 
 
 # --- scratch buffers ------------------------------------------------------------------
@@ -265,6 +269,15 @@ class _Geometry:
         # Numba kernel sharing the cores (measured 1.5-2x). A 1x1 kernel needs no
         # columns at all, and one GEMM per sample is faster there.
         self.direct = _DIRECT and one and not self.pointwise
+        # The channels-last implicit GEMMs (conv2d_nhwc.py: outer-product register
+        # tiles, NCHW converted on the way in, written back to NCHW by the tile's
+        # epilogue) where they were measured faster (benchmarks/bench_conv.py): every
+        # groups=1 pass but a first layer's short contraction (C*R*S = 9: too few FMAs
+        # per tile for its epilogue) and 1x1 kernels (there BLAS reads NCHW as it is).
+        nhwc = _NHWC and one and (_NHWC_POINTWISE or not self.pointwise)
+        self.nhwc_forward = nhwc and self.CgRS >= _NHWC_MIN_FORWARD
+        self.nhwc_input = nhwc and (stride == (1, 1) or dilation == (1, 1))
+        self.nhwc_weight = nhwc and self.CgRS >= _NHWC_MIN_WEIGHT
         per_sample_bytes = self.C * self.R * self.S * self.P * itemsize
         self.nc = max(1, min(self.N, _CHUNK_BYTES // max(per_sample_bytes, 1)))
 
@@ -304,6 +317,8 @@ def _flipped(w, groups):
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     g = _Geometry(x.shape, w.shape, stride, padding, dilation, groups, x.itemsize)
+    if g.nhwc_forward:
+        return conv2d_nhwc.forward(x, w, b, stride, padding, dilation, nchw=True)
     if g.direct:
         return conv2d_direct.forward(x, w, b, stride, padding, dilation, (g.Ho, g.Wo),
                                      _gather_table(*g.geometry()))
@@ -332,6 +347,9 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
 
 def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
     g = _Geometry(x_shape, w.shape, stride, padding, dilation, groups, dy.itemsize)
+    if g.nhwc_input:
+        return conv2d_nhwc.backward_input(dy, w, x_shape, stride, padding, dilation,
+                                          nchw=True)
     if g.direct and dilation == (1, 1):
         return conv2d_direct.backward_input(dy, w, x_shape, stride, padding)
     (dh, dw), (R, S) = dilation, (g.R, g.S)
@@ -364,6 +382,9 @@ def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
 
 def conv2d_backward_weight(dy, x, w_shape, stride, padding, dilation, groups):
     g = _Geometry(x.shape, w_shape, stride, padding, dilation, groups, x.itemsize)
+    if g.nhwc_weight:
+        return conv2d_nhwc.backward_weight(dy, x, w_shape, stride, padding, dilation,
+                                           nchw=True)
     if g.direct and not g.per_sample_weight:
         return conv2d_direct.backward_weight(dy, x, w_shape, _gather_table(*g.geometry()))
     dy3 = dy.reshape(g.N, g.K, g.P)

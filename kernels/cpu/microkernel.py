@@ -217,18 +217,76 @@ def _build_intrinsic():
 
         return sig, codegen
 
-    return tile
+    @intrinsic
+    def fma_chains(typingctx, n, out):
+        """out[:MR*NR] = the MR*NV independent vector FMA chains of a tile, each run n
+        steps (acc = acc*x + y): the chip's FMA throughput with nothing else in the loop
+        (no loads), the compute limit the benchmarks judge the kernels against."""
+        if not (isinstance(n, types.Integer) and isinstance(out, types.Array)
+                and out.dtype in (types.float32, types.float64)):
+            return None
+        sig = types.void(n, out)
+
+        def codegen(context, builder, sig, args):
+            n_v = context.cast(builder, args[0], sig.args[0], types.int64)
+            fty = context.get_value_type(sig.args[1].dtype)
+            bits = 32 if sig.args[1].dtype == types.float32 else 64
+            mr, nr, nv, lanes = _shape(bits)
+            vty = ir.VectorType(fty, lanes)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                f"llvm.fma.v{lanes}f{bits}")
+            ptr = context.make_array(sig.args[1])(context, builder, args[1]).data
+            i64 = ir.IntType(64)
+
+            def vptr(k):
+                return builder.bitcast(builder.gep(ptr, [ir.Constant(i64, k * lanes)]),
+                                       vty.as_pointer())
+
+            x = builder.load(vptr(0), align=bits // 8)
+            y = builder.load(vptr(1), align=bits // 8)
+            accs = [cgutils.alloca_once_value(builder, builder.load(vptr(k), align=bits // 8))
+                    for k in range(mr * nv)]
+            with cgutils.for_range(builder, n_v):
+                for slot in accs:
+                    builder.store(builder.call(fma, [builder.load(slot), x, y]), slot)
+            for k, slot in enumerate(accs):
+                builder.store(builder.load(slot), vptr(k), align=bits // 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile, fma_chains
+
+
+@njit(inline="always")
+def fma_chains_reference(n, out):
+    """What fma_chains computes, in plain loops (NUMBA_DISABLE_JIT / no intrinsic)."""
+    if out.itemsize == 4:
+        lanes = NR32 // 2
+        k = MR32 * 2
+    else:
+        lanes = NR64 // 2
+        k = MR64 * 2
+    x = out[:lanes].copy()
+    y = out[lanes:2 * lanes].copy()
+    for v in range(k):
+        for j in range(lanes):
+            a = out[v * lanes + j]
+            for _ in range(n):
+                a = a * x[j] + y[j]
+            out[v * lanes + j] = a
 
 
 if numba.config.DISABLE_JIT:
-    tile = tile_reference
+    tile, fma_chains = tile_reference, fma_chains_reference
     INTRINSIC = False
 else:
     try:
-        tile = _build_intrinsic()
+        tile, fma_chains = _build_intrinsic()
         INTRINSIC = True
     except Exception:  # pragma: no cover - an llvmlite without vector IR support
-        tile = tile_reference
+        tile, fma_chains = tile_reference, fma_chains_reference
         INTRINSIC = False
 
 

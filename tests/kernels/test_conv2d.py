@@ -94,10 +94,16 @@ def patched(**values):
 # one per batch chunk; or the direct kernels (groups == 1, not 1x1), whose forward runs
 # along pixels for short contractions and in register tiles otherwise (and whose
 # backward-weight is used for short contractions too).
-ROUTES = {"per_sample": dict(_DIRECT=False, _THIN_FORWARD=10**9, _THIN_WEIGHT=10**9),
-          "batched": dict(_DIRECT=False, _THIN_FORWARD=-1, _THIN_WEIGHT=-1),
-          "direct_rows": dict(_DIRECT=True, _ROWS_BELOW=10**9, _THIN_WEIGHT=-1),
-          "direct_tiles": dict(_DIRECT=True, _ROWS_BELOW=0, _THIN_WEIGHT=-1)}
+# Or the channels-last implicit GEMMs of conv2d_nhwc.py, forced for every groups == 1
+# pass (1x1 kernels and short contractions included).
+ROUTES = {"per_sample": dict(_NHWC=False, _DIRECT=False, _THIN_FORWARD=10**9,
+                             _THIN_WEIGHT=10**9),
+          "batched": dict(_NHWC=False, _DIRECT=False, _THIN_FORWARD=-1, _THIN_WEIGHT=-1),
+          "direct_rows": dict(_NHWC=False, _DIRECT=True, _ROWS_BELOW=10**9,
+                              _THIN_WEIGHT=-1),
+          "direct_tiles": dict(_NHWC=False, _DIRECT=True, _ROWS_BELOW=0, _THIN_WEIGHT=-1),
+          "nhwc": dict(_NHWC=True, _NHWC_POINTWISE=True, _NHWC_MIN_FORWARD=0,
+                       _NHWC_MIN_WEIGHT=0)}
 
 
 def check_against_reference(case):
@@ -175,7 +181,7 @@ def test_direct_kernels_on_tile_sized_problems(dtype, N, C, H, W, K, k, s, p, d)
                 b=rng.standard_normal(K).astype(dtype),
                 dy=rng.standard_normal((N, K, Ho, Wo)).astype(dtype),
                 stride=(s, s), padding=(p, p), dilation=(d, d), groups=1)
-    for route in ("direct_rows", "direct_tiles"):
+    for route in ("direct_rows", "direct_tiles", "nhwc"):
         with patched(**ROUTES[route]):
             check_against_reference(case)
 

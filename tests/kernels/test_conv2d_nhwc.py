@@ -1,0 +1,297 @@
+"""The channels-last convolutions (kernels/cpu/conv2d_nhwc.py) and their micro-kernel
+(kernels/cpu/microkernel.py): the micro-kernel alone against its plain-loop semantics
+(edge tiles: zero-length contractions, strides, offsets), its machine code (vector FMAs,
+accumulators never on the stack), then every pass on NHWC arrays against the NumPy
+reference (odd sizes, batch 1, K and pixel counts that are not multiples of a tile,
+stride 2/3, dilation 2, padding 0..2, float32 and float64), bitwise equality across
+Numba thread counts, PyTorch's channels_last results, and the NUMBA_DISABLE_JIT path.
+The NCHW entry point's routing to these kernels is tested in test_conv2d.py ("nhwc").
+"""
+import os
+import re
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from numba import njit
+
+from kernels.cpu import conv2d_nhwc as nhwc
+from kernels.cpu import microkernel as mk
+from kernels.reference import conv2d as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def to_nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def to_nchw(a):
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+
+def assert_close(actual, expected):
+    assert actual.dtype == expected.dtype
+    assert actual.shape == expected.shape
+    tol = 1e-4 if expected.dtype == np.float32 else 1e-10
+    atol = tol * max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=atol)
+
+
+# --- the micro-kernel alone --------------------------------------------------------------
+
+@njit
+def run_tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc):
+    mk.tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc)
+
+
+def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc, mr, nr):
+    """The documented semantics, with NumPy (float64 products)."""
+    out = acc.astype(np.float64).reshape(mr, nr)
+    for t in range(T):
+        for c in range(Cn):
+            a = A[rows[r0:r0 + mr] + toff[t0 + t] + c * a_cs].astype(np.float64)
+            q = b0 + (t * Cn + c) * b_stride
+            out += np.outer(a, B[q:q + nr])
+    return out.ravel()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("r0, t0, T, Cn, a_cs, b0, extra", [
+    (0, 0, 1, 1, 1, 0, 0),      # one step
+    (0, 0, 0, 5, 1, 0, 0),      # empty contraction: acc unchanged
+    (2, 1, 3, 7, 1, 5, 3),      # offsets into the tables, B rows longer than NR
+    (1, 2, 4, 1, 0, 0, 0),      # the backward-weight form: Cn = 1, table-driven steps
+    (0, 0, 2, 9, 3, 2, 0),      # strided channels
+])
+def test_tile_matches_its_semantics(dtype, r0, t0, T, Cn, a_cs, b0, extra):
+    mr, nr = nhwc.blocking(dtype)
+    rng = np.random.default_rng(T * 31 + Cn)
+    A = rng.standard_normal(4000).astype(dtype)
+    rows = rng.integers(0, 1000, r0 + mr + 2).astype(np.int64)
+    toff = rng.integers(0, 1000, t0 + T + 1).astype(np.int64)
+    b_stride = nr + extra
+    B = rng.standard_normal(b0 + max(T * Cn, 1) * b_stride + nr).astype(dtype)
+    acc = rng.standard_normal(mr * nr).astype(dtype)
+    want = tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc, mr, nr)
+    got = acc.copy()
+    run_tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, got)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1, T * Cn))
+    # The plain-loop fallback (NUMBA_DISABLE_JIT) has the same semantics.
+    fallback = acc.copy()
+    mk.tile_reference.py_func(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, fallback)
+    np.testing.assert_allclose(fallback, want, rtol=tol, atol=tol * max(1, T * Cn))
+
+
+@pytest.mark.skipif(not mk.INTRINSIC, reason="the LLVM intrinsic is not in use")
+def test_tile_machine_code_keeps_accumulators_in_vector_registers():
+    A = np.zeros(64, np.float32)
+    rows = np.zeros(16, np.int64)
+    run_tile(A, rows, 0, rows, 0, 1, 1, 1, A, 0, 16, A)
+    asm = run_tile.inspect_asm(run_tile.signatures[0])
+    reg = "zmm" if mk.host_lanes(4) == 16 else "ymm"
+    lines = asm.splitlines()
+    at = [i for i, line in enumerate(lines) if "vfmadd" in line]
+    fmas = [lines[i] for i in at]
+    mr, nr = nhwc.blocking(np.float32)
+    # The inner loop (unrolled or not) holds one FMA per accumulator vector.
+    assert len(fmas) >= mr * nr // mk.host_lanes(4)
+    assert all(reg in line for line in fmas)
+    # The innermost loops that run the FMAs (a label, straight-line code, a branch back
+    # to the label) move no vector register to or from the stack: no accumulator is
+    # spilled. (The remainder iteration of an unrolled loop may spill; it runs once.)
+    labels = {line[:-1]: i for i, line in enumerate(lines) if re.match(r"\.LBB\w*:$", line)}
+    loops = []
+    for i, line in enumerate(lines):
+        m = re.match(r"\s+j\w+\s+(\.LBB\w+)", line)
+        if m and labels.get(m.group(1), i) < i:
+            body = lines[labels[m.group(1)] + 1:i]
+            if any("vfmadd" in b for b in body) and not any(b in labels for b in
+                                                            (x[:-1] for x in body)):
+                loops.append(body)
+    assert loops
+    loop = [line for body in loops for line in body]
+    assert not [line for line in loop if "rsp" in line and re.search(r"%[xyz]mm", line)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fma_chains_matches_its_reference(dtype):
+    out = np.random.default_rng(0).uniform(0.5, 1.0, 4096).astype(dtype)
+    want = out.copy()
+
+    @njit
+    def run(n, o):
+        mk.fma_chains(n, o)
+
+    run(7, out)
+    mk.fma_chains_reference.py_func(7, want)
+    np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+# --- the convolutions on NHWC arrays -----------------------------------------------------
+
+def make_case(rng, N, C, H, W, K, R, S, stride, padding, dilation, dtype, bias=True):
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, R, S)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype) if bias else None
+    geo = (stride, padding, dilation, 1)
+    y = ref.conv2d_forward(x, w, b, *geo)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    return dict(x=x, w=w, b=b, dy=dy, geo=geo[:3], y=y,
+                dx=ref.conv2d_backward_input(dy, w, x.shape, *geo),
+                dw=ref.conv2d_backward_weight(dy, x, w.shape, *geo),
+                db=ref.conv2d_backward_bias(dy))
+
+
+def nhwc_passes(case):
+    x, w, b, dy, geo = (to_nhwc(case["x"]), case["w"], case["b"], to_nhwc(case["dy"]),
+                        case["geo"])
+    return (nhwc.conv2d_forward_nhwc(x, w, b, *geo),
+            nhwc.conv2d_backward_input_nhwc(dy, w, x.shape, *geo),
+            nhwc.conv2d_backward_weight_nhwc(dy, x, w.shape, *geo),
+            nhwc.conv2d_backward_bias_nhwc(dy))
+
+
+def check(case):
+    inputs = {k: case[k].copy() for k in ("x", "w", "dy")}
+    y, dx, dw, db = nhwc_passes(case)
+    assert_close(to_nchw(y), case["y"])
+    assert_close(to_nchw(dx), case["dx"])
+    assert_close(dw, case["dw"])
+    assert_close(db, case["db"])
+    for arr in (y, dx, dw):
+        assert arr.flags.c_contiguous
+    for k, v in inputs.items():  # inputs untouched
+        np.testing.assert_array_equal(case[k], v)
+
+
+FIXED = [
+    # N, C, H, W, K, R, S, stride, padding, dilation
+    (3, 32, 9, 11, 20, 3, 3, 1, 1, 1),    # K and pixel count not multiples of a tile
+    (1, 17, 8, 8, 5, 3, 3, 2, 1, 1),      # batch 1, stride 2, K < NR
+    (2, 8, 12, 10, 9, 3, 3, 1, 2, 2),     # dilation 2, padding 2
+    (2, 1, 28, 28, 6, 5, 5, 1, 2, 1),     # a first layer: C = 1 (fewer (tap, c) rows...)
+    (1, 1, 3, 3, 1, 1, 1, 1, 0, 1),       # ... and fewer pixels than one tile, L = 1
+    (1, 3, 7, 7, 2, 3, 3, 1, 0, 1),       # fewer channels and pixels than one tile
+    (2, 6, 11, 12, 5, 5, 5, 3, 2, 1),     # stride 3: backward-input in 9 phases
+    (2, 4, 10, 9, 6, 1, 1, 2, 0, 1),      # 1x1 stride 2: a phase no tap reaches
+    (2, 16, 6, 5, 33, 1, 1, 1, 0, 1),     # 1x1: a plain GEMM over pixels
+    (2, 5, 9, 7, 7, 3, 2, 2, 1, 2),       # stride 2 with dilation 2 (backward-input: old route)
+    (1, 4, 5, 6, 3, 3, 3, 1, 3, 1),       # padding larger than the kernel's reach: cropped dy
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, C, H, W, K, R, S, s, p, d", FIXED)
+def test_nhwc_matches_reference(dtype, N, C, H, W, K, R, S, s, p, d):
+    rng = np.random.default_rng(N * 1000 + C * 10 + K)
+    if d * (R - 1) + 1 > H + 2 * p:
+        pytest.skip("no window")
+    check(make_case(rng, N, C, H, W, K, R, S, (s, s), (p, p), (d, d), dtype))
+
+
+@st.composite
+def cases(draw):
+    R, S = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    H = max(1, dilation[0] * (R - 1) + 1 - 2 * padding[0]) + draw(st.integers(0, 8))
+    W = max(1, dilation[1] * (S - 1) + 1 - 2 * padding[1]) + draw(st.integers(0, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return make_case(rng, draw(st.integers(1, 3)), draw(st.integers(1, 20)), H, W,
+                     draw(st.integers(1, 40)), R, S, stride, padding, dilation,
+                     draw(st.sampled_from([np.float32, np.float64])), draw(st.booleans()))
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=cases())
+def test_nhwc_matches_reference_on_random_problems(case):
+    check(case)
+
+
+def test_nchw_entry_matches_nhwc_entry():
+    # The NCHW forms (input converted on the way in, output written into NCHW planes by
+    # the epilogue) compute bitwise what the NHWC forms compute.
+    case = make_case(np.random.default_rng(7), 2, 12, 9, 8, 19, 3, 3, (2, 1), (1, 0),
+                     (1, 1), np.float32)
+    x, w, b, dy, geo = case["x"], case["w"], case["b"], case["dy"], case["geo"]
+    y, dx, dw, _ = nhwc_passes(case)
+    np.testing.assert_array_equal(nhwc.forward(x, w, b, *geo, nchw=True), to_nchw(y))
+    np.testing.assert_array_equal(nhwc.backward_input(dy, w, x.shape, *geo, nchw=True),
+                                  to_nchw(dx))
+    np.testing.assert_array_equal(nhwc.backward_weight(dy, x, w.shape, *geo, nchw=True), dw)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("shape", [
+    (5, 24, 13, 11, 40, 3, 1, 1),   # several forward tasks and backward-weight groups
+    (3, 8, 10, 10, 16, 3, 2, 1),    # stride 2
+])
+def test_nhwc_results_do_not_depend_on_thread_count(shape):
+    N, C, H, W, K, k, s, p = shape
+    case = make_case(np.random.default_rng(3), N, C, H, W, K, k, k, (s, s), (p, p), (1, 1),
+                     np.float32)
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = nhwc_passes(case)
+        numba.set_num_threads(2)
+        two = nhwc_passes(case)
+    finally:
+        numba.set_num_threads(saved)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("N, C, H, K, k, s, p", [
+    (4, 1, 28, 8, 3, 1, 1),      # first layer
+    (2, 16, 14, 24, 1, 1, 0),    # 1x1
+    (2, 16, 14, 8, 3, 2, 1),     # stride 2
+    (2, 32, 7, 40, 3, 1, 1),     # 7x7 maps: blocks spanning samples
+])
+def test_nhwc_matches_torch_channels_last(N, C, H, K, k, s, p):
+    torch = pytest.importorskip("torch")
+    case = make_case(np.random.default_rng(11), N, C, H, H, K, k, k, (s, s), (p, p), (1, 1),
+                     np.float32)
+    x = torch.tensor(case["x"]).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.tensor(case["w"]).requires_grad_()
+    b = torch.tensor(case["b"]).requires_grad_()
+    y = torch.nn.functional.conv2d(x, w, b, s, p)
+    y.backward(torch.tensor(case["dy"]).to(memory_format=torch.channels_last))
+    got = nhwc_passes(case)
+    assert_close(to_nchw(got[0]), y.detach().numpy())
+    assert_close(to_nchw(got[1]), x.grad.numpy())
+    assert_close(got[2], w.grad.numpy())
+    assert_close(got[3], b.grad.numpy())
+
+
+def test_disable_jit_runs_the_plain_loop_fallback():
+    # With NUMBA_DISABLE_JIT=1 every kernel is plain Python and `tile` is the reference.
+    code = r"""
+import numpy as np
+from kernels.cpu import conv2d_nhwc as nh, microkernel as mk
+from kernels.reference import conv2d as ref
+assert not mk.INTRINSIC and mk.tile is mk.tile_reference
+rng = np.random.default_rng(0)
+x = rng.standard_normal((1, 2, 4, 5)); w = rng.standard_normal((3, 2, 3, 3))
+geo = ((1, 1), (1, 1), (1, 1))
+y = ref.conv2d_forward(x, w, None, *geo, 1)
+dy = rng.standard_normal(y.shape)
+t = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+np.testing.assert_allclose(nh.conv2d_forward_nhwc(t(x), w, None, *geo), t(y), atol=1e-12)
+np.testing.assert_allclose(nh.conv2d_backward_input_nhwc(t(dy), w, t(x).shape, *geo),
+                           t(ref.conv2d_backward_input(dy, w, x.shape, *geo, 1)), atol=1e-12)
+np.testing.assert_allclose(nh.conv2d_backward_weight_nhwc(t(dy), t(x), w.shape, *geo),
+                           ref.conv2d_backward_weight(dy, x, w.shape, *geo, 1), atol=1e-12)
+print("ok")
+"""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
