@@ -70,7 +70,7 @@ class Case:
     kernel: str                  # family: conv2d, batch_norm, pooling, matmul
     case: str                    # the problem, for people
     pass_: str                   # forward, backward, backward_input, backward_weight
-    bound: str                   # "compute" (judged against GEMM) or "memory" (copy bandwidth)
+    bound: str                   # "compute" (judged against the FMA peak) or "memory" (copy)
     work: float                  # flops (compute) or bytes that must move (memory) per call
     layouts: tuple               # torch memory formats worth trying
     make: Callable               # make(backend, layout) -> zero-argument callable
@@ -135,11 +135,38 @@ def _conv_call(shape, pas, backend, layout):
         return {"forward": lambda: F.conv2d(tx, tw, tb, s, p),
                 "backward_input": lambda: conv_bwd([True, False, False]),
                 "backward_weight": lambda: conv_bwd([False, True, False])}[pas]
+    if backend == "numba_nhwc":  # the channels-last entry points, on NHWC arrays
+        from kernels.cpu import conv2d_nhwc as nh
+        xh, dyh = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (x, dy))
+        geo = ((s, s), (p, p), (1, 1))
+        return {"forward": lambda: nh.conv2d_forward_nhwc(xh, w, b, *geo),
+                "backward_input": lambda: nh.conv2d_backward_input_nhwc(dyh, w, xh.shape,
+                                                                        *geo),
+                "backward_weight": lambda: nh.conv2d_backward_weight_nhwc(dyh, xh, w.shape,
+                                                                          *geo)}[pas]
+    if backend == "numba_old":  # the routes before conv2d_nhwc.py
+        return _old_route(_conv_call(shape, pas, "numba", layout))
     k = _kernels(backend)
     geo = ((s, s), (p, p), (1, 1), 1)
     return {"forward": lambda: k.conv2d_forward(x, w, b, *geo),
             "backward_input": lambda: k.conv2d_backward_input(dy, w, x.shape, *geo),
             "backward_weight": lambda: k.conv2d_backward_weight(dy, x, w.shape, *geo)}[pas]
+
+
+def _old_route(fn):
+    """fn run with kernels/cpu/conv2d.py's channels-last routes switched off."""
+    from kernels.cpu import conv2d as cpu
+
+    def call():
+        saved, cpu._NHWC = cpu._NHWC, False
+        try:
+            return fn()
+        finally:
+            cpu._NHWC = saved
+    return call
+
+
+CONV_BACKENDS = ("numba", "numba_old", "numba_nhwc", "numpy")
 
 
 def _conv_cases(quick):
@@ -152,7 +179,8 @@ def _conv_cases(quick):
             if pas == "backward_input" and C == 1:
                 continue  # a first layer needs no input gradient, in either framework
             yield Case("conv2d", f"{(N, C, H, W)}->{K} k{k} s{s} p{p}", pas, "compute", flops,
-                       ("nchw", "channels_last"), functools.partial(_conv_call, shape, pas))
+                       ("nchw", "channels_last"), functools.partial(_conv_call, shape, pas),
+                       backends=CONV_BACKENDS)
 
 
 # --- batch norm (training mode: the pass a training step runs) --------------------------
@@ -427,6 +455,9 @@ def run(threads=None, quick=False, families=FAMILIES, use_torch=True, progress=N
                "minidl_impl": case.minidl_impl, "threads": threads,
                "numba": loc["numba"], "numpy": loc.get("numpy"), "torch": None,
                "torch_configs": None}
+        for extra in ("numba_old", "numba_nhwc"):  # conv2d: old routes, NHWC entry points
+            if extra in loc:
+                row[extra] = loc[extra]
         if tor:
             best = min(tor, key=lambda c: tor[c]["median_s"])
             row["torch"] = dict(tor[best], config=best)
@@ -442,9 +473,13 @@ def annotate(rows, limits):
     for r in rows:
         t = r["numba"]["median_s"]
         r["rate"] = r["work"] / t / 1e9
-        r["limit"] = limits["gemm_gflops"] if r["bound"] == "compute" else limits["copy_gbs"]
+        compute = limits.get("fma_peak_gflops") or limits["gemm_gflops"]
+        r["limit"] = compute if r["bound"] == "compute" else limits["copy_gbs"]
         r["fraction_of_limit"] = r["rate"] / r["limit"]
         r["torch_over_numba"] = r["torch"]["median_s"] / t if r["torch"] else None
+        for extra in ("numba_old", "numba_nhwc"):
+            if r.get(extra) and r["torch"]:
+                r[f"torch_over_{extra}"] = r["torch"]["median_s"] / r[extra]["median_s"]
         r["numpy_over_numba"] = r["numpy"]["median_s"] / t if r["numpy"] else None
     return rows
 

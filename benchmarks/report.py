@@ -70,11 +70,14 @@ def _machine(result):
 
 
 def _limits(lim):
+    fma = lim.get("fma_peak_gflops")
     return ["## Machine limits, measured in this run", ""] + _table(
-        [f"float32 GEMM, NumPy's BLAS (n={lim['gemm_n']})",
-         f"copy ({lim['bandwidth_mib']} MiB, Numba)", "triad (Numba)"],
-        [[_num(lim["gemm_gflops"], " GFLOP/s"), _num(lim["copy_gbs"], " GB/s"),
-          _num(lim["triad_gbs"], " GB/s")]])
+        (["float32 FMA peak (the compute limit)"] if fma else [])
+        + [f"float32 GEMM, NumPy's BLAS (n={lim['gemm_n']})",
+           f"copy ({lim['bandwidth_mib']} MiB, Numba)", "triad (Numba)"],
+        [([_num(fma, " GFLOP/s")] if fma else [])
+         + [_num(lim["gemm_gflops"], " GFLOP/s"), _num(lim["copy_gbs"], " GB/s"),
+            _num(lim["triad_gbs"], " GB/s")]])
 
 
 def _kernels(rows, quick):
@@ -93,11 +96,24 @@ def _kernels(rows, quick):
             _num(r["rate"], " " + r["unit"]), _num(100 * r["fraction_of_limit"], "%"),
             _num(r["torch_over_numba"]), _ms(nb["first_call_s"])])
     first = sum(r["numba"]["first_call_s"] for r in rows)
+    conv = [r for r in rows if r.get("numba_old") or r.get("numba_nhwc")]
+    routes = [] if not conv else ["", "### conv2d: routes side by side (same run)", ""] + _table(
+        ["case", "pass", "numba ms (default)", "old routes ms", "NHWC entry ms", "torch ms",
+         "torch / numba", "torch / old", "torch / NHWC", "numba % of FMA peak"],
+        [[r["case"], r["pass"], _ms(r["numba"]["median_s"]),
+          _ms(r.get("numba_old") and r["numba_old"]["median_s"]),
+          _ms(r.get("numba_nhwc") and r["numba_nhwc"]["median_s"]),
+          _ms(r["torch"] and r["torch"]["median_s"]), _num(r["torch_over_numba"]),
+          _num(r.get("torch_over_numba_old")), _num(r.get("torch_over_numba_nhwc")),
+          _num(100 * r["fraction_of_limit"], "%")] for r in conv]) + [
+        "", "old routes: kernels/cpu/conv2d.py with the channels-last kernels switched off "
+        "(im2col + BLAS, conv2d_direct); NHWC entry: conv2d_nhwc's functions on NHWC "
+        "arrays (no layout conversion: what a channels_last tensor would run)."]
     notes = [
         "", f"Median of {repeats} samples (a sample repeats a call enough to last "
         f"{1e3 * min_sample:g} ms; at least 3 samples, fewer than {repeats} past a {budget:g} s "
         "budget; numpy: half of it); IQR: first to third quartile. GFLOP/s for conv2d "
-        "(2*N*K*Ho*Wo*C*R*S per pass) and matmul, judged against the GEMM limit; GB/s of the "
+        "(2*N*K*Ho*Wo*C*R*S per pass) and matmul, judged against the FMA peak; GB/s of the "
         "bytes a pass must move (batch norm forward: x, y; backward: x, dy, dx; pooling: x, y, "
         "and max pooling's int64 argmax) judged against copy bandwidth, which small inputs "
         "that stay in cache can exceed. torch / numba > 1: numba is faster. The first layer "
@@ -106,7 +122,7 @@ def _kernels(rows, quick):
         f"numba first calls (JIT compile or cache load; not in the medians): {first:.2f} s in "
         "all.",
     ]
-    return ["## Kernels (float32)", ""] + _table(head, body) + notes
+    return ["## Kernels (float32)", ""] + _table(head, body) + notes + routes
 
 
 def _compile(c):

@@ -5,7 +5,7 @@ kernels and/or the training steps, and reports them as JSON and Markdown.
                                [--json FILE] [--markdown FILE]
 
 Suites:
-  kernels  machine limits (GEMM GFLOP/s, copy/triad GB/s), every kernel against NumPy and
+  kernels  machine limits (FMA peak and GEMM GFLOP/s, copy/triad GB/s), every kernel against NumPy and
            PyTorch (benchmarks/kernels.py), and the cold/warm JIT time of all kernels
            (benchmarks/compile_time.py; not with --quick)
   train    full training steps against PyTorch (benchmarks/train_step.py) and the cold
