@@ -6,7 +6,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .experiments import figure1, train
+    from .experiments import ablation, figure1, train
     parser = argparse.ArgumentParser(prog="minidl", description="minidl: a Numba-accelerated "
                                      "deep-learning mini-framework")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -15,6 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description=figure1.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     figure1.add_arguments(p)
+    p = sub.add_parser("ablation", help="the paper's Inception experiment: BN-Inception-lite "
+                       "in its variants (no BN, BN-Baseline, BN-x5, BN-x30, BN-x5-Sigmoid, ...)",
+                       description=ablation.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ablation.add_arguments(p)
     p = sub.add_parser("train", help="train one network of the MNIST experiment")
     train.add_train_arguments(p)
     from . import bench
@@ -32,6 +37,9 @@ def main(argv=None) -> int:
     if args.command == "figure1":
         from .experiments import figure1
         result = figure1.run(args)
+    elif args.command == "ablation":
+        from .experiments import ablation
+        result = ablation.run(args)
     elif args.command == "train":
         from .experiments import train
         result = train.run(args)
