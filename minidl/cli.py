@@ -10,7 +10,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minidl", description="minidl: a Numba-accelerated "
                                      "deep-learning mini-framework")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, threads, BLAS and CUDA availability")
+    p = sub.add_parser("info", help="versions, threads, BLAS and CUDA availability; with "
+                       "--model, what a model costs")
+    from .info import add_arguments as info_arguments
+    info_arguments(p)
     p = sub.add_parser("figure1", help="reproduce Figure 1 of the Batch Normalization paper",
                        description=figure1.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

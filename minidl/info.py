@@ -1,6 +1,7 @@
 """`minidl info`: what this installation runs on (versions, threads, BLAS, CUDA)."""
 from __future__ import annotations
 
+import math
 import platform
 
 
@@ -73,7 +74,50 @@ def collect() -> dict:
     return info
 
 
+MODELS = {  # name -> (builder, input shape without the batch)
+    "mlp": ("mlp", (1, 28, 28)),
+    "mlp-bn": ("mlp", (1, 28, 28)),
+    "bn_inception_lite": ("bn_inception_lite", (1, 28, 28)),
+    "inception_lite": ("bn_inception_lite", (1, 28, 28)),
+}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", choices=sorted(MODELS), default=None,
+                   help="print the model's parameters, multiply-adds and activation memory "
+                        "per example (inception_lite: the same network without BN)")
+    p.add_argument("--input", default=None,
+                   help="input shape without the batch, e.g. 3,32,32 (default 1,28,28)")
+
+
+def model_report(name: str, input_shape=None) -> str:
+    from . import models
+    from .models.summary import format_summary, model_summary
+    builder, default_shape = MODELS[name]
+    shape = tuple(input_shape or default_shape)
+    kwargs = {}
+    if builder == "bn_inception_lite":
+        kwargs = {"in_channels": shape[0], "bn": name == "bn_inception_lite"}
+    elif builder == "mlp":
+        kwargs = {"in_features": int(math.prod(shape)), "bn": name == "mlp-bn"}
+    model = getattr(models, builder)(**kwargs)
+    return format_summary(name, model_summary(model, shape), shape)
+
+
 def main(args=None) -> int:
+    if getattr(args, "model", None):
+        shape = None
+        if args.input:
+            try:
+                shape = tuple(int(v) for v in args.input.split(","))
+            except ValueError:
+                shape = ()
+            if len(shape) != 3 or min(shape) < 1:
+                print(f"minidl info: --input must be C,H,W (three positive ints), got "
+                      f"{args.input!r}")
+                return 2
+        print(model_report(args.model, shape))
+        return 0
     for key, value in collect().items():
         print(f"{key:>30}: {value}")
     return 0
