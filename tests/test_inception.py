@@ -108,3 +108,29 @@ def test_state_dict_round_trip_reproduces_outputs_bit_for_bit(tmp_path):
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bn_inception_lite(**kwargs)
+
+
+@pytest.mark.parametrize("bn,activation", [(True, "relu"), (False, "sigmoid")])
+def test_matches_the_pytorch_twin_forward_and_backward(bn, activation):
+    torch = pytest.importorskip("torch")
+    from benchmarks.inception_torch import copy_from_minidl, torch_bn_inception_lite
+    md.manual_seed(3)
+    model = bn_inception_lite(bn=bn, activation=activation)
+    twin = torch_bn_inception_lite(bn=bn, activation=activation)
+    copy_from_minidl(twin, model)
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    y = np.array([1, 7, 3])
+    loss = nn.functional.cross_entropy(model(md.tensor(x)), md.tensor(y))
+    loss.backward()
+    tloss = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)), torch.from_numpy(y))
+    tloss.backward()
+    np.testing.assert_allclose(loss.item(), tloss.item(), rtol=1e-4)
+    tparams = dict(twin.named_parameters())
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, tparams[name].grad.numpy(), rtol=2e-3,
+                                   atol=2e-5 * float(np.abs(p.grad).max()), err_msg=name)
+    tbuffers = dict(twin.named_buffers())
+    for name, b in model.named_buffers():  # running statistics after one training step
+        np.testing.assert_allclose(np.asarray(b.data, dtype=np.float64),
+                                   tbuffers[name].numpy().astype(np.float64), rtol=1e-4,
+                                   atol=1e-6, err_msg=name)
