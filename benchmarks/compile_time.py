@@ -17,6 +17,7 @@ import time
 t0 = time.perf_counter()
 import numpy as np
 import kernels.cpu as K
+from kernels.cpu import conv2d_nhwc as NHWC
 t_import = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 for dt in (np.float32, np.float64):
@@ -33,6 +34,15 @@ for dt in (np.float32, np.float64):
         y = K.conv2d_forward(xd, wd, b, stride, (1, 1), (1, 1), 1)
         K.conv2d_backward_input(y, wd, xd.shape, stride, (1, 1), (1, 1), 1)
         K.conv2d_backward_weight(y, xd, wd.shape, stride, (1, 1), (1, 1), 1)
+    # the channels-last kernels' NHWC entry points (the NCHW ones ran above: conv2d.py
+    # routes groups=1 passes there)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    wh = rng.standard_normal((8, 6, 3, 3)).astype(dt)
+    for stride in ((1, 1), (2, 2)):
+        y = NHWC.conv2d_forward_nhwc(xh, wh, b, stride, (1, 1), (1, 1))
+        NHWC.conv2d_backward_input_nhwc(y, wh, xh.shape, stride, (1, 1), (1, 1))
+        NHWC.conv2d_backward_weight_nhwc(y, xh, wh.shape, stride, (1, 1), (1, 1))
+        NHWC.conv2d_backward_bias_nhwc(y)
     for shape in ((4, 6, 9, 9), (64, 6, 40, 40), (60, 100), (20000, 100)):  # serial and parallel paths
         z = rng.standard_normal(shape).astype(dt)
         g, bt = np.ones(shape[1], dt), np.zeros(shape[1], dt)

@@ -185,7 +185,10 @@ def _tile_shape(a):
 def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
     """out[obase[m] + k*kstride] = bias[k] + sum over taps t, channels c of
     xf[pix[m] + taps[t] + c] * w[k, c, t], for all pixels m and k < K; wp packed by
-    pack_weights, bias padded to the packed width."""
+    pack_weights, bias padded to the packed width. Tiles write their rows of out
+    directly where they can (kstride 1, a full panel of NR channels, a block that does
+    not overlap the previous one), else into a buffer that the owned part is copied
+    from."""
     M = pix.size
     T = taps.size
     mr, nr = _tile_shape(xf)
@@ -195,35 +198,44 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
     panel = T * C * nr
     last = max(M - mr, 0)
     for g in prange(ng):
-        acc = np.empty(mr * nr, dtype=xf.dtype)
+        buf = np.empty(mr * nr, dtype=xf.dtype)
+        brows = np.arange(mr) * nr  # the buffer's rows
         rows = np.empty(GROUP * mr, dtype=np.int64)
+        orows = np.empty(GROUP * mr, dtype=np.int64)
         b0 = g * GROUP
         b1 = min(nb, b0 + GROUP)
         for b in range(b0, b1):
             start = min(b * mr, last)
             for i in range(mr):
-                rows[(b - b0) * mr + i] = pix[min(start + i, M - 1)]
+                m = min(start + i, M - 1)
+                rows[(b - b0) * mr + i] = pix[m]
+                orows[(b - b0) * mr + i] = obase[m]
         for kb in range(nk):
             k0 = kb * nr
             kn = min(nr, K - k0)
             for b in range(b0, b1):
-                for i in range(mr):
-                    for j in range(nr):
-                        acc[i * nr + j] = bias[k0 + j]
-                tile(xf, rows, (b - b0) * mr, taps, 0, T, C, 1, wp, kb * panel, nr, acc)
+                r = (b - b0) * mr
                 start = min(b * mr, last)
+                if kstride == 1 and kn == nr and start == b * mr and M >= mr:
+                    tile(xf, rows, r, taps, 0, T, C, 1, wp, kb * panel, nr,
+                         out, orows, r, k0, bias, k0)
+                    continue
+                tile(xf, rows, r, taps, 0, T, C, 1, wp, kb * panel, nr,
+                     buf, brows, 0, 0, bias, k0)
                 for i in range(b * mr - start, min(mr, M - start)):
-                    o = obase[start + i] + k0 * kstride
+                    o = orows[r + i] + k0 * kstride
                     for j in range(kn):
-                        out[o + j * kstride] = acc[i * nr + j]
+                        out[o + j * kstride] = buf[i * nr + j]
 
 
 @versioned
 @njit(parallel=True, cache=True)
 def _weight_gemm(xf, pix, wrows, L, dyf, Kp, chunk, groups, partial):
-    """partial[g, l, k] = sum over the pixels m of group g's chunks of
-    xf[pix[m] + wrows[l]] * dyf[m*Kp + k], for l < L (wrows padded to >= MR entries) and
-    k < Kp (a multiple of NR). Group g takes chunks [g*n/groups, (g+1)*n/groups)."""
+    """partial[g, l*Kp + k] = sum over the pixels m of group g's chunks of
+    xf[pix[m] + wrows[l]] * dyf[m*Kp + k], for l < L (wrows padded to >= MR entries)
+    and k < Kp (a multiple of NR). Group g takes chunks [g*n/groups, (g+1)*n/groups).
+    partial has L + 1 rows of Kp per group: row L is the scratch row that tile rows
+    outside [b*MR, L) (the overlap of the last block, or past L) write to."""
     M = pix.size
     mr, nr = _tile_shape(xf)
     nchunks = -(-M // chunk)
@@ -233,27 +245,26 @@ def _weight_gemm(xf, pix, wrows, L, dyf, Kp, chunk, groups, partial):
     for g in prange(groups):
         part = partial[g]
         part[:] = 0
-        acc = np.empty(mr * nr, dtype=xf.dtype)
+        orows = np.empty(mr, dtype=np.int64)
+        none = np.empty(0, dtype=xf.dtype)  # no init: tiles add to their rows
         for ch in range(g * nchunks // groups, (g + 1) * nchunks // groups):
             p0 = ch * chunk
             T = min(chunk, M - p0)
             for b in range(nb):
                 start = min(b * mr, last)
+                for i in range(mr):
+                    l = start + i
+                    orows[i] = l * Kp if b * mr <= l < L else L * Kp
                 for kb in range(nk):
-                    k0 = kb * nr
-                    for i in range(mr):
-                        for j in range(nr):
-                            acc[i * nr + j] = part[min(start + i, L - 1), k0 + j]
-                    tile(xf, wrows, start, pix, p0, T, 1, 0, dyf, p0 * Kp + k0, Kp, acc)
-                    for i in range(b * mr - start, min(mr, L - start)):
-                        for j in range(nr):
-                            part[start + i, k0 + j] = acc[i * nr + j]
+                    tile(xf, wrows, start, pix, p0, T, 1, 0, dyf, p0 * Kp + kb * nr, Kp,
+                         part, orows, 0, kb * nr, none, 0)
 
 
 @njit(parallel=True, cache=True)
 def _sum_partials(partial, out):
-    """out[l, k] = partial[0, l, k] + partial[1, l, k] + ... in that order."""
-    G, L, Kp = partial.shape
+    """out[l, k] = partial[0, l, k] + partial[1, l, k] + ... in that order, l < L."""
+    G = partial.shape[0]
+    L, Kp = out.shape
     for l in prange(L):
         row = out[l]
         row[:] = partial[0, l]
@@ -379,8 +390,9 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
                 obase = (((n * H + hs[:, None]) * W + ws) * C).ravel()
                 kstride = 1
             wt = np.ascontiguousarray(sub.transpose(1, 0, 2, 3))
+            # (read-only, like the cached tables: one compiled signature for both)
             _forward(dyp, wt, None, (1, 1), (1, 1), (Hu, Wu), dxf,
-                     obase.astype(np.int64), kstride)
+                     _frozen(obase.astype(np.int64)), kstride)
     return dx
 
 
@@ -407,13 +419,10 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     L = R * S * C
     wrows = _weight_rows(np.asarray(tap_table(R, S, *dilation, Wp, C)), C, mr)
     groups = max(1, min(WEIGHT_GROUPS, -(-pix.size // CHUNK)))
-    partial = np.empty((groups, L, Kp), dtype=x.dtype)
+    partial = np.empty((groups, (L + 1) * Kp), dtype=x.dtype)  # + a scratch row
     _weight_gemm(xp.reshape(-1), pix, wrows, L, dyf, Kp, CHUNK, groups, partial)
-    if groups == 1:
-        dwt = partial[0]
-    else:
-        dwt = np.empty((L, Kp), dtype=x.dtype)
-        _sum_partials(partial, dwt)
+    dwt = np.empty((L, Kp), dtype=x.dtype)
+    _sum_partials(partial.reshape(groups, L + 1, Kp), dwt)
     # dwt[(r*S + s)*C + c, k] -> dw[k, c, r, s]
     return np.ascontiguousarray(dwt[:, :K].reshape(R, S, C, K).transpose(3, 2, 0, 1))
 

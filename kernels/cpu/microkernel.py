@@ -1,21 +1,29 @@
 """The register-blocked outer-product micro-kernel of the channels-last convolutions
 (kernels/cpu/conv2d_nhwc.py), emitted as LLVM vector IR.
 
-What it computes. `tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc)`, on
-flat (1-D, C-contiguous) arrays A, B, acc of one float dtype and int64 tables rows,
-toff, updates an MR x NR tile of accumulators held in acc (row-major, acc[i*NR + j]):
+What it computes. `tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride,
+out, orows, o0, ooff, init, ioff)`, on flat (1-D, C-contiguous) arrays A, B, out, init
+of one float dtype and int64 tables rows, toff, orows, computes an MR x NR tile whose
+row i lives at out[orows[o0 + i] + ooff : ... + NR]:
 
     for i < MR, j < NR:
-        acc[i*NR + j] += sum over t < T, c < Cn (t outer, c inner, in that order) of
+        acc = init[ioff + j] if init.size > 0 else out[orows[o0 + i] + ooff + j]
+        acc += sum over t < T, c < Cn (t outer, c inner, in that order) of
             A[rows[r0 + i] + toff[t0 + t] + c*a_cs] * B[b0 + (t*Cn + c)*b_stride + j]
+        out[orows[o0 + i] + ooff + j] = acc
+
+so a tile either starts from a bias row (init) and overwrites its output rows, or adds
+to them (init empty: a running sum). Rows of the tile that a caller does not want
+written point at a scratch row (orows is a table, so that is free); two rows may share
+a scratch row (each reads it before any writes it back).
 
 Row i of the tile reads A at its own base offset rows[r0 + i] (an output pixel of a
 convolution, or a (tap, channel) pair for the weight gradient); the contraction runs
 over T table-given offsets (the kernel taps, or the pixels) times Cn strided steps (the
 channels); B supplies NR contiguous values per step (NR output channels in vector
 lanes). The caller must make every index above valid: B has NR readable values past
-each step's start (pad its channels to a multiple of NR), and rows/toff hold at least
-r0 + MR and t0 + T entries.
+each step's start (pad its channels to a multiple of NR), out has NR values from each
+row's start, and rows/toff/orows hold at least r0 + MR, t0 + T, o0 + MR entries.
 
     forward (NHWC, weights packed [K/NR][R*S][C][NR]):
         A = padded input, rows = pixel bases, toff = tap offsets, Cn = C, a_cs = 1,
@@ -44,9 +52,11 @@ Optimizations:
     Numba code would not produce these);
   * the row bases are loaded once per tile, the tap offset once per tap; the inner loop
     over c is a pointer walk with constant strides;
-  * the tile is read from and written back to acc once: the caller initializes it
-    (bias, zeros, or a partial sum) and runs its own epilogue (clipping at the edges of
-    K and of the pixel range), so the kernel itself has no edge code.
+  * the epilogue is vector loads and stores straight from/to the output rows (NHWC
+    pixel rows, or rows of a partial weight gradient), through the orows table; edges
+    (a block overlapping the previous one, K not a multiple of NR, NCHW output) are
+    left to the caller, who points the rows at a scratch buffer and copies what it
+    owns: the kernel itself has no edge code.
 
 Check the code with `inspect_asm`: the inner loop should hold the accumulators in
 vector registers (ymm/zmm) with no stack (rsp) traffic (tests/kernels/test_conv2d_nhwc.py
@@ -71,7 +81,7 @@ import numba
 import numpy as np
 from numba import njit, types
 
-IR_VERSION = 1  # part of every caller's cache key (see versioned)
+IR_VERSION = 2  # part of every caller's cache key (see versioned)
 
 
 # --- blocking --------------------------------------------------------------------------
@@ -101,21 +111,26 @@ MR64, NR64 = blocking(np.float64)
 # --- the reference semantics (also the NUMBA_DISABLE_JIT / no-intrinsic fallback) -------
 
 @njit(inline="always")
-def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc):
+def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
+                   ooff, init, ioff):
     """Plain loops with the semantics of `tile` (see the module docstring); MR and NR
     follow from the dtype, as for the intrinsic."""
     if A.itemsize == 4:
         mr, nr = MR32, NR32
     else:
         mr, nr = MR64, NR64
+    acc = np.empty(mr * nr, dtype=out.dtype)  # all rows read before any is written
     for i in range(mr):
         for j in range(nr):
-            s = acc[i * nr + j]
+            s = init[ioff + j] if init.size > 0 else out[orows[o0 + i] + ooff + j]
             for t in range(T):
                 base = rows[r0 + i] + toff[t0 + t]
                 for c in range(Cn):
                     s += A[base + c * a_cs] * B[b0 + (t * Cn + c) * b_stride + j]
             acc[i * nr + j] = s
+    for i in range(mr):
+        for j in range(nr):
+            out[orows[o0 + i] + ooff + j] = acc[i * nr + j]
 
 
 # --- the intrinsic -----------------------------------------------------------------------
@@ -130,61 +145,71 @@ def _build_intrinsic():
         return mr, nr, 2, nr // 2  # MR, NR, NV, lanes
 
     @intrinsic
-    def tile(typingctx, A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc):
-        floats = (A, B, acc)
-        if not (all(isinstance(a, types.Array) and a.ndim == 1 for a in floats + (rows, toff))
+    def tile(typingctx, A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
+             o0, ooff, init, ioff):
+        floats = (A, B, out, init)
+        tables = (rows, toff, orows)
+        ints = (r0, t0, T, Cn, a_cs, b0, b_stride, o0, ooff, ioff)
+        if not (all(isinstance(a, types.Array) and a.ndim == 1 for a in floats + tables)
                 and A.dtype in (types.float32, types.float64)
-                and B.dtype == A.dtype and acc.dtype == A.dtype
-                and rows.dtype == types.int64 and toff.dtype == types.int64):
+                and all(a.dtype == A.dtype for a in floats)
+                and all(a.dtype == types.int64 for a in tables)
+                and all(isinstance(v, types.Integer) for v in ints)):
             return None
-        ints = (r0, t0, T, Cn, a_cs, b0, b_stride)
-        if not all(isinstance(v, types.Integer) for v in ints):
-            return None
-        sig = types.void(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc)
+        sig = types.void(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
+                         o0, ooff, init, ioff)
 
         def codegen(context, builder, sig, args):
-            (a_arr, rows_arr, r0_v, toff_arr, t0_v, T_v, Cn_v, acs_v, b_arr, b0_v,
-             bst_v, acc_arr) = args
+            at = dict(zip(("A", "rows", "r0", "toff", "t0", "T", "Cn", "a_cs", "B", "b0",
+                           "b_stride", "out", "orows", "o0", "ooff", "init", "ioff"),
+                          zip(args, sig.args)))
             i64 = ir.IntType(64)
 
-            def as_i64(val, ty):
+            def integer(name):
+                val, ty = at[name]
                 return context.cast(builder, val, ty, types.int64)
 
-            r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v = (
-                as_i64(v, t) for v, t in zip(
-                    (r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v),
-                    (sig.args[2], sig.args[4], sig.args[5], sig.args[6], sig.args[7],
-                     sig.args[9], sig.args[10])))
-            fty = context.get_value_type(sig.args[0].dtype)
-            bits = 32 if sig.args[0].dtype == types.float32 else 64
+            def array(name):
+                val, ty = at[name]
+                return context.make_array(ty)(context, builder, val)
+
+            r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v, o0_v, ooff_v, ioff_v = (
+                integer(n) for n in ("r0", "t0", "T", "Cn", "a_cs", "b0", "b_stride",
+                                     "o0", "ooff", "ioff"))
+            dtype = sig.args[0].dtype
+            fty = context.get_value_type(dtype)
+            bits = 32 if dtype == types.float32 else 64
             mr, nr, nv, lanes = _shape(bits)
             vty = ir.VectorType(fty, lanes)
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vty, [vty, vty, vty]),
                 f"llvm.fma.v{lanes}f{bits}")
             align = bits // 8
-
-            def data(arr, ty):
-                return context.make_array(ty)(context, builder, arr).data
-
-            a_ptr = data(a_arr, sig.args[0])
-            b_ptr = data(b_arr, sig.args[8])
-            acc_ptr = data(acc_arr, sig.args[11])
-            rows_ptr = data(rows_arr, sig.args[1])
-            toff_ptr = data(toff_arr, sig.args[3])
+            a_ptr, b_ptr, out_ptr = (array(n).data for n in ("A", "B", "out"))
+            rows_ptr, toff_ptr, orows_ptr = (array(n).data for n in ("rows", "toff", "orows"))
+            init_arr = array("init")
 
             def vptr(ptr, idx):
                 return builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer())
 
+            def entry(ptr, first, i):
+                return builder.load(builder.gep(ptr, [builder.add(first, ir.Constant(i64, i))]))
+
+            def lane(base, v):
+                return builder.add(base, ir.Constant(i64, v * lanes))
+
+            # Where each tile row lives in out, and where it starts from.
+            out_rows = [builder.add(entry(orows_ptr, o0_v, i), ooff_v) for i in range(mr)]
+            from_init = builder.icmp_signed(">", init_arr.nitems, ir.Constant(i64, 0))
+            init_ptr = builder.gep(init_arr.data, [ioff_v])
             # Accumulators: allocas promoted to registers (see the module docstring).
             accs = []
             for i in range(mr):
                 for v in range(nv):
-                    p = vptr(acc_ptr, ir.Constant(i64, i * nr + v * lanes))
-                    accs.append(cgutils.alloca_once_value(
-                        builder, builder.load(p, align=align)))
-            bases = [builder.load(builder.gep(rows_ptr, [builder.add(
-                r0_v, ir.Constant(i64, i))])) for i in range(mr)]
+                    src = builder.select(from_init, vptr(init_ptr, ir.Constant(i64, v * lanes)),
+                                         vptr(out_ptr, lane(out_rows[i], v)))
+                    accs.append(cgutils.alloca_once_value(builder, builder.load(src, align=align)))
+            bases = [entry(rows_ptr, r0_v, i) for i in range(mr)]
             zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             undef = ir.Constant(vty, ir.Undefined)
             with cgutils.for_range(builder, T_v) as tloop:
@@ -196,9 +221,8 @@ def _build_intrinsic():
                 with cgutils.for_range(builder, Cn_v) as cloop:
                     c = cloop.index
                     bidx = builder.add(bt, builder.mul(c, bst_v))
-                    ws = [builder.load(vptr(b_ptr, builder.add(
-                        bidx, ir.Constant(i64, v * lanes))), align=align)
-                        for v in range(nv)]
+                    ws = [builder.load(vptr(b_ptr, lane(bidx, v)), align=align)
+                          for v in range(nv)]
                     ac = builder.mul(c, acs_v)
                     for i in range(mr):
                         a = builder.load(builder.gep(a_ptr, [builder.add(a_t[i], ac)]))
@@ -211,8 +235,8 @@ def _build_intrinsic():
                                 fma, [a, ws[v], builder.load(slot)]), slot)
             for i in range(mr):
                 for v in range(nv):
-                    p = vptr(acc_ptr, ir.Constant(i64, i * nr + v * lanes))
-                    builder.store(builder.load(accs[i * nv + v]), p, align=align)
+                    builder.store(builder.load(accs[i * nv + v]),
+                                  vptr(out_ptr, lane(out_rows[i], v)), align=align)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -44,30 +44,38 @@ def assert_close(actual, expected):
 # --- the micro-kernel alone --------------------------------------------------------------
 
 @njit
-def run_tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc):
-    mk.tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc)
+def run_tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
+             init, ioff):
+    mk.tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
+            init, ioff)
 
 
-def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc, mr, nr):
-    """The documented semantics, with NumPy (float64 products)."""
-    out = acc.astype(np.float64).reshape(mr, nr)
+def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
+               init, ioff, mr, nr):
+    """The documented semantics, with NumPy (float64 products): the new out."""
+    idx = orows[o0:o0 + mr, None] + ooff + np.arange(nr)
+    acc = (np.broadcast_to(init[ioff:ioff + nr], (mr, nr)) if init.size else out[idx])
+    acc = acc.astype(np.float64)
     for t in range(T):
         for c in range(Cn):
             a = A[rows[r0:r0 + mr] + toff[t0 + t] + c * a_cs].astype(np.float64)
             q = b0 + (t * Cn + c) * b_stride
-            out += np.outer(a, B[q:q + nr])
-    return out.ravel()
+            acc += np.outer(a, B[q:q + nr])
+    new = out.copy()
+    new[idx] = acc  # rows sharing a place: the last one wins, as in the kernel
+    return new
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_init", [True, False])
 @pytest.mark.parametrize("r0, t0, T, Cn, a_cs, b0, extra", [
     (0, 0, 1, 1, 1, 0, 0),      # one step
-    (0, 0, 0, 5, 1, 0, 0),      # empty contraction: acc unchanged
+    (0, 0, 0, 5, 1, 0, 0),      # empty contraction: the tile is its start value
     (2, 1, 3, 7, 1, 5, 3),      # offsets into the tables, B rows longer than NR
     (1, 2, 4, 1, 0, 0, 0),      # the backward-weight form: Cn = 1, table-driven steps
     (0, 0, 2, 9, 3, 2, 0),      # strided channels
 ])
-def test_tile_matches_its_semantics(dtype, r0, t0, T, Cn, a_cs, b0, extra):
+def test_tile_matches_its_semantics(dtype, with_init, r0, t0, T, Cn, a_cs, b0, extra):
     mr, nr = nhwc.blocking(dtype)
     rng = np.random.default_rng(T * 31 + Cn)
     A = rng.standard_normal(4000).astype(dtype)
@@ -75,23 +83,35 @@ def test_tile_matches_its_semantics(dtype, r0, t0, T, Cn, a_cs, b0, extra):
     toff = rng.integers(0, 1000, t0 + T + 1).astype(np.int64)
     b_stride = nr + extra
     B = rng.standard_normal(b0 + max(T * Cn, 1) * b_stride + nr).astype(dtype)
-    acc = rng.standard_normal(mr * nr).astype(dtype)
-    want = tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, acc, mr, nr)
-    got = acc.copy()
-    run_tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, got)
+    out = rng.standard_normal(8 * mr * nr).astype(dtype)
+    # output rows scattered, not in order, the last two sharing a scratch place
+    o0, ooff = 1, 3
+    orows = np.concatenate([[0], rng.permutation(mr - 1) * 2 * nr + nr,
+                            [7 * mr * nr]]).astype(np.int64)
+    orows = np.concatenate([orows[:o0 + mr - 1], [orows[o0 + mr - 2]]])
+    init = rng.standard_normal(nr + 5).astype(dtype) if with_init else out[:0]
+    ioff = 5 if with_init else 0
+    args = (A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride)
+    want = tile_numpy(*args, out, orows, o0, ooff, init, ioff, mr, nr)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1, T * Cn))
+    got = out.copy()
+    run_tile(*args, got, orows, o0, ooff, init, ioff)
+    shared = orows[o0 + mr - 1] + ooff + np.arange(nr)  # written twice: either value
+    keep = np.ones(out.size, bool)
+    keep[shared] = False
+    np.testing.assert_allclose(got[keep], want[keep], rtol=tol, atol=tol * max(1, T * Cn))
     # The plain-loop fallback (NUMBA_DISABLE_JIT) has the same semantics.
-    fallback = acc.copy()
-    mk.tile_reference.py_func(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, fallback)
-    np.testing.assert_allclose(fallback, want, rtol=tol, atol=tol * max(1, T * Cn))
+    fallback = out.copy()
+    mk.tile_reference.py_func(*args, fallback, orows, o0, ooff, init, ioff)
+    np.testing.assert_allclose(fallback[keep], want[keep], rtol=tol,
+                               atol=tol * max(1, T * Cn))
 
 
 @pytest.mark.skipif(not mk.INTRINSIC, reason="the LLVM intrinsic is not in use")
 def test_tile_machine_code_keeps_accumulators_in_vector_registers():
     A = np.zeros(64, np.float32)
     rows = np.zeros(16, np.int64)
-    run_tile(A, rows, 0, rows, 0, 1, 1, 1, A, 0, 16, A)
+    run_tile(A, rows, 0, rows, 0, 1, 1, 1, A, 0, 16, A, rows, 0, 0, A[:0], 0)
     asm = run_tile.inspect_asm(run_tile.signatures[0])
     reg = "zmm" if mk.host_lanes(4) == 16 else "ymm"
     lines = asm.splitlines()
