@@ -215,3 +215,22 @@ def test_missing_mnist_gives_a_helpful_error(tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "MIRRORS", {k: ["http://127.0.0.1:9/"] for k in ds.MIRRORS})
     with pytest.raises(DatasetNotFoundError, match="train-images-idx3-ubyte"):
         load_data("mnist", root=str(tmp_path))
+
+
+@needs_fashion
+def test_figure1_seeds_reports_median_and_range(tmp_path):
+    from minidl.cli import main
+    out = tmp_path / "fig"
+    assert main(["figure1", "--quick", "--steps", "200", "--eval-every", "100", "--seeds", "2",
+                 "--dataset", "fashion-mnist", "--out", str(out), "--no-progress"]) == 0
+    per_seed = [json.loads((out / f"seed-{k}" / "summary.json").read_text()) for k in (0, 1)]
+    agg = json.loads((out / "summary.json").read_text())["seeds"]
+    assert agg["seeds"] == [0, 1]
+    finals = [s["networks"]["bn"]["final_test_acc"] for s in per_seed]
+    bn = agg["networks"]["bn"]["final_test_acc"]
+    assert bn["min"] == min(finals) and bn["max"] == max(finals)
+    assert bn["median"] == pytest.approx(sum(finals) / 2)
+    assert finals[0] != finals[1]  # the seeds really differ
+    text = (out / "summary.txt").read_text()
+    assert text.startswith("Figure 1 on Fashion-MNIST, 2 seeds [0, 1]")
+    assert (out / "figure1.png").stat().st_size > 10000

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
                    help="continue from the checkpoints in --out")
     p.add_argument("--no-progress", action="store_true")
     if quick_flag:
+        p.add_argument("--seeds", type=int, default=1,
+                       help="repeat with seeds seed..seed+N-1 and report the median and "
+                            "range over them (each seed in DIR/seed-K)")
         p.add_argument("--quick", action="store_true",
                        help="a short run (3,000 steps, evaluation every 250): under 2 min")
 
@@ -181,7 +184,46 @@ def write_csv(results: dict, path: Path) -> None:
                        + [b[f"sigmoid_in_p{q}"] for q in PERCENTILES])
 
 
-def plot(results: dict, path: Path, title: str) -> bool:
+def _median_range(values) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None}
+    return {"median": float(np.median(vals)), "min": float(min(vals)), "max": float(max(vals))}
+
+
+def summarize_seeds(summaries: list) -> dict:
+    """Median and range over seeds of what `summarize` reports per seed."""
+    out = {"seeds": [s["protocol"]["seed"] for s in summaries], "networks": {},
+           "bn_steps_to_nobn_final_acc": _median_range(
+               [s["bn_steps_to_nobn_final_acc"] for s in summaries]),
+           "bn_never_reached": sum(s["bn_steps_to_nobn_final_acc"] is None for s in summaries)}
+    for key, _, label in NETWORKS:
+        nets = [s["networks"][key] for s in summaries]
+        out["networks"][key] = {"label": label, **{
+            f: _median_range([n[f] for n in nets])
+            for f in ("final_test_acc", "best_test_acc", "steps_per_second", "train_seconds")}}
+    return out
+
+
+def format_seeds(agg: dict, dataset: str) -> str:
+    def mr(d, pct):
+        f = (lambda x: f"{100 * x:.2f}%") if pct else (lambda x: f"{x:,.0f}")
+        if d["median"] is None:
+            return "never"
+        return f"{f(d['median'])} ({f(d['min'])} - {f(d['max'])})"
+    lines = [f"Figure 1 on {dataset}, {len(agg['seeds'])} seeds {agg['seeds']}: median "
+             f"(range)", f"{'network':<12}{'final acc':>28}{'best acc':>28}{'steps/s':>22}"]
+    for net in agg["networks"].values():
+        lines.append(f"{net['label']:<12}{mr(net['final_test_acc'], True):>28}"
+                     f"{mr(net['best_test_acc'], True):>28}"
+                     f"{mr(net['steps_per_second'], False):>22}")
+    lines.append(f"BN network first reaches the no-BN network's final accuracy at step "
+                 f"{mr(agg['bn_steps_to_nobn_final_acc'], False)}; never in "
+                 f"{agg['bn_never_reached']} of {len(agg['seeds'])} seeds")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path, title: str, bands: dict | None = None) -> bool:
     """The paper's three panels. Returns False when matplotlib is not installed."""
     try:
         import matplotlib
@@ -190,7 +232,12 @@ def plot(results: dict, path: Path, title: str) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for key, _, label in NETWORKS:
+    for i, (key, _, label) in enumerate(NETWORKS):
+        if bands:  # several seeds: median line and min-max band over them
+            steps, lo, med, hi = bands[key]
+            axes[0].plot(steps, med, color=f"C{i}", label=f"{label} (median)")
+            axes[0].fill_between(steps, lo, hi, color=f"C{i}", alpha=0.25)
+            continue
         h = results[key]["history"]
         axes[0].plot([r["step"] for r in h], [r["test_acc"] for r in h], label=label)
     axes[0].set(title="(a) test accuracy", xlabel="training step", ylabel="accuracy")
@@ -218,6 +265,45 @@ def plot(results: dict, path: Path, title: str) -> bool:
 
 
 def run(args) -> dict:
+    if getattr(args, "seeds", 1) > 1:
+        return run_seeds(args)
+    if getattr(args, "seeds", 1) < 1:
+        raise SystemExit(f"minidl figure1: --seeds must be >= 1, got {args.seeds}")
+    return run_one(args)
+
+
+def run_seeds(args) -> dict:
+    """`run_one` per seed (in out/seed-K), then the median and range over seeds."""
+    import copy
+    out = Path(args.out)
+    summaries, histories = [], []
+    for k in range(args.seeds):
+        sub = copy.copy(args)
+        sub.seed, sub.seeds, sub.out = args.seed + k, 1, str(out / f"seed-{args.seed + k}")
+        s = run_one(sub)
+        if s.get("interrupted"):
+            return s
+        summaries.append(s)
+        histories.append(s["histories"])
+    dataset = summaries[0]["dataset"]
+    agg = summarize_seeds(summaries)
+    text = format_seeds(agg, dataset)
+    bands = {}
+    for key, _, _ in NETWORKS:
+        steps = [r["step"] for r in histories[0][key]]
+        acc = np.array([[r["test_acc"] for r in h[key]] for h in histories])
+        bands[key] = (steps, acc.min(0), np.median(acc, 0), acc.max(0))
+    first = {key: {"history": histories[0][key]} for key, _, _ in NETWORKS}
+    plot(first, out / "figure1.png", f"BN paper Figure 1 on {dataset}: {args.seeds} seeds "
+         f"(panel a: median and range; b, c: seed {args.seed})", bands=bands)
+    (out / "summary.txt").write_text(text)
+    (out / "summary.json").write_text(json.dumps({"seeds": agg, "per_seed": [
+        {k: v for k, v in s.items() if k != "histories"} for s in summaries]}, indent=2))
+    print(text)
+    return agg
+
+
+def run_one(args) -> dict:
     if getattr(args, "quick", False):
         args.steps = min(args.steps, 3000)
         args.eval_every = min(args.eval_every, 250)
@@ -248,6 +334,7 @@ def run(args) -> dict:
     text = format_summary(summary) + f"wall time {wall:.1f} s\n"
     (out / "summary.txt").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["histories"] = {key: results[key]["history"] for key, _, _ in NETWORKS}
     print(text)
     print(f"wrote {out / 'figure1.csv'}, {out / 'summary.txt'}" +
           (f", {out / 'figure1.png'}" if drew else " (no figure1.png: pip install matplotlib)"))
