@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_arguments(p)
     p = sub.add_parser("train", help="train one network of the MNIST experiment")
     train.add_train_arguments(p)
+    from . import profiler
+    p = sub.add_parser("profile", help="one training step of a model, broken down per op "
+                       "and pass", description=profiler.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    profiler.add_arguments(p)
     from . import bench
     p = sub.add_parser("bench", help="benchmark kernels and training steps against NumPy and "
                        "PyTorch", description=bench.__doc__)
@@ -46,6 +51,9 @@ def main(argv=None) -> int:
     elif args.command == "train":
         from .experiments import train
         result = train.run(args)
+    elif args.command == "profile":
+        from .profiler import main as profile_main
+        return profile_main(args)
     elif args.command == "bench":
         from .bench import run as bench_run
         return bench_run(args)

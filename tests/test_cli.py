@@ -26,3 +26,24 @@ def test_info_model_reports_parameters_macs_and_memory(capsys):
     assert "(3, 32, 32)" in capsys.readouterr().out
     assert main(["info", "--model", "bn_inception_lite", "--input", "3,x"]) == 2
     assert "--input must be C,H,W" in capsys.readouterr().out
+
+
+def test_profile_breaks_a_step_down_per_op_and_pass(tmp_path, capsys):
+    import json
+
+    from minidl.cli import main
+    out = tmp_path / "p.json"
+    assert main(["profile", "cnn", "--batch-size", "4", "--steps", "2", "--peak-gflops", "100",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "one training step" in text and "% peak" in text
+    report = json.loads(out.read_text())
+    rows = {(r["op"], r["pass"]): r for r in report["rows"]}
+    assert rows[("Conv2d 3x3", "forward")]["calls"] == 3      # the model's three convs
+    assert rows[("Conv2d 3x3", "backward")]["calls"] == 3
+    assert rows[("BatchNorm2d", "forward")]["calls"] == 3
+    assert rows[("Conv2d 3x3", "forward")]["gflops"] > 0
+    assert ("optimizer step", "update") in rows
+    total = sum(r["share"] for r in report["rows"])
+    assert 0.9 < total < 1.05                 # the rows account for the whole step
+    assert main(["profile", "cnn", "--steps", "0"]) == 2
