@@ -4,11 +4,13 @@ same models in PyTorch CPU, on the same random data.
     python -m benchmarks.train_step [--steps 300] [--threads N]
 
 Models: the paper's 784-100-100-100-10 sigmoid MLP with and without BN at batch 60 and
-256, and a small BN CNN (three conv3x3-BN-ReLU blocks, max pooling after the first two,
-global average pooling, linear) at batch 64 on 28x28 inputs. Steps/s is over `steps`
+256, a small BN CNN (three conv3x3-BN-ReLU blocks, max pooling after the first two,
+global average pooling, linear) at batch 64 on 28x28 inputs, and BN-Inception-lite
+(minidl.models.bn_inception_lite; its PyTorch twin in benchmarks/inception_torch.py) at
+batch 32 (the paper's) and 64. Steps/s is over `steps`
 steps after 10 warm-up steps; the spread is over 5 equal blocks of them.
 
-PyTorch is timed at 1 and N threads (and the CNN also in channels_last) and its fastest
+PyTorch is timed at 1 and N threads (and the CNNs also in channels_last) and its fastest
 setting is reported (at batch 60 one thread often wins), in a child process: importing
 torch here would bind Numba to torch's OpenMP runtime and slow minidl (see bench_conv.py).
 """
@@ -31,7 +33,9 @@ CASES = [  # (name, builder key, batch)
     ("MLP no-BN b60", "mlp", 60), ("MLP BN b60", "mlp_bn", 60),
     ("MLP no-BN b256", "mlp", 256), ("MLP BN b256", "mlp_bn", 256),
     ("CNN BN b64", "cnn", 64),
+    ("Inception-lite BN b32", "inception", 32), ("Inception-lite BN b64", "inception", 64),
 ]
+IMAGE_MODELS = ("cnn", "inception")
 
 
 def minidl_model(kind):
@@ -41,6 +45,9 @@ def minidl_model(kind):
         return mlp(bn=False)
     if kind == "mlp_bn":
         return mlp(bn=True)
+    if kind == "inception":
+        from minidl.models import bn_inception_lite
+        return bn_inception_lite()
     blocks, c_in = [], 1
     for i, c in enumerate((16, 32, 64)):
         blocks += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
@@ -62,6 +69,9 @@ def torch_model(kind):
             layers.append(tnn.Sigmoid())
             width = 100
         return tnn.Sequential(*layers, tnn.Linear(100, 10))
+    if kind == "inception":
+        from benchmarks.inception_torch import torch_bn_inception_lite
+        return torch_bn_inception_lite()
     blocks, c_in = [], 1
     for i, c in enumerate((16, 32, 64)):
         blocks += [tnn.Conv2d(c_in, c, 3, padding=1, bias=False), tnn.BatchNorm2d(c), tnn.ReLU()]
@@ -143,9 +153,9 @@ def torch_worker(request):
     for name, kind, batch, steps in request["cases"]:
         out[name] = {}
         for threads in request["threads"]:
-            for cl in (False, True) if kind == "cnn" else (False,):
+            for cl in (False, True) if kind in IMAGE_MODELS else (False,):
                 config = f"{threads} thread{'s' if threads > 1 else ''}"
-                if kind == "cnn":
+                if kind in IMAGE_MODELS:
                     config = f"{'channels_last' if cl else 'nchw'}, {config}"
                 out[name][config] = dict(time_torch(kind, batch, steps, threads, cl,
                                                     request["warmup"]), threads=threads)
@@ -159,7 +169,8 @@ def run(threads=None, steps=300, quick=False, cases=None, use_torch=True) -> lis
     import minidl as md
     threads = threads or numba.config.NUMBA_NUM_THREADS
     steps, warmup = (5, 1) if quick else (steps, 10)
-    plan = [(name, kind, batch, max(steps // 5, 5) if kind == "cnn" else steps)
+    per_kind = {"cnn": max(steps // 5, 5), "inception": max(steps // 10, 5)}
+    plan = [(name, kind, batch, per_kind.get(kind, steps))
             for name, kind, batch in cases or CASES]
     rows = []
     for name, kind, batch, n in plan:
