@@ -169,6 +169,7 @@ def test_mlp_follows_the_paper():
     assert order[1:4] == ["Linear", "BatchNorm1d", "Sigmoid"]
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_figure1_quick_on_real_data(tmp_path):
     from minidl.cli import main
@@ -217,6 +218,7 @@ def test_missing_mnist_gives_a_helpful_error(tmp_path, monkeypatch):
         load_data("mnist", root=str(tmp_path))
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_figure1_seeds_reports_median_and_range(tmp_path):
     from minidl.cli import main

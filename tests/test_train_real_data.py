@@ -12,8 +12,9 @@ from minidl.data import DataLoader, TensorDataset, fashion_mnist
 from minidl.models import mlp
 from minidl.train import accuracy_and_loss
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
-                                reason="apt-get install -y dataset-fashion-mnist")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                                 reason="apt-get install -y dataset-fashion-mnist")]
 
 
 @pytest.fixture(scope="module")
