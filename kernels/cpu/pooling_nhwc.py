@@ -1,0 +1,249 @@
+"""Pooling with the channels in vector lanes: (B, H, W, L) arrays, L innermost.
+
+Why: pooled planes are small (7x7 to 28x28), and a kernel that walks one plane at a time
+spends its time on per-plane bookkeeping and on rows too short to vectorize. With the
+channels innermost, every kernel tap is one contiguous vector operation over L lanes,
+whatever the plane size. This is the layout of a channels_last (NHWC) tensor, B = N and
+L = C: these are the pooling kernels of channels_last tensors. An NCHW tensor can be
+brought here by one blocked transpose, (N*C, H*W) -> (H*W, N*C), i.e. B = 1 and
+L = N*C (the *_lanes functions below); measured on 2 Zen 3 cores, the two transposes
+cost more than the lanes save on NCHW planes of 14x14 and larger, so
+`kernels/cpu/pooling.py` keeps its per-plane kernels for NCHW input. Results are
+bitwise those of the reference (tests/kernels/test_pooling_nhwc.py).
+
+Semantics are the reference's (kernels/reference/pooling.py): max pooling reads padding
+as -inf, keeps the first maximum in row-major scan order, propagates NaN (the last NaN
+wins), and reports the first real element of a window whose elements are all -inf;
+argmax is the flat index h*W + w into the (H, W) plane. Average pooling sums the real
+elements in scan order (padding adds exact zeros, so the sums are the reference's) and
+divides by the reference's divisor; its backward adds each window's share in the
+reference's order of kernel offsets.
+
+Optimizations:
+* one vector pass over a block of lanes per kernel tap: compare/select (max) or add (avg);
+  LLVM vectorizes the lane loops (contiguous, no branches);
+* parallel tasks are (sample, output row, lane block) triples: balanced even when B = 1,
+  and each task owns its outputs (no races, results independent of the thread count);
+* the max backward scatters through argmax into the task's own lane block of dx.
+
+Debugging: NUMBA_DISABLE_JIT=1 runs these as plain Python (slow, same results).
+"""
+import numpy as np
+from numba import njit, prange
+
+_JIT = dict(parallel=True, cache=True, fastmath=False)
+LANE_BLOCK = 512  # lanes per task: a (kh, W, 512) float32 slab of x stays in L1/L2
+
+
+@njit(cache=True)
+def _n_lane_blocks(L):
+    return max(1, -(-L // LANE_BLOCK))
+
+
+@njit(**_JIT)
+def to_lanes(a, out):
+    """out[q, p] = a[p, q]: (P, Q) planes -> (Q, P) lanes, in 32x32 tiles."""
+    P, Q = a.shape
+    nq = (Q + 31) // 32
+    for t in prange(((P + 31) // 32) * nq):
+        p0, q0 = (t // nq) * 32, (t % nq) * 32
+        for p in range(p0, min(p0 + 32, P)):
+            for q in range(q0, min(q0 + 32, Q)):
+                out[q, p] = a[p, q]
+
+
+@njit(**_JIT)
+def from_lanes(a, out):
+    """out[p, q] = a[q, p]: (Q, P) lanes -> (P, Q) planes, in 32x32 tiles."""
+    Q, P = a.shape
+    nq = (Q + 31) // 32
+    for t in prange(((P + 31) // 32) * nq):
+        p0, q0 = (t // nq) * 32, (t % nq) * 32
+        for p in range(p0, min(p0 + 32, P)):
+            for q in range(q0, min(q0 + 32, Q)):
+                out[p, q] = a[q, p]
+
+
+@njit(**_JIT)
+def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
+    """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L)."""
+    B, H, W, L = x.shape
+    Ho, Wo = y.shape[1], y.shape[2]
+    nlb = _n_lane_blocks(L)
+    for task in prange(B * Ho * nlb):
+        b, rest = task // (Ho * nlb), task % (Ho * nlb)
+        oh, l0 = rest // nlb, (rest % nlb) * LANE_BLOCK
+        l1 = min(l0 + LANE_BLOCK, L)
+        h0 = oh * sh - ph
+        hs, he = max(h0, 0), min(h0 + kh, H)
+        for ow in range(Wo):
+            w0 = ow * sw - pw
+            ws, we = max(w0, 0), min(w0 + kw, W)
+            # Lane loops index views from 0: LLVM then knows the indices are not
+            # negative (no wraparound selects) and vectorizes them.
+            yr, ar = y[b, oh, ow, l0:l1], argmax[b, oh, ow, l0:l1]
+            first = hs * W + ws
+            for lane in range(l1 - l0):
+                yr[lane] = -np.inf
+                ar[lane] = first
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    xr = x[b, h, w, l0:l1]
+                    idx = h * W + w
+                    for lane in range(l1 - l0):
+                        v = xr[lane]
+                        best = yr[lane]
+                        take = (v > best) | (v != v)  # strict: the first max stays; NaN wins
+                        yr[lane] = v if take else best
+                        ar[lane] = idx if take else ar[lane]
+
+
+@njit(**_JIT)
+def max_pool_bwd(dy, argmax, dx):
+    """dy, argmax (B, Ho, Wo, L) -> dx (B, H*W, L) (zeroed here)."""
+    B, Ho, Wo, L = dy.shape
+    nlb = _n_lane_blocks(L)
+    for task in prange(B * nlb):
+        b, l0 = task // nlb, (task % nlb) * LANE_BLOCK
+        l1 = min(l0 + LANE_BLOCK, L)
+        d = dx[b, :, l0:l1]
+        for q in range(d.shape[0]):
+            dq = d[q]
+            for lane in range(l1 - l0):
+                dq[lane] = 0
+        for oh in range(Ho):
+            for ow in range(Wo):
+                g, a = dy[b, oh, ow, l0:l1], argmax[b, oh, ow, l0:l1]
+                for lane in range(l1 - l0):
+                    d[a[lane], lane] += g[lane]  # overlapping windows accumulate
+
+
+@njit(cache=True)
+def _divisor(start, kernel, size, pad, count_include_pad):
+    """Length of one axis of a window's averaging area (see the reference)."""
+    end = start + kernel
+    if count_include_pad:
+        return min(end, size + pad) - start
+    return min(end, size) - max(start, 0)
+
+
+@njit(**_JIT)
+def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
+    B, H, W, L = x.shape
+    Ho, Wo = y.shape[1], y.shape[2]
+    nlb = _n_lane_blocks(L)
+    for task in prange(B * Ho * nlb):
+        b, rest = task // (Ho * nlb), task % (Ho * nlb)
+        oh, l0 = rest // nlb, (rest % nlb) * LANE_BLOCK
+        l1 = min(l0 + LANE_BLOCK, L)
+        h0 = oh * sh - ph
+        hs, he = max(h0, 0), min(h0 + kh, H)
+        dh = _divisor(h0, kh, H, ph, count_include_pad)
+        for ow in range(Wo):
+            w0 = ow * sw - pw
+            ws, we = max(w0, 0), min(w0 + kw, W)
+            div = x.dtype.type(dh * _divisor(w0, kw, W, pw, count_include_pad))
+            yr = y[b, oh, ow, l0:l1]
+            for lane in range(l1 - l0):
+                yr[lane] = 0
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    xr = x[b, h, w, l0:l1]
+                    for lane in range(l1 - l0):
+                        yr[lane] += xr[lane]
+            for lane in range(l1 - l0):
+                yr[lane] = yr[lane] / div
+
+
+@njit(**_JIT)
+def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
+    """dx[b, h, w] = sum of the shares dy/divisor of the windows covering (h, w), added
+    in the reference's order (kernel offset (i, j) row-major)."""
+    B, Ho, Wo, L = dy.shape
+    H, W = dx.shape[1], dx.shape[2]
+    nlb = _n_lane_blocks(L)
+    for task in prange(B * H * nlb):
+        b, rest = task // (H * nlb), task % (H * nlb)
+        h, l0 = rest // nlb, (rest % nlb) * LANE_BLOCK
+        l1 = min(l0 + LANE_BLOCK, L)
+        for w in range(W):
+            dr = dx[b, h, w, l0:l1]
+            for lane in range(l1 - l0):
+                dr[lane] = 0
+            for i in range(kh):
+                a = h + ph - i
+                if a < 0 or a % sh != 0 or a // sh >= Ho:
+                    continue
+                oh = a // sh
+                dh = _divisor(oh * sh - ph, kh, H, ph, count_include_pad)
+                for j in range(kw):
+                    c = w + pw - j
+                    if c < 0 or c % sw != 0 or c // sw >= Wo:
+                        continue
+                    ow = c // sw
+                    div = dx.dtype.type(dh * _divisor(ow * sw - pw, kw, W, pw,
+                                                      count_include_pad))
+                    g = dy[b, oh, ow, l0:l1]
+                    for lane in range(l1 - l0):
+                        dr[lane] += g[lane] / div
+
+
+# ------------------------------------------------------------- NCHW through the lanes
+
+def nchw_to_lanes(x):
+    """(N, C, H, W) -> (1, H, W, N*C) C-contiguous."""
+    N, C, H, W = x.shape
+    out = np.empty((H * W, N * C), dtype=x.dtype)
+    to_lanes(np.ascontiguousarray(x).reshape(N * C, H * W), out)
+    return out.reshape(1, H, W, N * C)
+
+
+def lanes_to_nchw(a, N, C):
+    """(1, H, W, N*C) -> (N, C, H, W) C-contiguous."""
+    H, W = a.shape[1], a.shape[2]
+    out = np.empty((N * C, H * W), dtype=a.dtype)
+    from_lanes(a.reshape(H * W, N * C), out)
+    return out.reshape(N, C, H, W)
+
+
+def max_pool2d_forward_lanes(x, kernel_size, stride, padding, Ho, Wo):
+    """NCHW in and out; argmax is returned as an (N, C, Ho, Wo) view of its lanes array
+    (the backward below takes it back without a copy)."""
+    N, C = x.shape[:2]
+    xl = nchw_to_lanes(x)
+    y = np.empty((1, Ho, Wo, N * C), dtype=x.dtype)
+    argmax = np.empty((1, Ho, Wo, N * C), dtype=np.int64)
+    max_pool_fwd(xl, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+                 padding[1], y, argmax)
+    return lanes_to_nchw(y, N, C), argmax.reshape(Ho, Wo, N, C).transpose(2, 3, 0, 1)
+
+
+def is_lanes_view(argmax) -> bool:
+    """True for the argmax view that max_pool2d_forward_lanes returns."""
+    return argmax.ndim == 4 and argmax.transpose(2, 3, 0, 1).flags.c_contiguous \
+        and not argmax.flags.c_contiguous
+
+
+def max_pool2d_backward_lanes(dy, argmax, x_shape):
+    N, C, H, W = x_shape
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    am = argmax.transpose(2, 3, 0, 1).reshape(1, Ho, Wo, N * C)
+    dx = np.empty((1, H * W, N * C), dtype=dy.dtype)
+    max_pool_bwd(nchw_to_lanes(dy), am, dx)
+    return lanes_to_nchw(dx.reshape(1, H, W, N * C), N, C)
+
+
+def avg_pool2d_forward_lanes(x, kernel_size, stride, padding, count_include_pad, Ho, Wo):
+    N, C = x.shape[:2]
+    y = np.empty((1, Ho, Wo, N * C), dtype=x.dtype)
+    avg_pool_fwd(nchw_to_lanes(x), kernel_size[0], kernel_size[1], stride[0], stride[1],
+                 padding[0], padding[1], bool(count_include_pad), y)
+    return lanes_to_nchw(y, N, C)
+
+
+def avg_pool2d_backward_lanes(dy, x_shape, kernel_size, stride, padding, count_include_pad):
+    N, C, H, W = x_shape
+    dx = np.empty((1, H, W, N * C), dtype=dy.dtype)
+    avg_pool_bwd(nchw_to_lanes(dy), kernel_size[0], kernel_size[1], stride[0], stride[1],
+                 padding[0], padding[1], bool(count_include_pad), dx)
+    return lanes_to_nchw(dx, N, C)

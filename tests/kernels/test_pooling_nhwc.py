@@ -1,0 +1,94 @@
+"""Channels-in-lanes pooling (kernels/cpu/pooling_nhwc.py) against the reference: NHWC
+arrays directly (B = N, L = C) and NCHW through the lanes (B = 1, L = N*C), bitwise,
+including ceil_mode, count_include_pad, ties, -inf windows and NaN, and across thread
+counts."""
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from kernels.cpu import pooling_nhwc as lanes
+from kernels.reference import pooling as ref
+from kernels.reference.pooling import pool_output_size
+
+
+@st.composite
+def cases(draw):
+    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
+    H = max(draw(st.integers(1, 9)), k[0] - 2 * p[0])
+    W = max(draw(st.integers(1, 9)), k[1] - 2 * p[1])
+    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 600))  # > one lane block
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    # Few distinct values: ties are common, so the first-maximum rule is exercised.
+    x = rng.integers(-3, 3, (N, C, H, W)).astype(dtype)
+    return x, k, s, p, draw(st.booleans()), draw(st.booleans()), rng
+
+
+def out_hw(x, k, s, p, ceil):
+    return (pool_output_size(x.shape[2], k[0], s[0], p[0], ceil),
+            pool_output_size(x.shape[3], k[1], s[1], p[1], ceil))
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases())
+def test_nchw_through_lanes_matches_the_reference_bitwise(case):
+    x, k, s, p, ceil, include_pad, rng = case
+    Ho, Wo = out_hw(x, k, s, p, ceil)
+    y0, a0 = ref.max_pool2d_forward(x, k, s, p, ceil)
+    y1, a1 = lanes.max_pool2d_forward_lanes(x, k, s, p, Ho, Wo)
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(a1, a0)
+    dy = rng.standard_normal(y0.shape).astype(x.dtype)
+    np.testing.assert_allclose(lanes.max_pool2d_backward_lanes(dy, a1, x.shape),
+                               ref.max_pool2d_backward(dy, a0, x.shape), rtol=1e-6, atol=1e-6)
+    v0 = ref.avg_pool2d_forward(x, k, s, p, ceil, include_pad)
+    np.testing.assert_array_equal(
+        lanes.avg_pool2d_forward_lanes(x, k, s, p, include_pad, Ho, Wo), v0)
+    g0 = ref.avg_pool2d_backward(dy, x.shape, k, s, p, ceil, include_pad)
+    np.testing.assert_array_equal(
+        lanes.avg_pool2d_backward_lanes(dy, x.shape, k, s, p, include_pad), g0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nhwc_layout_directly(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 6, 7)).astype(dtype)  # N, C, H, W
+    x[0, 1, :3, :3] = -np.inf           # a window of real -inf values
+    x[1, 2, 2, 2] = np.nan              # NaN propagates
+    k, s, p = (3, 3), (2, 2), (1, 1)
+    Ho, Wo = out_hw(x, k, s, p, False)
+    xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y = np.empty((2, Ho, Wo, 5), dtype)
+    am = np.empty((2, Ho, Wo, 5), np.int64)
+    lanes.max_pool_fwd(xn, *k, *s, *p, y, am)
+    y0, a0 = ref.max_pool2d_forward(x, k, s, p, False)
+    np.testing.assert_array_equal(y.transpose(0, 3, 1, 2), y0)
+    np.testing.assert_array_equal(am.transpose(0, 3, 1, 2), a0)
+    dy = rng.standard_normal((2, Ho, Wo, 5)).astype(dtype)
+    dx = np.empty((2, 6 * 7, 5), dtype)
+    lanes.max_pool_bwd(dy, am, dx)
+    np.testing.assert_allclose(
+        dx.reshape(2, 6, 7, 5).transpose(0, 3, 1, 2),
+        ref.max_pool2d_backward(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)), a0, x.shape))
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 300, 9, 9)).astype(np.float32)
+    dy = rng.standard_normal((4, 300, 9, 9)).astype(np.float32)
+    prev = numba.get_num_threads()
+    out = []
+    try:
+        for t in (1, prev):
+            numba.set_num_threads(t)
+            y, a = lanes.max_pool2d_forward_lanes(x, (3, 3), (1, 1), (1, 1), 9, 9)
+            out.append((y, np.array(a), lanes.max_pool2d_backward_lanes(dy, a, x.shape),
+                        lanes.avg_pool2d_backward_lanes(dy, x.shape, (3, 3), (1, 1),
+                                                        (1, 1), True)))
+    finally:
+        numba.set_num_threads(prev)
+    for u, v in zip(*out):
+        np.testing.assert_array_equal(u, v)
