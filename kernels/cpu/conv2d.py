@@ -1,5 +1,7 @@
 """2-D convolution for the "numba" backend: parallel Numba data movement around BLAS GEMMs,
-or, for groups=1 convolutions other than 1x1, the direct kernels of conv2d_direct.py
+or, for groups=1 convolutions, the channels-last implicit GEMMs of conv2d_nhwc.py
+(outer-product register tiles from microkernel.py; NCHW converted on the way in and
+written back to NCHW by the tiles' epilogue) or the direct kernels of conv2d_direct.py
 (no column matrix, no BLAS; see there why, and _Geometry for the routes).
 
 Same functions and results as kernels/reference/conv2d.py; read that file first for the
