@@ -31,6 +31,8 @@ Debugging: NUMBA_DISABLE_JIT=1 runs these as plain Python (slow, same results).
 import numpy as np
 from numba import njit, prange
 
+from kernels.cpu.pooling import _avg_divisor
+
 _JIT = dict(parallel=True, cache=True, fastmath=False)
 LANE_BLOCK = 512  # lanes per task: a (kh, W, 512) float32 slab of x stays in L1/L2
 
@@ -41,8 +43,8 @@ def _n_lane_blocks(L):
 
 
 @njit(**_JIT)
-def to_lanes(a, out):
-    """out[q, p] = a[p, q]: (P, Q) planes -> (Q, P) lanes, in 32x32 tiles."""
+def transpose(a, out):
+    """out[q, p] = a[p, q] in 32x32 tiles: (P, Q) planes <-> (Q, P) lanes."""
     P, Q = a.shape
     nq = (Q + 31) // 32
     for t in prange(((P + 31) // 32) * nq):
@@ -50,18 +52,6 @@ def to_lanes(a, out):
         for p in range(p0, min(p0 + 32, P)):
             for q in range(q0, min(q0 + 32, Q)):
                 out[q, p] = a[p, q]
-
-
-@njit(**_JIT)
-def from_lanes(a, out):
-    """out[p, q] = a[q, p]: (Q, P) lanes -> (P, Q) planes, in 32x32 tiles."""
-    Q, P = a.shape
-    nq = (Q + 31) // 32
-    for t in prange(((P + 31) // 32) * nq):
-        p0, q0 = (t // nq) * 32, (t % nq) * 32
-        for p in range(p0, min(p0 + 32, P)):
-            for q in range(q0, min(q0 + 32, Q)):
-                out[p, q] = a[q, p]
 
 
 @njit(**_JIT)
@@ -118,15 +108,6 @@ def max_pool_bwd(dy, argmax, dx):
                     d[a[lane], lane] += g[lane]  # overlapping windows accumulate
 
 
-@njit(cache=True)
-def _divisor(start, kernel, size, pad, count_include_pad):
-    """Length of one axis of a window's averaging area (see the reference)."""
-    end = start + kernel
-    if count_include_pad:
-        return min(end, size + pad) - start
-    return min(end, size) - max(start, 0)
-
-
 @njit(**_JIT)
 def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
     B, H, W, L = x.shape
@@ -138,11 +119,11 @@ def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
         l1 = min(l0 + LANE_BLOCK, L)
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
-        dh = _divisor(h0, kh, H, ph, count_include_pad)
+        dh = _avg_divisor(h0, kh, H, ph, count_include_pad)
         for ow in range(Wo):
             w0 = ow * sw - pw
             ws, we = max(w0, 0), min(w0 + kw, W)
-            div = x.dtype.type(dh * _divisor(w0, kw, W, pw, count_include_pad))
+            div = x.dtype.type(dh * _avg_divisor(w0, kw, W, pw, count_include_pad))
             yr = y[b, oh, ow, l0:l1]
             for lane in range(l1 - l0):
                 yr[lane] = 0
@@ -175,13 +156,13 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
                 if a < 0 or a % sh != 0 or a // sh >= Ho:
                     continue
                 oh = a // sh
-                dh = _divisor(oh * sh - ph, kh, H, ph, count_include_pad)
+                dh = _avg_divisor(oh * sh - ph, kh, H, ph, count_include_pad)
                 for j in range(kw):
                     c = w + pw - j
                     if c < 0 or c % sw != 0 or c // sw >= Wo:
                         continue
                     ow = c // sw
-                    div = dx.dtype.type(dh * _divisor(ow * sw - pw, kw, W, pw,
+                    div = dx.dtype.type(dh * _avg_divisor(ow * sw - pw, kw, W, pw,
                                                       count_include_pad))
                     g = dy[b, oh, ow, l0:l1]
                     for lane in range(l1 - l0):
@@ -194,7 +175,7 @@ def nchw_to_lanes(x):
     """(N, C, H, W) -> (1, H, W, N*C) C-contiguous."""
     N, C, H, W = x.shape
     out = np.empty((H * W, N * C), dtype=x.dtype)
-    to_lanes(np.ascontiguousarray(x).reshape(N * C, H * W), out)
+    transpose(np.ascontiguousarray(x).reshape(N * C, H * W), out)
     return out.reshape(1, H, W, N * C)
 
 
@@ -202,7 +183,7 @@ def lanes_to_nchw(a, N, C):
     """(1, H, W, N*C) -> (N, C, H, W) C-contiguous."""
     H, W = a.shape[1], a.shape[2]
     out = np.empty((N * C, H * W), dtype=a.dtype)
-    from_lanes(a.reshape(H * W, N * C), out)
+    transpose(a.reshape(H * W, N * C), out)
     return out.reshape(N, C, H, W)
 
 
