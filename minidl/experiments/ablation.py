@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .figure1 import first_step_reaching, median_range
+
 PERCENTILES = (15, 50, 85)
 BN_DECAY_SPEEDUP = 6      # the paper: "accelerate the learning rate decay" 6x
 BN_WEIGHT_DECAY_DIVISOR = 5  # the paper: "reduce the L2 weight regularization" 5x
@@ -263,24 +265,9 @@ def run_all(specs: list, jobs: int) -> list:
 
 # ------------------------------------------------------------------------ reporting
 
-def first_step_reaching(history: list, target: float):
-    for row in history:
-        if row.get("test_acc") is not None and row["test_acc"] >= target:
-            return row["step"]
-    return None
-
-
 def best_acc(result: dict) -> float:
     accs = [r["test_acc"] for r in result.get("history", []) if "test_acc" in r]
     return max(accs) if accs else float("nan")
-
-
-def _median_range(values: list) -> dict:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": float(np.median(vals)), "min": float(min(vals)),
-            "max": float(max(vals)), "n": len(vals)}
 
 
 def summarize(results: dict, target: float) -> list:
@@ -291,14 +278,14 @@ def summarize(results: dict, target: float) -> list:
         steps_to = [first_step_reaching(r.get("history", []), target) for r in runs]
         rows.append({
             "variant": key, "label": v.label, "lr": runs[0]["lr"], "seeds": len(runs),
-            "steps_to_target": _median_range(steps_to),
+            "steps_to_target": median_range(steps_to),
             "reached_target": sum(s is not None for s in steps_to),
-            "best_acc": _median_range([best_acc(r) for r in runs]),
-            "final_acc": _median_range([r.get("final_test_acc") for r in runs]),
-            "final_acc_population": _median_range(
+            "best_acc": median_range([best_acc(r) for r in runs]),
+            "final_acc": median_range([r.get("final_test_acc") for r in runs]),
+            "final_acc_population": median_range(
                 [r.get("final_test_acc_population") for r in runs]),
             "diverged": sum(r.get("diverged_at") is not None for r in runs),
-            "train_seconds": _median_range([r.get("train_seconds") for r in runs]),
+            "train_seconds": median_range([r.get("train_seconds") for r in runs]),
         })
     return rows
 

@@ -102,10 +102,20 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
 
 
 def first_step_reaching(history, target: float):
+    """The first evaluated step whose test accuracy is at least `target`, else None."""
     for row in history:
-        if row["test_acc"] >= target:
+        if row.get("test_acc") is not None and row["test_acc"] >= target:
             return row["step"]
     return None
+
+
+def median_range(values) -> dict:
+    """{"median", "min", "max", "n"} of the values that are not None or NaN."""
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and v != v)]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": float(np.median(vals)), "min": float(min(vals)),
+            "max": float(max(vals)), "n": len(vals)}
 
 
 def summarize(results: dict, args, dataset_note: str) -> dict:
@@ -184,23 +194,16 @@ def write_csv(results: dict, path: Path) -> None:
                        + [b[f"sigmoid_in_p{q}"] for q in PERCENTILES])
 
 
-def _median_range(values) -> dict:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"median": None, "min": None, "max": None}
-    return {"median": float(np.median(vals)), "min": float(min(vals)), "max": float(max(vals))}
-
-
 def summarize_seeds(summaries: list) -> dict:
     """Median and range over seeds of what `summarize` reports per seed."""
     out = {"seeds": [s["protocol"]["seed"] for s in summaries], "networks": {},
-           "bn_steps_to_nobn_final_acc": _median_range(
+           "bn_steps_to_nobn_final_acc": median_range(
                [s["bn_steps_to_nobn_final_acc"] for s in summaries]),
            "bn_never_reached": sum(s["bn_steps_to_nobn_final_acc"] is None for s in summaries)}
     for key, _, label in NETWORKS:
         nets = [s["networks"][key] for s in summaries]
         out["networks"][key] = {"label": label, **{
-            f: _median_range([n[f] for n in nets])
+            f: median_range([n[f] for n in nets])
             for f in ("final_test_acc", "best_test_acc", "steps_per_second", "train_seconds")}}
     return out
 
