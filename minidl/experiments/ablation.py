@@ -107,6 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="every variant, 1 seed, 150 steps, base lr 0.02, evaluation on 500 "
                         "(final: 2000) test images: a smoke run of a few minutes")
     p.add_argument("--resume", action="store_true", help="continue the runs in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds an earlier ablation")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="runs/ablation")
 
@@ -481,6 +483,10 @@ def run(args) -> dict:
     jobs = args.jobs or (os.cpu_count() or 1)
     progress = not args.no_progress
     out = Path(args.out)
+    if not args.resume and not args.overwrite and out.is_dir() and (
+            any(out.rglob("result.json")) or any(out.rglob("checkpoint.npz"))):
+        raise SystemExit(f"minidl ablation: {out} holds an earlier ablation; pass --resume "
+                         f"to continue it or --overwrite to start over")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
