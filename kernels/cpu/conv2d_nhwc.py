@@ -243,12 +243,16 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
             for b in range(b0, b1):
                 r = (b - b0) * mr
                 start = min(b * mr, last)
-                if kstride == 1 and kn == nr and start == b * mr and M >= mr:
-                    tile(xf, rows, r, taps, 0, T, C, 1, wp, kb * panel, nr,
-                         out, orows, r, k0, bias, k0)
-                    continue
+                direct = kstride == 1 and kn == nr and start == b * mr and M >= mr
+                # (one call site with either destination: the tile is expanded once)
+                if direct:
+                    dst, drows, d0, doff = out, orows, r, k0
+                else:
+                    dst, drows, d0, doff = buf, brows, 0, 0
                 tile(xf, rows, r, taps, 0, T, C, 1, wp, kb * panel, nr,
-                     buf, brows, 0, 0, bias, k0)
+                     dst, drows, d0, doff, bias, k0)
+                if direct:
+                    continue
                 for i in range(b * mr - start, min(mr, M - start)):
                     o = orows[r + i] + k0 * kstride
                     for j in range(kn):
@@ -298,13 +302,17 @@ def _sum_partials(partial, out):
 
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
 
-def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride):
-    """Forward of the padded NHWC input xp into out (flat), at obase + k*kstride."""
+def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride, origin=(0, 0)):
+    """Forward of the padded NHWC input xp into out (flat), at obase + k*kstride; the
+    windows start at row and column `origin` of xp (not 0: a phase of backward-input
+    reading a part of a larger padded dy)."""
     N, Hp, Wp, C = xp.shape
     K, _, R, S = w.shape
     (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
     _, nr = blocking(xp.dtype)
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw)
+    if origin != (0, 0):  # (read-only like the cached table: one compiled signature)
+        pix = _frozen(pix + (origin[0] * Wp + origin[1]) * C)
     taps = tap_table(R, S, dh, dw, Wp, C)
     _forward_gemm(xp.reshape(-1), pix, taps, C, pack_weights(w, nr),
                   _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride)
@@ -382,34 +390,43 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
         return dx
     assert dilation == (1, 1), "strided backward-input needs dilation 1"
     from .conv2d_direct import _phase_taps
-    for rows, h0, u0, Hu in _phase_taps(R, sh, ph, H):
-        for cols, w0, v0, Wu in _phase_taps(S, sw, pw, W):
-            if Hu == 0 or Wu == 0:
-                continue
-            hs = h0 + sh * np.arange(Hu)
-            ws = w0 + sw * np.arange(Wu)
-            if not rows or not cols:  # no kernel offset reaches these pixels
-                if nchw:
-                    dx[:, :, h0::sh, w0::sw] = 0
-                else:
-                    dx[:, h0::sh, w0::sw, :] = 0
-                continue
-            # A stride-1 correlation with the taps that reach this phase (see
-            # conv2d_direct.backward_input), its pixels written interleaved into dx.
-            sub = w[:, :, rows][:, :, :, cols]  # (K, C, Ma, Mb), flipped already
-            Ma, Mb = len(rows), len(cols)
-            dyp = _pad_to(dy, Ma - 1 - u0, Mb - 1 - v0, Hu + Ma - 1, Wu + Mb - 1, nchw)
-            n = np.arange(N)[:, None, None]
+    phases = [(rows, h0, u0, Hu, cols, w0, v0, Wu)
+              for rows, h0, u0, Hu in _phase_taps(R, sh, ph, H)
+              for cols, w0, v0, Wu in _phase_taps(S, sw, pw, W) if Hu > 0 and Wu > 0]
+    live = [p for p in phases if p[0] and p[4]]
+    # Phase (a, b) is a stride-1 correlation of dy shifted by (len(rows) - 1 - u0,
+    # len(cols) - 1 - v0) (see conv2d_direct.backward_input): one copy of dy, padded by
+    # the largest shift, serves every phase from its own origin.
+    top = max([0] + [len(p[0]) - 1 - p[2] for p in live])
+    left = max([0] + [len(p[4]) - 1 - p[6] for p in live])
+    Hd = max([top + Ho] + [top - (len(p[0]) - 1 - p[2]) + p[3] + len(p[0]) - 1 for p in live])
+    Wd = max([left + Wo] + [left - (len(p[4]) - 1 - p[6]) + p[7] + len(p[4]) - 1
+                            for p in live])
+    dyp = _pad_to(dy, top, left, Hd, Wd, nchw) if live else None
+    n = np.arange(N)[:, None, None]
+    for rows, h0, u0, Hu, cols, w0, v0, Wu in phases:
+        if not rows or not cols:  # no kernel offset reaches these pixels
             if nchw:
-                obase = (n * (C * H * W) + hs[:, None] * W + ws).ravel()
-                kstride = H * W
+                dx[:, :, h0::sh, w0::sw] = 0
             else:
-                obase = (((n * H + hs[:, None]) * W + ws) * C).ravel()
-                kstride = 1
-            wt = np.ascontiguousarray(sub.transpose(1, 0, 2, 3))
-            # (read-only, like the cached tables: one compiled signature for both)
-            _forward(dyp, wt, None, (1, 1), (1, 1), (Hu, Wu), dxf,
-                     _frozen(obase.astype(np.int64)), kstride)
+                dx[:, h0::sh, w0::sw, :] = 0
+            continue
+        # The taps that reach this phase, its pixels written interleaved into dx.
+        sub = w[:, :, rows][:, :, :, cols]  # (K, C, Ma, Mb), flipped already
+        Ma, Mb = len(rows), len(cols)
+        hs = h0 + sh * np.arange(Hu)
+        ws = w0 + sw * np.arange(Wu)
+        if nchw:
+            obase = (n * (C * H * W) + hs[:, None] * W + ws).ravel()
+            kstride = H * W
+        else:
+            obase = (((n * H + hs[:, None]) * W + ws) * C).ravel()
+            kstride = 1
+        wt = np.ascontiguousarray(sub.transpose(1, 0, 2, 3))
+        # (read-only, like the cached tables: one compiled signature for both)
+        _forward(dyp, wt, None, (1, 1), (1, 1), (Hu, Wu), dxf,
+                 _frozen(obase.astype(np.int64)), kstride,
+                 origin=(top - (Ma - 1 - u0), left - (Mb - 1 - v0)))
     return dx
 
 
