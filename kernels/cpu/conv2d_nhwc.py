@@ -188,16 +188,6 @@ def _nchw_rows(a, Kp, out):
             row[K:] = 0
 
 
-@njit(parallel=True, cache=True)
-def _pad_rows(a, Kp, out):
-    """out[m*Kp + k] = a[m, k], 0 for k >= K: (M, K) rows widened to Kp."""
-    M, K = a.shape
-    for m in prange(M):
-        row = out[m * Kp:(m + 1) * Kp]
-        row[:K] = a[m]
-        row[K:] = 0
-
-
 # --- the implicit GEMMs -----------------------------------------------------------------
 
 @njit(inline="always")
@@ -284,20 +274,6 @@ def _weight_gemm(xf, pix, trows, torows, dyf, Kp, chunk, groups, partial):
                 for kb in range(nk):
                     tile(xf, trows, q * mr, pix, p0, T, 1, 0, dyf, p0 * Kp + kb * nr, Kp,
                          part, torows, q * mr, kb * nr, none, 0)
-
-
-@njit(parallel=True, cache=True)
-def _sum_partials(partial, out):
-    """out[l, k] = partial[0, l, k] + partial[1, l, k] + ... in that order, l < L."""
-    G = partial.shape[0]
-    L, Kp = out.shape
-    for l in prange(L):
-        row = out[l]
-        row[:] = partial[0, l]
-        for g in range(1, G):
-            src = partial[g, l]
-            for k in range(Kp):
-                row[k] += src[k]
 
 
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
@@ -448,7 +424,9 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
             dyf = dy.reshape(-1)
         else:
             dyf = _buffer("dy_rows", N * Ho * Wo * Kp, dy.dtype)
-            _pad_rows(dy.reshape(-1, K), Kp, dyf)
+            rows = dyf.reshape(-1, Kp)
+            rows[:, :K] = dy.reshape(-1, K)
+            rows[:, K:] = 0
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, *stride)
     L = R * S * C
     trows, torows = weight_tiles(R, S, *dilation, Wp, C, mr, Kp)
@@ -456,8 +434,9 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     partial = _buffer("partial", groups * (L + 1) * Kp, x.dtype).reshape(
         groups, (L + 1) * Kp)  # + a scratch row
     _weight_gemm(xp.reshape(-1), pix, trows, torows, dyf, Kp, CHUNK, groups, partial)
-    dwt = np.empty((L, Kp), dtype=x.dtype)
-    _sum_partials(partial.reshape(groups, L + 1, Kp), dwt)
+    # The partial sums added in group order (NumPy reduces over the leading axis one
+    # slice at a time, in order).
+    dwt = np.add.reduce(partial.reshape(groups, L + 1, Kp)[:, :L], axis=0)
     # dwt[(r*S + s)*C + c, k] -> dw[k, c, r, s]
     return np.ascontiguousarray(dwt[:, :K].reshape(R, S, C, K).transpose(3, 2, 0, 1))
 
