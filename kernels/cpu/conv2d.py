@@ -55,6 +55,7 @@ _NHWC = True  # groups == 1: the channels-last implicit GEMMs of conv2d_nhwc.py 
 _NHWC_MIN_FORWARD = 32  # ... for forward from this contraction length C*R*S on
 _NHWC_MIN_WEIGHT = 32  # ... for backward-weight likewise
 _NHWC_POINTWISE = False  # ... also for 1x1 convolutions
+_NHWC_MIN_INPUT = 8  # ... for backward-input from this many input channels on
 
 
 # --- scratch buffers ------------------------------------------------------------------
@@ -273,12 +274,17 @@ class _Geometry:
         self.direct = _DIRECT and one and not self.pointwise
         # The channels-last implicit GEMMs (conv2d_nhwc.py: outer-product register
         # tiles, NCHW converted on the way in, written back to NCHW by the tile's
-        # epilogue) where they were measured faster (benchmarks/bench_conv.py): every
-        # groups=1 pass but a first layer's short contraction (C*R*S = 9: too few FMAs
-        # per tile for its epilogue) and 1x1 kernels (there BLAS reads NCHW as it is).
+        # epilogue) where they were measured faster on 2 Zen 3 cores (`minidl bench`,
+        # conv2d routes table): 1.3-2.2x on every groups=1 pass but a first layer's
+        # short contraction (C*R*S = 9: the NCHW conversions cost more than its 9-step
+        # tiles save; 2.5-3x slower) and 1x1 kernels (BLAS reads NCHW as it is; 1.6x).
         nhwc = _NHWC and one and (_NHWC_POINTWISE or not self.pointwise)
         self.nhwc_forward = nhwc and self.CgRS >= _NHWC_MIN_FORWARD
-        self.nhwc_input = nhwc and (stride == (1, 1) or dilation == (1, 1))
+        # (backward-input's output channels are the C input channels: with fewer than
+        # half a tile's 16 lanes most of its FMAs are spent on padding. Measured on
+        # (64, C, 28, 28) <- 32 k3: C = 1, 3 slower than conv2d_direct, C = 8 2x faster)
+        self.nhwc_input = (nhwc and (stride == (1, 1) or dilation == (1, 1))
+                           and self.C >= _NHWC_MIN_INPUT)
         self.nhwc_weight = nhwc and self.CgRS >= _NHWC_MIN_WEIGHT
         per_sample_bytes = self.C * self.R * self.S * self.P * itemsize
         self.nc = max(1, min(self.N, _CHUNK_BYTES // max(per_sample_bytes, 1)))

@@ -103,7 +103,7 @@ ROUTES = {"per_sample": dict(_NHWC=False, _DIRECT=False, _THIN_FORWARD=10**9,
                               _THIN_WEIGHT=-1),
           "direct_tiles": dict(_NHWC=False, _DIRECT=True, _ROWS_BELOW=0, _THIN_WEIGHT=-1),
           "nhwc": dict(_NHWC=True, _NHWC_POINTWISE=True, _NHWC_MIN_FORWARD=0,
-                       _NHWC_MIN_WEIGHT=0)}
+                       _NHWC_MIN_WEIGHT=0, _NHWC_MIN_INPUT=0)}
 
 
 def check_against_reference(case):

@@ -138,6 +138,14 @@ def test_tile_machine_code_keeps_accumulators_in_vector_registers():
     assert not [line for line in loop if "rsp" in line and re.search(r"%[xyz]mm", line)]
 
 
+def test_cached_callers_are_keyed_on_the_ir_generator():
+    # A changed micro-kernel generator must not run stale cached callers: their cache
+    # stamps carry IR_VERSION and a hash of microkernel.py.
+    for kernel in (nhwc._forward_gemm, nhwc._weight_gemm):
+        stamp = kernel._cache._cache_file._source_stamp
+        assert stamp[1:3] == (mk.IR_VERSION, mk._SOURCE_HASH)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fma_chains_matches_its_reference(dtype):
     out = np.random.default_rng(0).uniform(0.5, 1.0, 4096).astype(dtype)
