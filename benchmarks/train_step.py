@@ -195,10 +195,10 @@ def run(threads=None, steps=300, quick=False, cases=None, use_torch=True) -> lis
 
 
 def format_table(rows) -> str:
-    lines = [f"{'case':<16}{'minidl steps/s':>15}{'torch steps/s':>15}{'torch thr':>10}"
+    lines = [f"{'case':<22}{'minidl steps/s':>15}{'torch steps/s':>15}{'torch thr':>10}"
              f"{'minidl/torch':>13}"]
     for r in rows:
-        lines.append(f"{r['case']:<16}{r['minidl_steps_s']:>15.0f}"
+        lines.append(f"{r['case']:<22}{r['minidl_steps_s']:>15.1f}"
                      f"{r.get('torch_steps_s', float('nan')):>15.0f}"
                      f"{r.get('torch_threads', '-'):>10}"
                      f"{r.get('ratio_vs_torch', float('nan')):>13.2f}")
