@@ -55,7 +55,7 @@ def test_tiny_ablation_writes_every_output_and_resumes(tmp_path):
     assert summary["meta"]["seeds"] == 2 and summary["lr_search"] is None
 
     # the finished runs are not overwritten by mistake
-    with pytest.raises(SystemExit, match="holds an earlier ablation; pass --resume"):
+    with pytest.raises(SystemExit, match="holds an earlier run; pass --resume"):
         main(args)
     # --resume keeps finished runs as they are (nothing retrained)
     stamp = (out / "bn-x5" / "seed-1" / "result.json").stat().st_mtime_ns

@@ -482,12 +482,16 @@ def run(args) -> dict:
     keys = _parse_variants(args.variants)
     jobs = args.jobs or (os.cpu_count() or 1)
     progress = not args.no_progress
+    from .run_dir import claim
+    lock = claim(args.out, args.resume, args.overwrite, "ablation")
+    try:
+        return _run(args, keys, jobs, progress)
+    finally:
+        lock.release()
+
+
+def _run(args, keys, jobs, progress) -> dict:
     out = Path(args.out)
-    if not args.resume and not args.overwrite and out.is_dir() and (
-            any(out.rglob("result.json")) or any(out.rglob("checkpoint.npz"))):
-        raise SystemExit(f"minidl ablation: {out} holds an earlier ablation; pass --resume "
-                         f"to continue it or --overwrite to start over")
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
     search_results = None

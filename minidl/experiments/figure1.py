@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
     p.add_argument("--out", default="runs/figure1")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds an earlier run")
     p.add_argument("--no-progress", action="store_true")
     if quick_flag:
         p.add_argument("--seeds", type=int, default=1,
@@ -268,11 +270,14 @@ def plot(results: dict, path: Path, title: str, bands: dict | None = None) -> bo
 
 
 def run(args) -> dict:
-    if getattr(args, "seeds", 1) > 1:
-        return run_seeds(args)
+    from .run_dir import claim
     if getattr(args, "seeds", 1) < 1:
         raise SystemExit(f"minidl figure1: --seeds must be >= 1, got {args.seeds}")
-    return run_one(args)
+    lock = claim(args.out, args.resume, args.overwrite, "figure1")
+    try:
+        return run_seeds(args) if getattr(args, "seeds", 1) > 1 else run_one(args)
+    finally:
+        lock.release()
 
 
 def run_seeds(args) -> dict:

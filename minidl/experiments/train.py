@@ -17,6 +17,15 @@ def add_train_arguments(p) -> None:
 
 
 def run(args) -> dict:
+    from .run_dir import claim
+    lock = claim(args.out, args.resume, args.overwrite, "train")
+    try:
+        return _run(args)
+    finally:
+        lock.release()
+
+
+def _run(args) -> dict:
     if args.threads:
         from ..backend import set_num_threads
         set_num_threads(args.threads)
