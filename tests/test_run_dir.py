@@ -43,3 +43,17 @@ def test_cli_refuses_before_loading_data(tmp_path, command):
             "--out", str(tmp_path), "--no-progress"]
     with pytest.raises(SystemExit, match="holds an earlier run"):
         main(args)
+
+
+@pytest.mark.parametrize("command", ["train", "figure1"])
+@pytest.mark.parametrize("flag,value,message", [
+    ("--steps", "0", "--steps must be >= 1"), ("--eval-every", "0", "--eval-every must be >= 1"),
+    ("--bn-stats-batches", "0", "--bn-stats-batches must be >= 1"),
+    ("--batch-size", "0", "--batch-size must be >= 1"), ("--lr", "-1", "--lr must be >= 0")])
+def test_bad_step_arguments_are_one_line_before_data_loads(tmp_path, command, flag, value,
+                                                          message):
+    args = [command, "--dataset", "mnist", "--data-root", str(tmp_path / "nothing"),
+            "--out", str(tmp_path / "o"), "--no-progress", flag, value]
+    with pytest.raises(SystemExit, match=message):
+        main(args)
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -269,10 +269,26 @@ def plot(results: dict, path: Path, title: str, bands: dict | None = None) -> bo
     return True
 
 
+def check_arguments(args, command: str) -> None:
+    """Every numeric option, before any data loads: one clear line per mistake."""
+    minimum = {"steps": 1, "batch_size": 1, "eval_every": 1, "bn_stats_batches": 1,
+               "checkpoint_every": 0, "seeds": 1, "unit": 0}
+    for name, low in minimum.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise SystemExit(f"minidl {command}: --{name.replace('_', '-')} must be >= {low}, "
+                             f"got {value}")
+    for name in ("lr", "momentum"):
+        value = getattr(args, name, None)
+        if value is not None and not value >= 0:
+            raise SystemExit(f"minidl {command}: --{name} must be >= 0, got {value}")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise SystemExit(f"minidl {command}: --threads must be >= 1, got {args.threads}")
+
+
 def run(args) -> dict:
     from .run_dir import claim
-    if getattr(args, "seeds", 1) < 1:
-        raise SystemExit(f"minidl figure1: --seeds must be >= 1, got {args.seeds}")
+    check_arguments(args, "figure1")
     lock = claim(args.out, args.resume, args.overwrite, "figure1")
     try:
         return run_seeds(args) if getattr(args, "seeds", 1) > 1 else run_one(args)

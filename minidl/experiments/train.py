@@ -17,7 +17,9 @@ def add_train_arguments(p) -> None:
 
 
 def run(args) -> dict:
+    from .figure1 import check_arguments
     from .run_dir import claim
+    check_arguments(args, "train")
     lock = claim(args.out, args.resume, args.overwrite, "train")
     try:
         return _run(args)
