@@ -57,3 +57,14 @@ def test_bad_step_arguments_are_one_line_before_data_loads(tmp_path, command, fl
     with pytest.raises(SystemExit, match=message):
         main(args)
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
+    run = tmp_path / "r" / "bn"
+    run.mkdir(parents=True)
+    stale = run / ".checkpoint.npz.k2j3h4.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = run / "checkpoint.npz"
+    keep.write_bytes(b"the last good one")
+    claim(tmp_path / "r", resume=True, overwrite=False, command="train").release()
+    assert not stale.exists() and keep.read_bytes() == b"the last good one"

@@ -5,6 +5,7 @@ mistake.
 * refuses a folder that already holds a run (a checkpoint or metrics) unless the user
   said `--resume` (continue it) or `--overwrite` (start over): forgetting `--resume`
   must not destroy a finished run;
+* removes the temp files of atomic writes that a killed run left behind;
 * takes an exclusive lock on `out/.lock` (fcntl.flock: released by the kernel when the
   process ends, however it ends), so a second run into the same folder refuses at once
   instead of interleaving metrics and overwriting checkpoints.
@@ -60,4 +61,14 @@ def claim(out, resume: bool, overwrite: bool, command: str) -> RunDirLock:
         lock.release()
         raise RunDirError(f"minidl {command}: {out} holds an earlier run; pass --resume to "
                           f"continue it or --overwrite to start over")
+    remove_stale_temp_files(out)
     return lock
+
+
+def remove_stale_temp_files(out: Path) -> list:
+    """Temp files of atomic writes (`.NAME.XXXX.tmp`, see minidl/_atomic.py) that a killed
+    run left behind. Only called under the folder's lock: no live writer owns them."""
+    stale = [p for p in out.rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
