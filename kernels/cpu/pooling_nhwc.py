@@ -42,6 +42,16 @@ def _n_lane_blocks(L):
     return max(1, -(-L // LANE_BLOCK))
 
 
+@njit(cache=True, inline="always")
+def _row_task(task, rows, L):
+    """(b, row, l0, l1): the sample, output row and lane block [l0, l1) of a task, the
+    tasks being numbered (b * rows + row) * n_lane_blocks + block."""
+    nlb = _n_lane_blocks(L)
+    b, rest = task // (rows * nlb), task % (rows * nlb)
+    l0 = (rest % nlb) * LANE_BLOCK
+    return b, rest // nlb, l0, min(l0 + LANE_BLOCK, L)
+
+
 @njit(**_JIT)
 def transpose(a, out):
     """out[q, p] = a[p, q] in 32x32 tiles: (P, Q) planes <-> (Q, P) lanes."""
@@ -59,11 +69,8 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L)."""
     B, H, W, L = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
-    nlb = _n_lane_blocks(L)
-    for task in prange(B * Ho * nlb):
-        b, rest = task // (Ho * nlb), task % (Ho * nlb)
-        oh, l0 = rest // nlb, (rest % nlb) * LANE_BLOCK
-        l1 = min(l0 + LANE_BLOCK, L)
+    for task in prange(B * Ho * _n_lane_blocks(L)):
+        b, oh, l0, l1 = _row_task(task, Ho, L)
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
         for ow in range(Wo):
@@ -112,11 +119,8 @@ def max_pool_bwd(dy, argmax, dx):
 def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
     B, H, W, L = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
-    nlb = _n_lane_blocks(L)
-    for task in prange(B * Ho * nlb):
-        b, rest = task // (Ho * nlb), task % (Ho * nlb)
-        oh, l0 = rest // nlb, (rest % nlb) * LANE_BLOCK
-        l1 = min(l0 + LANE_BLOCK, L)
+    for task in prange(B * Ho * _n_lane_blocks(L)):
+        b, oh, l0, l1 = _row_task(task, Ho, L)
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
         dh = _avg_divisor(h0, kh, H, ph, count_include_pad)
@@ -142,11 +146,8 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     in the reference's order (kernel offset (i, j) row-major)."""
     B, Ho, Wo, L = dy.shape
     H, W = dx.shape[1], dx.shape[2]
-    nlb = _n_lane_blocks(L)
-    for task in prange(B * H * nlb):
-        b, rest = task // (H * nlb), task % (H * nlb)
-        h, l0 = rest // nlb, (rest % nlb) * LANE_BLOCK
-        l1 = min(l0 + LANE_BLOCK, L)
+    for task in prange(B * H * _n_lane_blocks(L)):
+        b, h, l0, l1 = _row_task(task, H, L)
         for w in range(W):
             dr = dx[b, h, w, l0:l1]
             for lane in range(l1 - l0):
