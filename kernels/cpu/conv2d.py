@@ -39,13 +39,13 @@ Numba then binds to that one, so torch imported first (with the variable unset) 
 the spinning back.
 """
 import functools
-import threading
 
 import numpy as np
 from numba import njit, prange
 
 from . import conv2d_direct, conv2d_nhwc
 from .conv2d_direct import gather
+from .scratch import buffer
 
 _CHUNK_BYTES = 8 << 20  # column-matrix bytes per batch chunk (see module docstring)
 _THIN_FORWARD = 16  # Cg*R*S up to which forward runs one GEMM per sample
@@ -56,23 +56,6 @@ _NHWC_MIN_FORWARD = 32  # ... for forward from this contraction length C*R*S on
 _NHWC_MIN_WEIGHT = 32  # ... for backward-weight likewise
 _NHWC_POINTWISE = False  # ... also for 1x1 convolutions
 _NHWC_MIN_INPUT = 8  # ... for backward-input from this many input channels on
-
-
-# --- scratch buffers ------------------------------------------------------------------
-
-_scratch = threading.local()
-
-
-def _buffer(name, shape, dtype):
-    """A reusable uninitialized array; callers overwrite every element they read."""
-    size = int(np.prod(shape))
-    bufs = _scratch.__dict__.setdefault("bufs", {})
-    key = (name, np.dtype(dtype).str)
-    buf = bufs.get(key)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, dtype=dtype)
-        bufs[key] = buf
-    return buf[:size].reshape(shape)
 
 
 # --- geometry ---------------------------------------------------------------------------
@@ -301,10 +284,10 @@ class _Geometry:
 def _columns(x, g, n0, nc):
     """The column matrix (C*R*S, nc*P) of samples n0..n0+nc-1, in a scratch buffer."""
     if g.pointwise:
-        cols = _buffer("cols", (g.C, nc * g.P), x.dtype)
+        cols = buffer("cols", (g.C, nc * g.P), x.dtype)
         _nkp_to_knp(x.reshape(g.N, g.C, g.P), n0, cols)
     else:
-        cols = _buffer("cols", (g.C * g.R * g.S, nc * g.P), x.dtype)
+        cols = buffer("cols", (g.C * g.R * g.S, nc * g.P), x.dtype)
         _im2col(x, n0, _gather_table(*g.geometry()), cols)
     return cols
 
@@ -345,7 +328,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     bias = np.empty(0, x.dtype) if b is None else b
     for n0, nc in g.chunks():
         cols = _columns(x, g, n0, nc)
-        y_knp = _buffer("y_knp", (g.K, nc * g.P), x.dtype)
+        y_knp = buffer("y_knp", (g.K, nc * g.P), x.dtype)
         for gi in range(g.G):
             np.matmul(w_mat[gi], cols[gi * g.CgRS:(gi + 1) * g.CgRS],
                       out=y_knp[gi * g.Kg:(gi + 1) * g.Kg])
@@ -375,11 +358,11 @@ def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
     dy3 = dy.reshape(g.N, g.K, g.P)
     dx = np.empty(x_shape, dtype=dy.dtype)
     for n0, nc in g.chunks():
-        dcols = _buffer("cols", (g.C * g.R * g.S, nc * g.P), dy.dtype)
+        dcols = buffer("cols", (g.C * g.R * g.S, nc * g.P), dy.dtype)
         if g.per_sample_forward:  # same trade-off as the forward product
             np.matmul(w_mat[0].T, dy3[n0:n0 + nc], out=_by_sample(dcols, nc, g.P))
         else:
-            dy_knp = _buffer("dy_knp", (g.K, nc * g.P), dy.dtype)
+            dy_knp = buffer("dy_knp", (g.K, nc * g.P), dy.dtype)
             _nkp_to_knp(dy3, n0, dy_knp)
             for gi in range(g.G):
                 np.matmul(w_mat[gi].T, dy_knp[gi * g.Kg:(gi + 1) * g.Kg],
@@ -409,14 +392,14 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, dilation, groups):
         if per_sample:
             # dw^T += sum over samples of cols[n] @ dy[n]^T: per-sample products, then
             # one sum; no transpose of dy.
-            part = _buffer("dw_part", (nc, g.CgRS, g.K), dy.dtype)
+            part = buffer("dw_part", (nc, g.CgRS, g.K), dy.dtype)
             np.matmul(_by_sample(cols, nc, g.P), dy3[n0:n0 + nc].transpose(0, 2, 1),
                       out=part)
             dw_t[0] += part.sum(axis=0)
             continue
-        dy_knp = _buffer("dy_knp", (g.K, nc * g.P), dy.dtype)
+        dy_knp = buffer("dy_knp", (g.K, nc * g.P), dy.dtype)
         _nkp_to_knp(dy3, n0, dy_knp)
-        part = _buffer("dw_part", (g.CgRS, g.Kg), dy.dtype)
+        part = buffer("dw_part", (g.CgRS, g.Kg), dy.dtype)
         for gi in range(g.G):
             np.matmul(cols[gi * g.CgRS:(gi + 1) * g.CgRS],
                       dy_knp[gi * g.Kg:(gi + 1) * g.Kg].T, out=part)

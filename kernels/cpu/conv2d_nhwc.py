@@ -35,32 +35,16 @@ deterministic. Supports stride, padding, dilation, groups = 1 (kernels/cpu/conv2
 keeps the other routes for groups > 1).
 """
 import functools
-import threading
 
 import numpy as np
 from numba import njit, prange
 
 from .microkernel import MR32, MR64, NR32, NR64, tile, versioned
+from .scratch import buffer
 
 GROUP = 16  # pixel blocks per forward task
 CHUNK = 256  # pixels per backward-weight contraction chunk (dy and x rows stay in L2)
 WEIGHT_GROUPS = 8  # backward-weight partial sums (fixed: results independent of threads)
-
-
-_scratch = threading.local()
-
-
-def _buffer(name, size, dtype):
-    """A reusable uninitialized 1-D array of `size` elements (per thread): for the
-    padded inputs, widened dy and partial sums, which never leave this module. Fresh
-    multi-megabyte arrays would be page-faulted in on every call."""
-    bufs = _scratch.__dict__.setdefault("bufs", {})
-    key = (name, np.dtype(dtype).str)
-    buf = bufs.get(key)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, dtype=dtype)
-        bufs[key] = buf
-    return buf[:size]
 
 
 def blocking(dtype):
@@ -308,7 +292,7 @@ def _pad_to(a, top, left, Hp, Wp, nchw):
     """a (NCHW or NHWC) as an NHWC (N, Hp, Wp, C) copy, shifted by (top, left) and
     zero-padded (or cropped)."""
     N, C = a.shape[0], a.shape[1 if nchw else 3]
-    out = _buffer("padded", N * Hp * Wp * C, a.dtype).reshape(N, Hp, Wp, C)
+    out = buffer("padded", N * Hp * Wp * C, a.dtype).reshape(N, Hp, Wp, C)
     if nchw:
         from .conv2d_direct import _to_padded_nhwc
         _to_padded_nhwc(a, top, left, out)
@@ -416,14 +400,14 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     N, Hp, Wp, _ = xp.shape
     if nchw:
         Ho, Wo = dy.shape[2:]
-        dyf = _buffer("dy_rows", N * Ho * Wo * Kp, dy.dtype)
+        dyf = buffer("dy_rows", N * Ho * Wo * Kp, dy.dtype)
         _nchw_rows(dy.reshape(N, K, Ho * Wo), Kp, dyf)
     else:
         Ho, Wo = dy.shape[1:3]
         if Kp == K:
             dyf = dy.reshape(-1)
         else:
-            dyf = _buffer("dy_rows", N * Ho * Wo * Kp, dy.dtype)
+            dyf = buffer("dy_rows", N * Ho * Wo * Kp, dy.dtype)
             rows = dyf.reshape(-1, Kp)
             rows[:, :K] = dy.reshape(-1, K)
             rows[:, K:] = 0
@@ -431,7 +415,7 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     L = R * S * C
     trows, torows = weight_tiles(R, S, *dilation, Wp, C, mr, Kp)
     groups = max(1, min(WEIGHT_GROUPS, -(-pix.size // CHUNK)))
-    partial = _buffer("partial", groups * (L + 1) * Kp, x.dtype).reshape(
+    partial = buffer("partial", groups * (L + 1) * Kp, x.dtype).reshape(
         groups, (L + 1) * Kp)  # + a scratch row
     _weight_gemm(xp.reshape(-1), pix, trows, torows, dyf, Kp, CHUNK, groups, partial)
     # The partial sums added in group order (NumPy reduces over the leading axis one
