@@ -117,9 +117,9 @@ def profile_step(model, optimizer, x, y, steps: int = 10, warmup: int = 3,
     def timed_backward(node):
         inner = node.backward
 
-        def run(g):
+        def run(g, needs):
             t0 = time.perf_counter()
-            out = inner(g)
+            out = inner(g, needs)
             flops, nbytes = _backward_work(node, g)
             name = _conv_name(node.parents[1].shape) if node.name == "Conv2d" else node.name
             rows.add((name, "backward"), time.perf_counter() - t0, flops, nbytes)

@@ -31,7 +31,7 @@ Debugging: NUMBA_DISABLE_JIT=1 runs these as plain Python (slow, same results).
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu.pooling import _avg_divisor
+from kernels.cpu.pooling import _avg_divisor, _output_hw
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
 LANE_BLOCK = 512  # lanes per task: a (kh, W, 512) float32 slab of x stays in L1/L2
@@ -229,3 +229,53 @@ def avg_pool2d_backward_lanes(dy, x_shape, kernel_size, stride, padding, count_i
     avg_pool_bwd(nchw_to_lanes(dy), kernel_size[0], kernel_size[1], stride[0], stride[1],
                  padding[0], padding[1], bool(count_include_pad), dx)
     return lanes_to_nchw(dx, N, C)
+
+
+# ------------------------------------------------ channels_last entry points (N, H, W, C)
+
+def max_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode):
+    """x (N, H, W, C) -> y, argmax (N, Ho, Wo, C); argmax holds flat h*W + w."""
+    N, H, W, C = x.shape
+    Ho, Wo = _output_hw((N, C, H, W), kernel_size, stride, padding, ceil_mode)
+    y = np.empty((N, Ho, Wo, C), dtype=x.dtype)
+    argmax = np.empty((N, Ho, Wo, C), dtype=np.int64)
+    max_pool_fwd(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+                 padding[1], y, argmax)
+    return y, argmax
+
+
+def max_pool2d_backward_nhwc(dy, argmax, x_shape):
+    N, H, W, C = x_shape
+    dx = np.empty((N, H * W, C), dtype=dy.dtype)
+    max_pool_bwd(dy, argmax, dx)
+    return dx.reshape(x_shape)
+
+
+def avg_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    N, H, W, C = x.shape
+    Ho, Wo = _output_hw((N, C, H, W), kernel_size, stride, padding, ceil_mode)
+    y = np.empty((N, Ho, Wo, C), dtype=x.dtype)
+    avg_pool_fwd(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+                 padding[1], bool(count_include_pad), y)
+    return y
+
+
+def avg_pool2d_backward_nhwc(dy, x_shape, kernel_size, stride, padding, ceil_mode,
+                             count_include_pad):
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    avg_pool_bwd(dy, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+                 padding[1], bool(count_include_pad), dx)
+    return dx
+
+
+def global_avg_pool2d_forward_nhwc(x):
+    """x (N, H, W, C) -> (N, C), summed in float64 like the NCHW kernel."""
+    N, H, W, C = x.shape
+    s = x.reshape(N, H * W, C).sum(axis=1, dtype=np.float64)
+    return (s / (H * W)).astype(x.dtype)
+
+
+def global_avg_pool2d_backward_nhwc(dy, x_shape):
+    N, H, W, C = x_shape
+    g = dy / dy.dtype.type(H * W)
+    return np.ascontiguousarray(np.broadcast_to(g[:, None, None, :], x_shape))
