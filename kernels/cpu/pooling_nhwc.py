@@ -21,7 +21,10 @@ reference's order of kernel offsets.
 
 Optimizations:
 * one vector pass over a block of lanes per kernel tap: compare/select (max) or add (avg);
-  LLVM vectorizes the lane loops (contiguous, no branches);
+  LLVM vectorizes the lane loops (contiguous, no branches); the running max and its
+  argmax go from one pair of small buffers to the other at each tap, never updated in
+  place (LLVM would make `y = v if take else y` a conditional store, which does not
+  vectorize);
 * parallel tasks are (sample, output row, lane block) triples: balanced even when B = 1,
   and each task owns its outputs (no races, results independent of the thread count);
 * the max backward scatters through argmax into the task's own lane block of dx.
@@ -64,6 +67,19 @@ def transpose(a, out):
                 out[q, p] = a[p, q]
 
 
+@njit(cache=True, inline="always")
+def _max_step(xr, idx, ys, as_, yd, ad):
+    """One kernel tap over a lane block: (yd, ad) = the better of (xr, idx) and (ys, as_).
+    Written from one pair of buffers into the other, never in place: LLVM turns an
+    in-place `y = v if take else y` into a conditional store, which does not vectorize."""
+    for lane in range(xr.size):
+        v = xr[lane]
+        best = ys[lane]
+        take = (v > best) | (v != v)  # strict: the first max stays; NaN wins
+        yd[lane] = v if take else best
+        ad[lane] = idx if take else as_[lane]
+
+
 @njit(**_JIT)
 def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L)."""
@@ -71,28 +87,30 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     Ho, Wo = y.shape[1], y.shape[2]
     for task in prange(B * Ho * _n_lane_blocks(L)):
         b, oh, l0, l1 = _row_task(task, Ho, L)
+        n = l1 - l0
+        # ping-pong buffers for the running max and where it was (see _max_step)
+        y0, y1 = np.empty(n, dtype=x.dtype), np.empty(n, dtype=x.dtype)
+        a0, a1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
         for ow in range(Wo):
             w0 = ow * sw - pw
             ws, we = max(w0, 0), min(w0 + kw, W)
+            first = hs * W + ws
+            for lane in range(n):
+                y0[lane] = -np.inf
+                a0[lane] = first
+            ys, as_, yd, ad = y0, a0, y1, a1
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    _max_step(x[b, h, w, l0:l1], h * W + w, ys, as_, yd, ad)
+                    ys, as_, yd, ad = yd, ad, ys, as_
             # Lane loops index views from 0: LLVM then knows the indices are not
             # negative (no wraparound selects) and vectorizes them.
             yr, ar = y[b, oh, ow, l0:l1], argmax[b, oh, ow, l0:l1]
-            first = hs * W + ws
-            for lane in range(l1 - l0):
-                yr[lane] = -np.inf
-                ar[lane] = first
-            for h in range(hs, he):
-                for w in range(ws, we):
-                    xr = x[b, h, w, l0:l1]
-                    idx = h * W + w
-                    for lane in range(l1 - l0):
-                        v = xr[lane]
-                        best = yr[lane]
-                        take = (v > best) | (v != v)  # strict: the first max stays; NaN wins
-                        yr[lane] = v if take else best
-                        ar[lane] = idx if take else ar[lane]
+            for lane in range(n):
+                yr[lane] = ys[lane]
+                ar[lane] = as_[lane]
 
 
 @njit(**_JIT)
