@@ -43,7 +43,9 @@ from .microkernel import MR32, MR64, NR32, NR64, tile, versioned
 from .scratch import buffer
 
 GROUP = 16  # pixel blocks per forward task
-CHUNK = 256  # pixels per backward-weight contraction chunk (dy and x rows stay in L2)
+CHUNK = 64  # pixels per backward-weight contraction chunk: its dy rows (64 x K) stay in L1 while
+#            every tile of (tap, channel) rows walks them (256 spilled them to L2; numbers:
+#            benchmarks/DESIGN.md, conv2d_nhwc.py)
 WEIGHT_GROUPS = 8  # backward-weight partial sums (fixed: results independent of threads)
 
 
