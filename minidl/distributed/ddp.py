@@ -16,7 +16,8 @@ batch. The wrapper
   in flight at once), divides by K and writes them back;
 * with broadcast_buffers=True (PyTorch's default), broadcasts rank 0's buffers (BN's
   running statistics) at the start of each training forward, so that per-rank BN
-  layers, whose running statistics drift apart, evaluate like rank 0.
+  layers, whose running statistics drift apart, evaluate like rank 0. SyncBatchNorm's
+  buffers are left out: every rank updates them with the same global statistics.
 
 The all-reduce is not overlapped with the backward pass. On CPU ranks the cores that
 would have to progress an overlapped reduction are the ones running the backward
@@ -131,7 +132,7 @@ class DistributedDataParallel(Module):
         if g.size > 1:
             _flat_broadcast(g, list(module.parameters()), "DistributedDataParallel: broadcast "
                             "of rank 0's parameters")
-            self._sync_buffers()
+            self._sync_buffers(all_buffers=True)
 
     # ---- setup ------------------------------------------------------------------------
     def _check_same_model(self) -> None:
@@ -149,8 +150,12 @@ class DistributedDataParallel(Module):
                 f"has {digests[0][1]} tensors, rank {differ[0]} {digests[differ[0]][1]}); "
                 f"every rank must build the same model")
 
-    def _sync_buffers(self) -> None:
-        buffers = [b for b in self.module.buffers() if b is not None]
+    def _sync_buffers(self, all_buffers: bool = False) -> None:
+        from .sync_batchnorm import SyncBatchNorm
+        skip = set() if all_buffers else {
+            id(b) for m in self.module.modules() if isinstance(m, SyncBatchNorm)
+            for b in m.buffers(recurse=False)}
+        buffers = [b for b in self.module.buffers() if b is not None and id(b) not in skip]
         if buffers:
             _flat_broadcast(self.process_group, buffers,
                             "DistributedDataParallel: broadcast of rank 0's buffers")
