@@ -367,3 +367,37 @@ def test_hung_rank_makes_the_others_time_out_with_a_clear_error(tmp_path):
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _max_model_difference(a_path, b_path):
+    a, b = minidl.load(a_path), minidl.load(b_path)
+    assert a["step"] == b["step"]
+    return max(float(np.abs(a["model"][k].astype(np.float64) - b["model"][k]).max())
+               for k in a["model"])
+
+
+@needs_mpi
+@needs_data
+@pytest.mark.parametrize("command", [
+    ["figure1", "--dataset", "fashion-mnist", "--steps", "6", "--eval-every", "3",
+     "--sync-bn", "--no-progress"],
+    ["ablation", "--variants", "bn-baseline", "--seeds", "1", "--steps", "3", "--base-lr",
+     "0.02", "--eval-examples", "50", "--final-examples", "50", "--bn-stats-batches", "2",
+     "--width", "0.25", "--jobs", "1", "--sync-bn", "--no-progress"]], ids=["figure1",
+                                                                          "ablation"])
+def test_cli_two_ranks_follow_one_process(tmp_path, command):
+    """float32 end to end: equal up to rounding, and only rank 0 wrote (one summary)."""
+    from minidl.cli import main
+    assert main(command + ["--out", str(tmp_path / "one")]) == 0
+    rc, log = mpirun(["-m", "minidl"] + command + ["--out", str(tmp_path / "two")])
+    assert rc == 0, log
+    if command[0] == "figure1":
+        assert log.count("Figure 1 reproduction") == 1, log
+        pairs = [("nobn", "nobn"), ("bn", "bn")]
+    else:
+        assert log.count("wrote ") == 1, log
+        pairs = [("bn-baseline/seed-0", "bn-baseline/seed-0")]
+    for a, b in pairs:
+        diff = _max_model_difference(tmp_path / "one" / a / "checkpoint.npz",
+                                     tmp_path / "two" / b / "checkpoint.npz")
+        assert diff < 1e-5, (a, diff)

@@ -22,7 +22,7 @@ from datetime import timedelta
 import numpy as np
 
 DEFAULT_TIMEOUT = 600.0  # seconds; MINIDL_DIST_TIMEOUT overrides it
-_SPINS = 2000            # Test() calls before the poll starts to sleep between calls
+_SPIN_SECONDS = 5e-4     # busy polling before the poll starts to sleep between Test()s
 
 
 class DistributedError(RuntimeError):
@@ -166,10 +166,9 @@ class ProcessGroup:
         if not MPI.Request.Testall(requests):
             limit = self.timeout if timeout is None else _seconds(timeout)
             deadline = time.monotonic() + limit
-            spins, pause = 0, 2e-5
+            spin_until, pause = t0 + _SPIN_SECONDS, 2e-5
             while not MPI.Request.Testall(requests):
-                if spins < _SPINS:
-                    spins += 1
+                if time.perf_counter() < spin_until:
                     continue
                 if time.monotonic() > deadline:
                     self._fail(what, limit)
