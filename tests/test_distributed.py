@@ -292,6 +292,14 @@ def test_two_ranks_equal_one_process(two_ranks, name):
 
 
 @needs_mpi
+def test_no_sync_accumulates_then_averages(two_ranks):
+    out, _ = two_ranks
+    got = np.load(out / "mlp_accumulated.npz")
+    for key, value in one_process("mlp").items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+@needs_mpi
 def test_per_rank_batch_norm_is_not_global_batch_norm(two_ranks):
     """Documented difference: without SyncBatchNorm each rank normalizes its own half."""
     out, _ = two_ranks
@@ -401,3 +409,17 @@ def test_cli_two_ranks_follow_one_process(tmp_path, command):
         diff = _max_model_difference(tmp_path / "one" / a / "checkpoint.npz",
                                      tmp_path / "two" / b / "checkpoint.npz")
         assert diff < 1e-5, (a, diff)
+
+
+def test_resuming_with_another_number_of_ranks_is_a_clear_error(tmp_path):
+    from minidl.train import Trainer
+    model = build("mlp")
+    x, y = data("mlp")
+    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1),
+                      DataLoader(TensorDataset(x, y), batch_size=4), progress=False)
+    state = trainer.state_dict()
+    assert state["world_size"] == 1
+    state["world_size"] = 2
+    with pytest.raises(ValueError, match=r"written by a run of 2 process\(es\) and this run "
+                                         r"has 1.*mpirun -n 2"):
+        trainer.load_state_dict(state)

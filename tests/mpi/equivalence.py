@@ -49,6 +49,27 @@ for name, case in CASES.items():
             all(np.array_equal(g[k], params[k]) for k in params) for g in gathered),
             "buckets": ddp.buckets}
 
+# Gradient accumulation: each rank's share in two halves, the first under no_sync();
+# the average over ranks of the accumulated gradients is the global batch's gradient.
+model = build("mlp")
+ddp = dist.DistributedDataParallel(model)
+opt = optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+x, y = data("mlp")
+sampler = dist.DistributedSampler(TensorDataset(x, y), seed=3)
+loader = DataLoader(TensorDataset(x, y), batch_size=CASES["mlp"]["batch"] // world,
+                    sampler=sampler)
+for epoch in range(CASES["mlp"]["epochs"]):
+    sampler.set_epoch(epoch)
+    for xb, yb in loader:
+        h = len(yb.data) // 2
+        opt.zero_grad()
+        with ddp.no_sync():
+            (F.cross_entropy(ddp(xb[:h]), yb[:h]) * 0.5).backward()
+        (F.cross_entropy(ddp(xb[h:]), yb[h:]) * 0.5).backward()
+        opt.step()
+if rank == 0:
+    np.savez(out / "mlp_accumulated.npz", **model.state_dict())
+
 # The sampler: every rank's indices of 3 epochs, on a dataset that does not divide evenly.
 ds = TensorDataset(np.arange(23.0), np.arange(23))
 seen = []
