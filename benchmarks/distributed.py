@@ -17,9 +17,11 @@ global batch) inside DistributedDataParallel, float32, SGD with momentum, random
 2. Modeled: ring all-reduce of S gradient bytes over p machines with links of bandwidth
    B and per-message latency a costs 2 (p - 1) a + 2 (p - 1) / p * S / B; each small
    collective (SyncBN's per-layer statistics and gradient sums, the loss: a few hundred
-   bytes, which MPI reduces by recursive doubling) costs ceil(log2 p) a. Links: 10 Gb/s Ethernet over TCP (a = 25 us) and 100 Gb/s
-   with RDMA (a = 3 us) (assumed, not measured). Step time on p machines = compute +
-   communication (no overlap; the overlap bound is reported separately). Weak scaling:
+   bytes, which MPI reduces by recursive doubling) costs ceil(log2 p) a. Links: 10 Gb/s
+   Ethernet over TCP (a = 25 us) and 100 Gb/s with RDMA (a = 3 us) (assumed, not
+   measured). Step time on p machines = compute + communication (no overlap; the bound
+   on what overlapping the gradient all-reduce with the backward pass could hide,
+   min(communication, measured backward time), is reported separately). Weak scaling:
    each machine keeps the measured per-rank batch (the global batch grows p-fold);
    strong scaling: the global batch stays, each machine computes batch / p (not
    possible, "-", when the global batch is smaller than p).

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     if args.command in ("figure1", "ablation", "train"):
         # Alone, or as one rank of `mpirun -n K minidl ...` (minidl/distributed/launch.py).
         import importlib
+
         from .distributed.launch import run_command
         module = importlib.import_module(f".experiments.{args.command}", __package__)
         result = run_command(args.command, module.run, args)

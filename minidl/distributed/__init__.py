@@ -31,21 +31,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ddp import DistributedDataParallel
 from .group import (DistributedError, DistributedTimeoutError, ProcessGroup, ReduceOp,
                     SingleProcessGroup, Work, current_group, destroy_process_group,
                     init_process_group, is_available, is_initialized, launched_by_mpirun,
                     unavailable_reason)
 from .group import group as _group
-from .ddp import DistributedDataParallel
 from .sampler import DistributedSampler
 from .sync_batchnorm import SyncBatchNorm
 
 __all__ = ["DistributedDataParallel", "DistributedError", "DistributedSampler",
-           "DistributedTimeoutError", "ProcessGroup", "ReduceOp", "SyncBatchNorm",
-           "all_gather", "all_gather_object", "all_reduce", "barrier", "broadcast",
-           "broadcast_object_list", "destroy_process_group", "get_local_rank",
-           "get_local_world_size", "get_rank", "get_world_size", "init_process_group",
-           "is_available", "is_initialized", "is_main_process", "unavailable_reason"]
+           "DistributedTimeoutError", "ProcessGroup", "ReduceOp", "SingleProcessGroup",
+           "SyncBatchNorm", "Work", "all_gather", "all_gather_object", "all_reduce",
+           "barrier", "broadcast", "broadcast_object_list", "current_group",
+           "destroy_process_group", "get_local_rank", "get_local_world_size", "get_rank",
+           "get_world_size", "init_process_group", "is_available", "is_initialized",
+           "is_main_process", "launched_by_mpirun", "unavailable_reason"]
 
 
 def get_rank(group=None) -> int:
@@ -102,7 +103,6 @@ def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op: bool = False):
 def broadcast(tensor, src: int = 0, group=None, async_op: bool = False):
     """Overwrite `tensor` on every rank with rank `src`'s values, in place."""
     _group(group).bcast_(_array(tensor, "broadcast"), src)
-    return None
 
 
 def all_gather(tensor_list: list, tensor, group=None, async_op: bool = False):
@@ -118,7 +118,6 @@ def all_gather(tensor_list: list, tensor, group=None, async_op: bool = False):
             raise ValueError(f"all_gather: output of shape {dest.shape} for inputs of shape "
                              f"{row.shape}")
         dest[...] = row
-    return None
 
 
 def broadcast_object_list(object_list: list, src: int = 0, group=None) -> None:

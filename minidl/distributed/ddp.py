@@ -41,7 +41,8 @@ import numpy as np
 from ..autograd import is_grad_enabled, queue_callback, record
 from ..nn.module import Module
 from ..tensor import Tensor
-from .group import DistributedError, group as _group
+from .group import DistributedError
+from .group import group as _group
 
 MB = 2 ** 20
 

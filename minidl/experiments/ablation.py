@@ -142,7 +142,7 @@ def train_one(spec: dict) -> dict:
     process boundary); returns its result dict, also written to result.json."""
     from .. import optim
     from ..data import DataLoader, TensorDataset
-    from ..distributed.launch import data_parallel, is_main, local_main_first, on_main
+    from ..distributed.launch import data_parallel, local_main_first, on_main
     from ..models import bn_inception_lite
     from ..models.inception import last_inception_preactivation
     from ..random import manual_seed
@@ -187,7 +187,7 @@ def train_one(spec: dict) -> dict:
     trainer = Trainer(model, optimizer, train_loader, eval_loader=eval_loader,
                       eval_every=spec["eval_every"], checkpoint_every=spec["checkpoint_every"],
                       out_dir=out, recorders=[recorder], scheduler=scheduler,
-                      progress=spec["progress"] and is_main(), progress_position=spec.get("position"),
+                      progress=spec["progress"], progress_position=spec.get("position"),
                       name=f"{v.key} seed {spec['seed']}")
     result = {"variant": v.key, "label": v.label, "seed": spec["seed"], "lr": spec["lr"],
               "weight_decay": wd, "bn": v.bn, "activation": v.activation,
