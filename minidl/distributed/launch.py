@@ -2,8 +2,11 @@
 
 * `run_command` joins the MPI job when a launcher started this process with K > 1 ranks
   (and says clearly why not when mpi4py is missing), turns a collective timeout into a
-  one-line error, and turns mpirun's SIGTERM (sent when another rank exited abnormally)
-  into a one-line message instead of a silent death.
+  one-line error, and turns mpirun's SIGTERM (sent when another rank exited abnormally,
+  and on Ctrl-C) into a one-line message instead of a silent death. Under mpirun,
+  Ctrl-C therefore stops every rank at once (mpirun sends SIGTERM, then SIGKILL): the
+  run continues with --resume from its last periodic checkpoint (--checkpoint-every),
+  not from the step it was at, unlike Ctrl-C in one process.
 * `on_main(fn)`: fn runs on rank 0 only (claiming the output folder, writing results);
   if it fails, every rank stops.
 * `local_main_first(fn)`: the data is loaded (downloaded if missing) by one rank per
@@ -49,8 +52,8 @@ def setup(command: str):
     def on_sigterm(signum, frame):
         sys.stderr.write(f"minidl {command}: rank {pg.rank} of {pg.size} was terminated by "
                          f"mpirun: another rank ended abnormally (mpirun's message names "
-                         f"it). Checkpoints are written atomically: rerun with --resume to "
-                         f"continue from the last one.\n")
+                         f"it), or mpirun was interrupted. Checkpoints are written "
+                         f"atomically: rerun with --resume to continue from the last one.\n")
         sys.stderr.flush()
         os._exit(128 + signal.SIGTERM)
     signal.signal(signal.SIGTERM, on_sigterm)
