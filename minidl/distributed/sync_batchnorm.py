@@ -48,15 +48,15 @@ def sync_batch_norm(x: Tensor, running_mean, running_var, weight, bias, momentum
     c = x.shape[1]
     dtype = check_float(op, input=x.data, weight=None if weight is None else weight.data,
                         bias=None if bias is None else bias.data)
-    axes = (0,) if x.ndim == 2 else (0, 2, 3)
-    shape = (1, c) + (1,) * (x.ndim - 2)
     xd = contiguous(x.data)
     n_local = xd.size // max(c, 1)
-    x64 = xd.astype(np.float64, copy=False)
-    if n_local:
-        mean_l = x64.mean(axis=axes)
-        dev = x64 - mean_l.reshape(shape)
-        m2_l = np.einsum("nchw,nchw->c" if x.ndim == 4 else "nc,nc->c", dev, dev)
+    K = backend_for(x)
+    gamma = weight.data if weight is not None else np.ones(c, dtype)
+    beta = bias.data if bias is not None else np.zeros(c, dtype)
+    if n_local:  # this rank's mean and biased variance, from the (parallel) BN kernel
+        _, mean_l, var_l = K.batch_norm_train_forward(xd, gamma, beta, eps)
+        mean_l = np.asarray(mean_l, np.float64)
+        m2_l = np.asarray(var_l, np.float64) * n_local
     else:
         mean_l = m2_l = np.zeros(c)
     stats = group.allgather(np.concatenate([[float(n_local)], mean_l, m2_l]),
@@ -71,9 +71,6 @@ def sync_batch_norm(x: Tensor, running_mean, running_var, weight, bias, momentum
     if running_mean is not None and running_var is not None:
         _update_running_stats(running_mean, running_var, mean, var, n, momentum)
 
-    K = backend_for(x)
-    gamma = weight.data if weight is not None else np.ones(c, dtype)
-    beta = bias.data if bias is not None else np.zeros(c, dtype)
     mean_c, var_c = mean.astype(dtype), var.astype(dtype)
     out = K.batch_norm_eval_forward(xd, gamma, beta, mean_c, var_c, eps)
 
