@@ -103,7 +103,9 @@ class DistributedDataParallel(Module):
     module: the model, the same on every rank (checked). broadcast_buffers: sync rank 0's
     buffers at every training forward. process_group: default the one of
     init_process_group. bucket_cap_mb: the largest gradient bucket. device_ids must be
-    None (minidl ranks are CPU processes). `.module` is the wrapped model; its
+    None (minidl ranks are CPU processes). find_unused_parameters is accepted for
+    PyTorch's sake and not needed: a parameter without a gradient on some rank counts
+    as a zero gradient there. `.module` is the wrapped model; its
     state_dict keys, as in PyTorch, are prefixed with "module.".
     """
 
