@@ -18,6 +18,7 @@ from .functions import (ShapeError, abs, add, argmax, cat, clip, concatenate, cr
                         softmax, sqrt, squeeze, stack, sub, sum, tanh, transpose, unsqueeze,
                         var, where)
 from .gradcheck import GradcheckError, gradcheck
+from .layout import channels_last, contiguous_format, memory_format, preserve_format
 from .serialization import load, save
 from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import (Tensor, arange, bool_, float32, float64, full, int32, int64, ones,

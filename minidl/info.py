@@ -61,6 +61,18 @@ def _malloc_status() -> str:
     return _malloc.status
 
 
+def blas_thread_policy() -> str:
+    """Whether OpenBLAS's idle workers sleep at once (see kernels/__init__.py)."""
+    import os
+
+    import kernels
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    if kernels.BLAS_THREAD_TIMEOUT_APPLIED:
+        return f"workers spin 2^{value} cycles after a call (OPENBLAS_THREAD_TIMEOUT={value})"
+    return ("OpenBLAS default (workers spin ~0.1 s and slow Numba kernels): NumPy was "
+            "imported before minidl; set OPENBLAS_THREAD_TIMEOUT=4 or import minidl first")
+
+
 def collect() -> dict:
     import numba
     import numpy as np
@@ -79,6 +91,7 @@ def collect() -> dict:
         "numba threads": numba.get_num_threads(),
         "backend": get_backend(),
         "numpy BLAS": blas_info(),
+        "BLAS thread policy": blas_thread_policy(),
         "cuda": cuda_status(),
         "malloc tuning": _malloc_status(),
         "mpi (distributed training)": mpi_status(),

@@ -122,15 +122,19 @@ def test_dataloader_with_sampler_resumes_mid_epoch():
 
 # ------------------------------------------------------- SyncBatchNorm in one process
 
-@pytest.mark.parametrize("shape", [(6, 3), (1 + 4, 2, 3, 3)])
-def test_sync_batch_norm_one_process_equals_batch_norm(shape):
+@pytest.mark.parametrize("shape,channels_last", [((6, 3), False), ((5, 2, 3, 3), False),
+                                                 ((5, 2, 3, 3), True)])
+def test_sync_batch_norm_one_process_equals_batch_norm(shape, channels_last):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape) * 3 + 1
     g = rng.normal(size=shape)
     c = shape[1]
     outs = []
     for sync in (False, True):
-        xt = minidl.tensor(x, requires_grad=True)
+        xt = minidl.tensor(x)
+        if channels_last:
+            xt = xt.to(memory_format=minidl.channels_last)
+        xt.requires_grad_(True)
         w = minidl.tensor(np.linspace(0.5, 2, c), requires_grad=True)
         b = minidl.tensor(np.linspace(-1, 1, c), requires_grad=True)
         rm, rv = minidl.zeros(c, dtype=minidl.float64), minidl.ones(c, dtype=minidl.float64)
@@ -182,7 +186,7 @@ def test_queue_callback_runs_once_after_the_gradients():
     def cb():
         seen.append(w.grad.data.copy())
 
-    def backward(g):
+    def backward(g, needs):
         minidl.autograd.queue_callback(cb)
         minidl.autograd.queue_callback(cb)  # the same callback: queued once
         return (g,)

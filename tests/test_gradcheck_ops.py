@@ -163,7 +163,7 @@ def test_gradcheck_catches_a_wrong_gradient(rng):
     from minidl.autograd import record
 
     def bad_square(x):
-        return record(x.data ** 2, (x,), lambda g: (g * x.data,), "BadSquare")  # 2x missing
+        return record(x.data ** 2, (x,), lambda g, needs: (g * x.data,), "BadSquare")  # 2x missing
     x = t64(rng, (3,))
     with pytest.raises(md.GradcheckError, match="input 0"):
         md.gradcheck(bad_square, [x])

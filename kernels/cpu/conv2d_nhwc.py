@@ -433,13 +433,31 @@ def backward_bias(dy):
 
 # --- public NHWC entry points (see kernels/README.md) ----------------------------------
 
+def _is_pointwise(w_shape, stride, padding):
+    """A 1x1 convolution that visits every pixel once: on NHWC memory it is one GEMM of
+    the (N*H*W, C) pixel matrix with the (K, C) weights, which BLAS runs near the GEMM
+    limit while the implicit-GEMM tiles above spend most of their time on edges (a 64-
+    to 80-deep contraction is too short for them)."""
+    return w_shape[2] == w_shape[3] == 1 and stride == (1, 1) and padding == (0, 0)
+
+
 def conv2d_forward_nhwc(x, w, b, stride, padding, dilation):
     """x (N, H, W, C), w (K, C, R, S), b (K,) or None -> y (N, Ho, Wo, K); groups = 1."""
+    if _is_pointwise(w.shape, stride, padding):
+        N, H, W, C = x.shape
+        K = w.shape[0]
+        y = x.reshape(-1, C) @ w.reshape(K, C).T
+        if b is not None:
+            y += b
+        return y.reshape(N, H, W, K)
     return forward(x, w, b, stride, padding, dilation)
 
 
 def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K) -> dx with x_shape = (N, H, W, C); groups = 1."""
+    if _is_pointwise(w.shape, stride, padding):
+        K, C = w.shape[:2]
+        return (dy.reshape(-1, K) @ w.reshape(K, C)).reshape(x_shape)
     if stride != (1, 1) and dilation != (1, 1):
         from .conv2d import conv2d_backward_input
         N, H, W, C = x_shape
@@ -451,6 +469,9 @@ def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
 
 def conv2d_backward_weight_nhwc(dy, x, w_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K), x (N, H, W, C) -> dw (K, C, R, S); groups = 1."""
+    if _is_pointwise(w_shape, stride, padding):
+        K, C = w_shape[:2]
+        return (dy.reshape(-1, K).T @ x.reshape(-1, C)).reshape(w_shape)
     return backward_weight(dy, x, w_shape, stride, padding, dilation)
 
 

@@ -185,7 +185,7 @@ class DistributedDataParallel(Module):
             if not out.requires_grad:
                 return out
 
-            def backward(grad):
+            def backward(grad, needs):
                 queue_callback(self._reduce_gradients)
                 return (grad,)
             return record(out.data, (out,), backward, "DistributedDataParallel")

@@ -30,7 +30,8 @@ import numpy as np
 from ..autograd import record
 from ..backend import backend_for
 from ..functions import ShapeError
-from ..functions._kernel_args import check_float, contiguous
+from .. import layout as mf
+from ..functions._kernel_args import _same, check_float, contiguous
 from ..functions.normalization import _update_running_stats
 from ..nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, _BatchNorm
 from ..tensor import Tensor
@@ -48,7 +49,18 @@ def sync_batch_norm(x: Tensor, running_mean, running_var, weight, bias, momentum
     c = x.shape[1]
     dtype = check_float(op, input=x.data, weight=None if weight is None else weight.data,
                         bias=None if bias is None else bias.data)
-    xd = contiguous(x.data)
+    if x.ndim == 4 and mf.is_channels_last(x.data):
+        # channels_last: the NHWC memory as an (N*H*W, C) matrix, as F.batch_norm does.
+        nb, _, h, w = x.shape
+
+        def to_kernel(a):
+            return mf.nhwc(a).reshape(nb * h * w, c)
+
+        def from_kernel(a):
+            return mf.from_nhwc(a.reshape(nb, h, w, c))
+    else:
+        to_kernel, from_kernel = contiguous, _same
+    xd = to_kernel(x.data)
     n_local = xd.size // max(c, 1)
     K = backend_for(x)
     gamma = weight.data if weight is not None else np.ones(c, dtype)
@@ -72,10 +84,10 @@ def sync_batch_norm(x: Tensor, running_mean, running_var, weight, bias, momentum
         _update_running_stats(running_mean, running_var, mean, var, n, momentum)
 
     mean_c, var_c = mean.astype(dtype), var.astype(dtype)
-    out = K.batch_norm_eval_forward(xd, gamma, beta, mean_c, var_c, eps)
+    out = from_kernel(K.batch_norm_eval_forward(xd, gamma, beta, mean_c, var_c, eps))
 
-    def backward(g):
-        g = contiguous(g)
+    def backward(g, needs):
+        g = to_kernel(g)
         # dx0 = gamma / sigma * g, and this rank's sums of g xhat and g.
         dx0, dgamma, dbeta = K.batch_norm_eval_backward(g, xd, gamma, mean_c, var_c, eps)
         sums = np.concatenate([dbeta, dgamma]).astype(np.float64)
@@ -85,8 +97,7 @@ def sync_batch_norm(x: Tensor, running_mean, running_var, weight, bias, momentum
         # The correction k (Sg + xhat Sgx) is affine in xhat: the eval kernel computes it.
         corr = K.batch_norm_eval_forward(xd, (k * s_gx).astype(dtype),
                                          (k * s_g).astype(dtype), mean_c, var_c, eps)
-        dx = dx0 + corr
-        out_grads = [dx]
+        out_grads = [from_kernel(dx0 + corr)]
         if weight is not None:
             out_grads.append(dgamma)
         if bias is not None:

@@ -14,20 +14,23 @@ from scipy.special import expit
 from ..autograd import record
 from ..backend import backend_for
 from ..tensor import Tensor
-from ._kernel_args import contiguous
+from ._kernel_args import dense, dense_like
 from ._util import lift
 
 
 def _act_backward(a, out, act):
-    def backward(g):
-        return (backend_for(a).act_backward(contiguous(g), out, act),)
+    def backward(g, needs):
+        y, restore = dense(out)
+        return (restore(backend_for(a).act_backward(dense_like(g, out), y, act)),)
     return backward
 
 
 def _forward(a, act, numpy_fn):
-    """act(a.data): the backend's kernel for the float dtypes it takes, else numpy_fn."""
+    """act(a.data): the backend's kernel for the float dtypes it takes, else numpy_fn.
+    The kernel runs over the array's memory in order, so the output keeps its format."""
     if a.data.dtype in (np.float32, np.float64):
-        return backend_for(a).bias_act_forward(contiguous(a.data), None, act)
+        x, restore = dense(a.data)
+        return restore(backend_for(a).bias_act_forward(x, None, act))
     return numpy_fn(a.data)
 
 
@@ -59,7 +62,7 @@ def softmax(a, axis=-1, *, dim=None) -> Tensor:
     axis = axis if dim is None else dim
     out = np.exp(_log_softmax(a.data, axis))
 
-    def backward(g):
+    def backward(g, needs):
         return (out * (g - (g * out).sum(axis=axis, keepdims=True)),)
     return record(out, (a,), backward, "Softmax")
 
@@ -69,6 +72,6 @@ def log_softmax(a, axis=-1, *, dim=None) -> Tensor:
     axis = axis if dim is None else dim
     out = _log_softmax(a.data, axis)
 
-    def backward(g):
+    def backward(g, needs):
         return (g - np.exp(out) * g.sum(axis=axis, keepdims=True),)
     return record(out, (a,), backward, "LogSoftmax")

@@ -19,4 +19,4 @@ def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
     else:
         keep = default_generator().random(x.shape, dtype=x.dtype.type) >= p
         mask = keep.astype(x.dtype) * x.dtype.type(1 / (1 - p))
-    return record(x.data * mask, (x,), lambda g: (g * mask,), "Dropout")
+    return record(x.data * mask, (x,), lambda g, needs: (g * mask,), "Dropout")

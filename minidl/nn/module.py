@@ -13,6 +13,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from .. import layout as _mf
 from ..tensor import Tensor
 from .parameter import Parameter
 
@@ -278,11 +279,20 @@ class Module:
         return self
 
     # ---- dtype -----------------------------------------------------------------
-    def to(self, target) -> "Module":
+    def to(self, target=None, *, memory_format=None) -> "Module":
         """`to(dtype)` converts floating parameters, their gradients and floating buffers
         in place: the Parameter objects stay the same (an optimizer built before still
-        holds them), only their arrays change. `to("cpu")` is a no-op."""
-        if isinstance(target, str) and target in ("cpu",):
+        holds them), only their arrays change. `to(memory_format=minidl.channels_last)`
+        lays out the 4-D parameters (convolution weights) channels-last, which makes a
+        convolution's output channels-last even for a one-channel input. `to("cpu")` is
+        a no-op."""
+        if memory_format is not None:
+            for t in list(self.parameters()) + list(self.buffers()):
+                if t.data.ndim == 4:
+                    t.data = _mf.convert(t.data, memory_format)
+                    if t.grad is not None:
+                        t.grad = Tensor._wrap(_mf.convert(t.grad.data, memory_format))
+        if target is None or isinstance(target, str) and target in ("cpu",):
             return self
         try:
             dtype = np.dtype(target)
