@@ -1,4 +1,8 @@
 """minidl: a Numba-accelerated deep-learning mini-framework with PyTorch's names."""
+from . import _threads
+
+_threads.apply_defaults()  # first: ranks of an MPI job share the cores (minidl/_threads.py)
+
 import kernels  # noqa: F401  (first: sets the OpenMP wait policy before Numba starts)
 
 from . import _malloc

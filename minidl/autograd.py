@@ -146,6 +146,20 @@ def _accumulate_leaf(leaf, g: np.ndarray, shared: bool) -> None:
             leaf.grad = Tensor._wrap(acc + g)
 
 
+_queued_callbacks = None  # a list while a backward pass runs, else None
+
+
+def queue_callback(fn) -> None:
+    """Run `fn()` once the backward pass that is running now has accumulated every
+    gradient (PyTorch's `Variable._execution_engine.queue_callback`). Called from an op's
+    backward: minidl.distributed.DistributedDataParallel all-reduces gradients this way.
+    A callback already queued in this pass (equal `fn`) is not queued twice."""
+    if _queued_callbacks is None:
+        raise RuntimeError("queue_callback: no backward pass is running")
+    if fn not in _queued_callbacks:
+        _queued_callbacks.append(fn)
+
+
 def _seed_gradient(root, grad) -> np.ndarray:
     """d(root)/d(root): ones for a scalar, else the `grad` the caller passed."""
     if not root.requires_grad:
@@ -165,6 +179,20 @@ def _seed_gradient(root, grad) -> np.ndarray:
 
 
 def backward(root, grad=None, retain_graph: bool = False) -> None:
+    """Accumulate d(root)/d(leaf) into `.grad` of every leaf that requires grad; then run
+    the callbacks that ops queued during the pass (`queue_callback`)."""
+    global _queued_callbacks
+    outer, _queued_callbacks = _queued_callbacks, []
+    try:
+        _backward(root, grad, retain_graph)
+        callbacks = _queued_callbacks
+    finally:
+        _queued_callbacks = outer
+    for fn in callbacks:
+        fn()
+
+
+def _backward(root, grad, retain_graph: bool) -> None:
     """Accumulate d(root)/d(leaf) into `.grad` of every leaf that requires grad.
 
     Three steps: visit the recorded tensors in reverse topological order (each after

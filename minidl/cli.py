@@ -42,15 +42,15 @@ def main(argv=None) -> int:
     if args.command == "info":
         from .info import main as info_main
         return info_main(args)
-    if args.command == "figure1":
-        from .experiments import figure1
-        result = figure1.run(args)
-    elif args.command == "ablation":
-        from .experiments import ablation
-        result = ablation.run(args)
-    elif args.command == "train":
-        from .experiments import train
-        result = train.run(args)
+    if args.command in ("figure1", "ablation", "train"):
+        # Alone, or as one rank of `mpirun -n K minidl ...` (minidl/distributed/launch.py).
+        import importlib
+
+        from .distributed.launch import run_command
+        module = importlib.import_module(f".experiments.{args.command}", __package__)
+        result = run_command(args.command, module.run, args)
+        if result.get("failed"):
+            return 1
     elif args.command == "profile":
         from .profiler import main as profile_main
         return profile_main(args)

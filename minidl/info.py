@@ -40,6 +40,22 @@ def cuda_status() -> str:
         return f"not available ({type(e).__name__})"
 
 
+def mpi_status() -> str:
+    """Whether `mpirun -n K minidl ...` can train data-parallel here, and if not, why."""
+    from .distributed import group
+    if not group.is_available():
+        return f"not available: {group.unavailable_reason()}"
+    from importlib.metadata import version
+    text = f"available (mpi4py {version('mpi4py')}, {group.mpi_library_version()})"
+    n = group.launched_by_mpirun()
+    if n:
+        from . import _threads
+        text += f"; this process is one of {n} ranks"
+        if _threads.applied:
+            text += f", {next(iter(_threads.applied.values()))} threads each"
+    return text
+
+
 def _malloc_status() -> str:
     from . import _malloc
     return _malloc.status
@@ -78,6 +94,7 @@ def collect() -> dict:
         "BLAS thread policy": blas_thread_policy(),
         "cuda": cuda_status(),
         "malloc tuning": _malloc_status(),
+        "mpi (distributed training)": mpi_status(),
     }
     try:  # the version only: importing torch would load its OpenMP runtime into minidl's
         from importlib.metadata import version

@@ -110,6 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds an earlier ablation")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under mpirun -n K: BN statistics over the global batch "
+                        "(SyncBatchNorm) instead of each rank's share of it")
     p.add_argument("--out", default="runs/ablation")
 
 
@@ -139,6 +142,7 @@ def train_one(spec: dict) -> dict:
     process boundary); returns its result dict, also written to result.json."""
     from .. import optim
     from ..data import DataLoader, TensorDataset
+    from ..distributed.launch import data_parallel, local_main_first, on_main
     from ..models import bn_inception_lite
     from ..models.inception import last_inception_preactivation
     from ..random import manual_seed
@@ -146,14 +150,22 @@ def train_one(spec: dict) -> dict:
     from ..train.bn_stats import population_statistics
 
     out = Path(spec["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
     result_path = out / "result.json"
-    if spec["resume"] and result_path.exists():
-        return json.loads(result_path.read_text())
+
+    def finished():  # rank 0 reads the folder; under mpirun every rank gets its answer
+        out.mkdir(parents=True, exist_ok=True)
+        if spec["resume"] and result_path.exists():
+            return json.loads(result_path.read_text())
+    done = on_main(finished)
+    from ..distributed.group import current_group
+    if current_group().size > 1:
+        done = current_group().bcast_object(done, 0, "broadcast of a finished run's result")
+    if done is not None:
+        return done
 
     v = BY_KEY[spec["variant"]]
-    (xtr, ytr), (xte, yte) = (_load_dataset(spec["dataset"], spec["data_root"], t)
-                              for t in (True, False))
+    (xtr, ytr), (xte, yte) = local_main_first(lambda: [
+        _load_dataset(spec["dataset"], spec["data_root"], t) for t in (True, False)])
     manual_seed(spec["seed"])
     model = bn_inception_lite(num_classes=int(ytr.max()) + 1, in_channels=xtr.shape[1],
                               bn=v.bn, activation=v.activation, width=spec["width"])
@@ -163,12 +175,14 @@ def train_one(spec: dict) -> dict:
     scheduler = optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(spec["lr_decay"], spec["steps"],
                               BN_DECAY_SPEEDUP if v.bn else 1))
-    # The same seed gives every variant the same sequence of mini-batches.
-    train_loader = DataLoader(TensorDataset(xtr, ytr), batch_size=spec["batch_size"],
-                              shuffle=True, seed=spec["seed"])
+    recorded = last_inception_preactivation(model)
+    # The same seed gives every variant the same sequence of mini-batches. Under mpirun
+    # -n K: DistributedDataParallel, and this rank's share of each global batch.
+    model, train_loader = data_parallel(model, TensorDataset(xtr, ytr), spec["batch_size"],
+                                        spec["seed"], spec.get("sync_bn", False), "ablation")
     n_eval = min(spec["eval_examples"], len(xte))
     eval_loader = DataLoader(TensorDataset(xte[:n_eval], yte[:n_eval]), batch_size=500)
-    recorder = ActivationRecorder(last_inception_preactivation(model), unit=0,
+    recorder = ActivationRecorder(recorded, unit=0,
                                   percentiles=PERCENTILES, name="preact")
     trainer = Trainer(model, optimizer, train_loader, eval_loader=eval_loader,
                       eval_every=spec["eval_every"], checkpoint_every=spec["checkpoint_every"],
@@ -216,6 +230,9 @@ def train_one(spec: dict) -> dict:
 
 def _write_result(path: Path, result: dict) -> None:
     from .._atomic import atomic_write
+    from ..distributed.launch import is_main
+    if not is_main():
+        return
     with atomic_write(path, mode="w") as (f, _):
         json.dump(result, f)
 
@@ -420,6 +437,7 @@ def _specs(variant_keys, seeds, lr_of, args, out: Path, progress: bool) -> list:
                 "final_examples": args.final_examples,
                 "checkpoint_every": args.checkpoint_every,
                 "bn_stats_batches": args.bn_stats_batches, "width": args.width,
+                "sync_bn": getattr(args, "sync_bn", False),
                 "resume": args.resume, "progress": progress})
     return specs
 
@@ -456,8 +474,10 @@ def _lr_search(args, out: Path, jobs: int, progress: bool):
         lines.append(f"| {lr:g}{' (chosen)' if lr == best else ''} | "
                      f"{'-' if math.isnan(b) else f'{100 * b:.2f}%'} | "
                      f"{'-' if f is None else f'{100 * f:.2f}%'} | {d if d else '-'} |")
-    (out / "lr_search.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from ..distributed.launch import is_main
+    if is_main():
+        (out / "lr_search.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
     return best, results
 
 
@@ -481,13 +501,17 @@ def run(args) -> dict:
         args.checkpoint_every = args.eval_every
     keys = _parse_variants(args.variants)
     jobs = args.jobs or (os.cpu_count() or 1)
+    from ..distributed.launch import on_main, world
+    if world() > 1:
+        jobs = 1  # under mpirun each run is data-parallel over the ranks, one at a time
     progress = not args.no_progress
     from .run_dir import claim
-    lock = claim(args.out, args.resume, args.overwrite, "ablation")
+    lock = on_main(lambda: claim(args.out, args.resume, args.overwrite, "ablation"))
     try:
         return _run(args, keys, jobs, progress)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _run(args, keys, jobs, progress) -> dict:
@@ -495,10 +519,12 @@ def _run(args, keys, jobs, progress) -> dict:
     t0 = time.perf_counter()
 
     search_results = None
+    from ..distributed.launch import is_main
     if args.base_lr is None:
         args.base_lr, search_results = _lr_search(args, out, jobs, progress)
         if args.base_lr is None:
-            print(f"\ninterrupted: continue with --resume (runs in {out})")
+            if is_main():
+                print(f"\ninterrupted: continue with --resume (runs in {out})")
             return {"interrupted": True}
     base = args.base_lr
     specs = _specs(keys, range(args.seeds), lambda k: base * BY_KEY[k].lr_mult, args, out,
@@ -510,7 +536,9 @@ def _run(args, keys, jobs, progress) -> dict:
                 s["out_dir"] = str(chosen)
     flat = run_all(specs, jobs)
     if any(r["interrupted"] for r in flat):
-        print(f"\ninterrupted: checkpoints saved; continue with --resume (runs in {out})")
+        if is_main():
+            print(f"\ninterrupted: checkpoints saved; continue with --resume (runs in "
+                  f"{out})")
         return {"interrupted": True}
     results = {}
     for s, r in zip(specs, flat):
@@ -528,6 +556,8 @@ def _run(args, keys, jobs, progress) -> dict:
             "lr_decay": args.lr_decay, "width": args.width, "jobs": jobs}
     table = format_table(rows, target, meta)
     table += f"\nWall time of the whole experiment: {wall:.0f} s ({jobs} run(s) at a time).\n"
+    if not is_main():  # rank 0 writes and prints the results
+        return {"meta": meta, "target_acc": target, "rows": rows, "wall_seconds": wall}
     (out / "ablation.md").write_text(table)
     write_csv(rows, out / "ablation.csv")
     write_curves(results, out / "curves.csv")

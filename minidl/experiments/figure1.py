@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds an earlier run")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under mpirun -n K: BN statistics over the global batch "
+                        "(SyncBatchNorm) instead of each rank's share of it")
     if quick_flag:
         p.add_argument("--seeds", type=int, default=1,
                        help="repeat with seeds seed..seed+N-1 and report the median and "
@@ -78,6 +81,7 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
     """One network of the experiment with its optimizer, loaders and recorder."""
     from .. import nn, optim
     from ..data import DataLoader, TensorDataset
+    from ..distributed.launch import data_parallel
     from ..models import mlp
     from ..random import manual_seed
     from ..train import ActivationRecorder, Trainer
@@ -85,13 +89,14 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
     manual_seed(args.seed)
     model = mlp(bn=bn, init_std=args.init_std)
     optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    # The same seed for both networks: they see the same sequence of mini-batches.
-    train_loader = DataLoader(TensorDataset(*train), batch_size=args.batch_size, shuffle=True,
-                              seed=args.seed)
+    # The same seed for both networks: they see the same sequence of mini-batches. Under
+    # mpirun -n K: DistributedDataParallel, and this rank's share of each global batch.
+    sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
+    model, train_loader = data_parallel(model, TensorDataset(*train), args.batch_size,
+                                        args.seed, getattr(args, "sync_bn", False))
     test_loader = DataLoader(TensorDataset(*test), batch_size=2000)
     stats_loader = DataLoader(TensorDataset(*train), batch_size=args.batch_size, shuffle=True,
                               seed=args.seed + 1)
-    sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
     recorder = ActivationRecorder(sigmoids[-1], unit=args.unit, percentiles=PERCENTILES,
                                   name="sigmoid_in")
     return Trainer(model, optimizer, train_loader, eval_loader=test_loader,
@@ -287,18 +292,22 @@ def check_arguments(args, command: str) -> None:
 
 
 def run(args) -> dict:
+    from ..distributed.launch import on_main
     from .run_dir import claim
     check_arguments(args, "figure1")
-    lock = claim(args.out, args.resume, args.overwrite, "figure1")
+    lock = on_main(lambda: claim(args.out, args.resume, args.overwrite, "figure1"))
     try:
         return run_seeds(args) if getattr(args, "seeds", 1) > 1 else run_one(args)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def run_seeds(args) -> dict:
     """`run_one` per seed (in out/seed-K), then the median and range over seeds."""
     import copy
+
+    from ..distributed.launch import is_main
     out = Path(args.out)
     summaries, histories = [], []
     for k in range(args.seeds):
@@ -317,6 +326,8 @@ def run_seeds(args) -> dict:
         steps = [r["step"] for r in histories[0][key]]
         acc = np.array([[r["test_acc"] for r in h[key]] for h in histories])
         bands[key] = (steps, acc.min(0), np.median(acc, 0), acc.max(0))
+    if not is_main():
+        return agg
     first = {key: {"history": histories[0][key]} for key, _, _ in NETWORKS}
     plot(first, out / "figure1.png", f"BN paper Figure 1 on {dataset}: {args.seeds} seeds "
          f"(panel a: median and range; b, c: seed {args.seed})", bands=bands)
@@ -335,9 +346,12 @@ def run_one(args) -> dict:
     if args.threads:
         from ..backend import set_num_threads
         set_num_threads(args.threads)
+    from ..distributed.launch import is_main, local_main_first
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train, test = load_data(args.dataset, args.data_root, args.binarize)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    train, test = local_main_first(lambda: load_data(args.dataset, args.data_root,
+                                                     args.binarize))
     dataset_note = ("MNIST" if args.dataset == "mnist" else "Fashion-MNIST") + \
         (" (binarized)" if args.binarize else "")
     t0 = time.perf_counter()
@@ -346,11 +360,16 @@ def run_one(args) -> dict:
         trainer = make_trainer(bn, args, train, test, out / key, f"MLP {label}")
         results[key] = trainer.fit(args.steps, resume=args.resume)
         if results[key]["interrupted"]:
-            print(f"\ninterrupted: checkpoint saved in {out / key}; continue with --resume")
+            if is_main():
+                print(f"\ninterrupted: checkpoint saved in {out / key}; continue with "
+                      f"--resume")
             return {"interrupted": True}
     wall = time.perf_counter() - t0
     summary = summarize(results, args, dataset_note)
     summary["wall_seconds"] = wall
+    if not is_main():  # rank 0 writes and prints the results
+        summary["histories"] = {key: results[key]["history"] for key, _, _ in NETWORKS}
+        return summary
     write_csv(results, out / "figure1.csv")
     drew = plot(results, out / "figure1.png",
                 f"BN paper Figure 1 on {dataset_note}: {args.steps} steps, batch "
