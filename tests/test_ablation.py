@@ -111,3 +111,18 @@ def test_bad_arguments_give_one_clear_line(tmp_path, extra, message):
     with pytest.raises(SystemExit) as err:
         main(TINY + ["--out", str(tmp_path / "x")] + extra)
     assert message in str(err.value)
+
+
+@needs_fashion
+def test_channels_last_and_contiguous_runs_train_alike(tmp_path):
+    """The default channels_last layout changes where the values lie, not what they are:
+    the same run in both formats logs the same losses (to float32 rounding)."""
+    losses = {}
+    for fmt in ("channels_last", "contiguous"):
+        out = tmp_path / fmt
+        assert main(TINY + ["--seeds", "1", "--base-lr", "0.02", "--variants", "bn-x5",
+                            "--memory-format", fmt, "--out", str(out)]) == 0
+        result = json.loads((out / "bn-x5" / "seed-0" / "result.json").read_text())
+        losses[fmt] = [h["train_loss"] for h in result["history"] if "train_loss" in h]
+    assert len(losses["contiguous"]) >= 2
+    assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=1e-4)

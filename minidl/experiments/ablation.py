@@ -98,6 +98,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default=",".join(v.key for v in VARIANTS),
                    help="comma-separated subset of: " + ", ".join(BY_KEY))
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model")
+    p.add_argument("--memory-format", choices=("channels_last", "contiguous"),
+                   default="channels_last",
+                   help="layout of the model's activations (default channels_last: the "
+                        "NHWC kernels, no conversions; the values are the same)")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, each on cores/jobs threads (default: one per "
                         "core; small CNNs use 2 cores better as 2 runs than as 2 threads)")
@@ -169,6 +173,11 @@ def train_one(spec: dict) -> dict:
     manual_seed(spec["seed"])
     model = bn_inception_lite(num_classes=int(ytr.max()) + 1, in_channels=xtr.shape[1],
                               bn=v.bn, activation=v.activation, width=spec["width"])
+    if spec.get("memory_format", "channels_last") == "channels_last":
+        # Channels-last weights make every convolution's output channels-last, from the
+        # first layer on: the whole network then runs the NHWC kernels.
+        from ..layout import channels_last
+        model.to(memory_format=channels_last)
     wd = spec["weight_decay"] / (BN_WEIGHT_DECAY_DIVISOR if v.bn else 1)
     optimizer = optim.SGD(model.parameters(), lr=spec["lr"], momentum=spec["momentum"],
                           weight_decay=wd)
@@ -437,6 +446,7 @@ def _specs(variant_keys, seeds, lr_of, args, out: Path, progress: bool) -> list:
                 "final_examples": args.final_examples,
                 "checkpoint_every": args.checkpoint_every,
                 "bn_stats_batches": args.bn_stats_batches, "width": args.width,
+                "memory_format": args.memory_format,
                 "sync_bn": getattr(args, "sync_bn", False),
                 "resume": args.resume, "progress": progress})
     return specs
