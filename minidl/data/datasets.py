@@ -260,6 +260,36 @@ def download(name, train=True, root=None, mirrors=None):
     _check_name(name)
     mirrors = MIRRORS[name] if mirrors is None else list(mirrors)
     directory = os.path.join(search_dirs(name, root)[0], name)
+    created = _missing_parents(directory)  # removed again if the download fails
+    try:
+        return _download_into(directory, name, train, root, mirrors)
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _missing_parents(directory):
+    """`directory` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(directory)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_empty(directories):
+    for d in directories:  # deepest first; stops at the first one that is not empty
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
+def _download_into(directory, name, train, root, mirrors):
     paths = []
     for stem in _SPLITS[bool(train)]:
         existing = _find_in(directory, stem)

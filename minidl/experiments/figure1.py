@@ -271,19 +271,29 @@ def plot(results: dict, path: Path, title: str, bands: dict | None = None) -> bo
 
 def check_arguments(args, command: str) -> None:
     """Every numeric option, before any data loads: one clear line per mistake."""
+    import math
+
+    from ..errors import UsageError
     minimum = {"steps": 1, "batch_size": 1, "eval_every": 1, "bn_stats_batches": 1,
                "checkpoint_every": 0, "seeds": 1, "unit": 0}
     for name, low in minimum.items():
         value = getattr(args, name, None)
         if value is not None and value < low:
-            raise SystemExit(f"minidl {command}: --{name.replace('_', '-')} must be >= {low}, "
+            raise UsageError(f"minidl {command}: --{name.replace('_', '-')} must be >= {low}, "
                              f"got {value}")
     for name in ("lr", "momentum"):
         value = getattr(args, name, None)
-        if value is not None and not value >= 0:
-            raise SystemExit(f"minidl {command}: --{name} must be >= 0, got {value}")
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise UsageError(f"minidl {command}: --{name} must be >= 0, got {value}")
+    if getattr(args, "init_std", None) is not None and not (
+            args.init_std >= 0 and math.isfinite(args.init_std)):
+        raise UsageError(f"minidl {command}: --init-std must be a finite number >= 0, "
+                         f"got {args.init_std}")
+    if getattr(args, "unit", None) is not None and args.unit >= 100:
+        raise UsageError(f"minidl {command}: --unit must be < 100 (the last hidden layer "
+                         f"has 100 sigmoids), got {args.unit}")
     if getattr(args, "threads", None) is not None and args.threads < 1:
-        raise SystemExit(f"minidl {command}: --threads must be >= 1, got {args.threads}")
+        raise UsageError(f"minidl {command}: --threads must be >= 1, got {args.threads}")
 
 
 def run(args) -> dict:
