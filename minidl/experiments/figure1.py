@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 PERCENTILES = (15, 50, 85)
+DEFAULT_LR, DEFAULT_MOMENTUM = 0.01, 0.9
 NETWORKS = (("nobn", False, "without BN"), ("bn", True, "with BN"))
 
 
@@ -29,8 +30,12 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
     p.add_argument("--data-root", default=None, help="directory holding the IDX files")
     p.add_argument("--steps", type=int, default=50000)
     p.add_argument("--batch-size", type=int, default=60)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"SGD learning rate (default {DEFAULT_LR}); given with --resume, it "
+                        f"replaces the checkpoint's (and says so)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help=f"SGD momentum (default {DEFAULT_MOMENTUM}); given with --resume, "
+                        f"it replaces the checkpoint's (and says so)")
     p.add_argument("--init-std", type=float, default=0.01,
                    help="weights ~ N(0, std^2), biases 0 (default 0.01)")
     p.add_argument("--seed", type=int, default=0)
@@ -47,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
     p.add_argument("--threads", type=int, default=None, help="Numba threads")
     p.add_argument("--out", default="runs/figure1")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoints in --out")
+                   help="continue from the checkpoints in --out (with the checkpoint's "
+                        "learning rate and momentum, unless --lr / --momentum are given)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds an earlier run")
     p.add_argument("--no-progress", action="store_true")
@@ -84,7 +90,12 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
 
     manual_seed(args.seed)
     model = mlp(bn=bn, init_std=args.init_std)
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    # --lr / --momentum: None means "not given" (the default for a fresh run, the
+    # checkpoint's value on --resume); given ones override a resumed checkpoint's.
+    given = {k: getattr(args, k, None) for k in ("lr", "momentum")}
+    given = {k: v for k, v in given.items() if v is not None}
+    optimizer = optim.SGD(model.parameters(), lr=given.get("lr", DEFAULT_LR),
+                          momentum=given.get("momentum", DEFAULT_MOMENTUM))
     # The same seed for both networks: they see the same sequence of mini-batches.
     train_loader = DataLoader(TensorDataset(*train), batch_size=args.batch_size, shuffle=True,
                               seed=args.seed)
@@ -100,7 +111,7 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
                    bn_eval=args.bn_eval if bn else "running",
                    bn_stats_loader=stats_loader if bn else None,
                    bn_stats_batches=args.bn_stats_batches,
-                   progress=not args.no_progress, name=name)
+                   progress=not args.no_progress, name=name, resume_overrides=given)
 
 
 def first_step_reaching(history, target: float):
@@ -125,8 +136,10 @@ def summarize(results: dict, args, dataset_note: str) -> dict:
     target = nobn[-1]["test_acc"]
     summary = {
         "dataset": dataset_note,
-        "protocol": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "momentum": args.momentum, "init_std": args.init_std,
+        "protocol": {"steps": args.steps, "batch_size": args.batch_size,
+                     "lr": results["bn"].get("lr", args.lr),
+                     "momentum": results["bn"].get("momentum", args.momentum),
+                     "init_std": args.init_std,
                      "seed": args.seed, "binarize": args.binarize,
                      "bn_eval": args.bn_eval},
         "networks": {},
@@ -355,6 +368,8 @@ def run_one(args) -> dict:
     for key, bn, label in NETWORKS:
         trainer = make_trainer(bn, args, train, test, out / key, f"MLP {label}")
         results[key] = trainer.fit(args.steps, resume=args.resume)
+        group = trainer.optimizer.param_groups[0]
+        results[key].update(lr=group["lr"], momentum=group["momentum"])
         if results[key]["interrupted"]:
             print(f"\ninterrupted: checkpoint saved in {out / key}; continue with --resume")
             return {"interrupted": True}
@@ -364,7 +379,8 @@ def run_one(args) -> dict:
     write_csv(results, out / "figure1.csv")
     drew = plot(results, out / "figure1.png",
                 f"BN paper Figure 1 on {dataset_note}: {args.steps} steps, batch "
-                f"{args.batch_size}, SGD lr {args.lr}, momentum {args.momentum}")
+                f"{args.batch_size}, SGD lr {summary['protocol']['lr']}, momentum "
+                f"{summary['protocol']['momentum']}")
     text = format_summary(summary) + f"wall time {wall:.1f} s\n"
     (out / "summary.txt").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
