@@ -114,10 +114,19 @@ def _idx(arr):
 def test_corrupt_data_is_one_line_naming_the_file(cli, tmp_path):
     root = tmp_path / "data" / "mnist"
     root.mkdir(parents=True)
-    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(np.zeros((5, 28, 28))))[:-9])
+    images = gzip.compress(_idx(np.zeros((5, 28, 28))))
+    (root / "train-images-idx3-ubyte.gz").write_bytes(images[:-9])  # cut short
     (root / "train-labels-idx1-ubyte").write_bytes(_idx(np.zeros(5)))
     rc, _, err = cli("train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"),
                      "--out", str(tmp_path / "o"), "--no-progress")
+    assert rc == 1
+    line = one_line(err)
+    assert "train-images-idx3-ubyte.gz" in line and "expected shape (60000, 28, 28)" in line
+    # a genuine header over a damaged body
+    (root / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(_idx(np.zeros((60000, 28, 28))))[:-9])
+    rc, _, err = cli("train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"),
+                     "--out", str(tmp_path / "o"), "--no-progress", "--overwrite")
     assert rc == 1
     line = one_line(err)
     assert "train-images-idx3-ubyte.gz" in line and "corrupt gzip" in line
