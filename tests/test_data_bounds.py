@@ -2,7 +2,6 @@
 with bounded memory, downloads stop at the expected size, files found on disk are checked
 against the published SHA-256 once, and stale download temp files are cleaned up.
 Offline: every server here is a local http.server on 127.0.0.1."""
-import functools
 import gzip
 import http.server
 import os
@@ -10,7 +9,6 @@ import socket
 import threading
 import time
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
@@ -206,8 +204,16 @@ def test_stale_download_parts_are_removed_at_the_next_start(isolated, tmp_path, 
     stale.write_bytes(b"half a download")
     old = time.time() - 3600
     os.utime(stale, (old, old))
-    live = directory / ".t10k-labels-idx1-ubyte.gz.def456.part"  # another process, now
-    live.write_bytes(b"being written")
-    with pytest.raises(DatasetNotFoundError):
-        mnist(root=tmp_path / "r", train=False, mirrors=[dead_url])
-    assert not stale.exists() and live.exists()
+    fresh = directory / ".t10k-labels-idx1-ubyte.gz.def456.part"  # just created
+    fresh.write_bytes(b"being written")
+    live = directory / ".t10k-labels-idx1-ubyte.gz.ghi789.part"  # old, but locked
+    live.write_bytes(b"a slow download, alive")
+    os.utime(live, (old, old))
+    import fcntl
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # as the downloading process does
+        with pytest.raises(DatasetNotFoundError):
+            mnist(root=tmp_path / "r", train=False, mirrors=[dead_url])
+        assert not stale.exists() and fresh.exists() and live.exists()
+    ds.remove_stale_parts(str(directory))  # its process is gone now
+    assert not live.exists() and fresh.exists()

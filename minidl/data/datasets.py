@@ -313,33 +313,34 @@ def _fetch(url, dest, info):
     from tqdm.auto import tqdm
 
     cap = max_download_size(info)
-    with atomic_write(dest, suffix=".part") as (out, tmp), \
-            urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-        digest = hashlib.sha256()
-        length = response.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > cap:
-            raise ChecksumError(f"{url}: the server sends {int(length)} bytes, the "
-                                f"published file has {info.size}; not downloaded")
-        total = 0
-        with tqdm(total=int(length) if length else info.size, unit="B", unit_scale=True,
-                  desc=os.path.basename(dest), disable=None, leave=False) as bar:
-            while chunk := response.read(min(_CHUNK, cap + 1 - total)):
-                total += len(chunk)
-                if total > cap:
-                    raise ChecksumError(f"{url}: more than {cap} bytes, the published file "
-                                        f"has {info.size}; download stopped and deleted")
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-        out.flush()
-        actual = digest.hexdigest()
-        fname = os.path.basename(dest)
-        if actual != info.sha256 and not _gzip_contents_match(tmp, info.raw_sha256,
-                                                              raw_size(fname)):
-            raise ChecksumError(
-                f"{url}: SHA-256 mismatch: expected {info.sha256} (or a gzip whose "
-                f"contents hash to {info.raw_sha256}), got {actual}; the corrupt "
-                f"download was deleted")
+    with atomic_write(dest, suffix=".part") as (out, tmp):
+        _lock_part(out)  # tells remove_stale_parts that this download is alive
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+            digest = hashlib.sha256()
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > cap:
+                raise ChecksumError(f"{url}: the server sends {int(length)} bytes, the "
+                                    f"published file has {info.size}; not downloaded")
+            total = 0
+            with tqdm(total=int(length) if length else info.size, unit="B", unit_scale=True,
+                      desc=os.path.basename(dest), disable=None, leave=False) as bar:
+                while chunk := response.read(min(_CHUNK, cap + 1 - total)):
+                    total += len(chunk)
+                    if total > cap:
+                        raise ChecksumError(f"{url}: more than {cap} bytes, the published file "
+                                            f"has {info.size}; download stopped and deleted")
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            out.flush()
+            actual = digest.hexdigest()
+            fname = os.path.basename(dest)
+            if actual != info.sha256 and not _gzip_contents_match(tmp, info.raw_sha256,
+                                                                  raw_size(fname)):
+                raise ChecksumError(
+                    f"{url}: SHA-256 mismatch: expected {info.sha256} (or a gzip whose "
+                    f"contents hash to {info.raw_sha256}), got {actual}; the corrupt "
+                    f"download was deleted")
 
 
 def max_download_size(info):
@@ -348,13 +349,43 @@ def max_download_size(info):
     return info.size + max(info.size // 20, 64 * 1024)
 
 
-# A download's temp file (".NAME.XXXX.part") not written to for this long belongs to
-# a killed process: a live download writes every chunk or times out (_TIMEOUT_S).
+# A download's temp file (".NAME.XXXX.part") is locked (flock) by the process writing
+# it; the kernel drops the lock when that process dies, however it dies. A .part that
+# nobody locks and that is older than a few seconds (the moment between creating it
+# and locking it) belongs to a killed process. Without flock (not POSIX), a .part not
+# written to for 4 timeouts is stale: a live download writes every chunk or times out.
+_PART_GRACE_S = 5
 _STALE_PART_S = 4 * _TIMEOUT_S
 
 
+def _lock_part(f):
+    try:
+        import fcntl
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass
+
+
+def _part_is_stale(path, now):
+    age = now - os.stat(path).st_mtime
+    try:
+        import fcntl
+    except ImportError:
+        return age > _STALE_PART_S
+    if age <= _PART_GRACE_S:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True   # nobody holds it: its writer is gone
+    except OSError:
+        return False  # a live download
+    finally:
+        os.close(fd)
+
+
 def remove_stale_parts(directory, now=None):
-    """Delete the download temp files a killed process left in `directory`."""
+    """Delete the download temp files killed processes left in `directory`."""
     import time
     now = time.time() if now is None else now
     removed = []
@@ -366,7 +397,7 @@ def remove_stale_parts(directory, now=None):
         if n.startswith(".") and n.endswith(".part"):
             path = os.path.join(directory, n)
             try:
-                if now - os.stat(path).st_mtime > _STALE_PART_S:
+                if _part_is_stale(path, now):
                     os.unlink(path)
                     removed.append(path)
             except OSError:

@@ -119,8 +119,12 @@ def _read_idx_stream(f, path, gz, file_size, expected_shape):
     extra = 0 if got < payload else len(f.read(_TRAILING_PROBE))
     if got < payload or extra:
         what = "truncated" if got < payload else "trailing bytes after the data"
-        size = (f"{header + got}" if got < payload else
-                f"{expected + extra}" if extra < _TRAILING_PROBE else f"more than {expected + extra}")
+        if got < payload:
+            size = f"{header + got}"
+        elif extra < _TRAILING_PROBE:
+            size = f"{expected + extra}"
+        else:
+            size = f"more than {expected + extra}"
         raise DataFormatError(
             f"{path}: {what}: header says shape {shape} of {dtype.str[1:]}, so the "
             f"(decompressed) file should be {expected} bytes, but it is {size} bytes")
