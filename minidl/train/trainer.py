@@ -205,9 +205,19 @@ class Trainer:
         return messages
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is not None:
+        """Write the checkpoint atomically. If that fails (a full disk, a read-only
+        folder), the file keeps the previous checkpoint and the OSError says which."""
+        if self.checkpoint_path is None:
+            return
+        try:
             save(self.state_dict(), self.checkpoint_path)
-            self._last_checkpoint = (self.step, self.checkpoint_path)
+        except OSError as e:
+            kept = ("no earlier checkpoint was written" if self._last_checkpoint is None else
+                    f"it still holds the checkpoint of step {self._last_checkpoint[0]}")
+            reason = e.strerror or str(e)
+            raise OSError(e.errno, f"{reason}: could not write the checkpoint of step "
+                                   f"{self.step}; {kept}", str(self.checkpoint_path)) from e
+        self._last_checkpoint = (self.step, self.checkpoint_path)
 
     def _rewrite_metrics(self) -> None:
         """Metrics as of the checkpoint: lines a crashed run wrote after it are dropped."""

@@ -145,14 +145,35 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeyp
     with pytest.raises(OSError) as info:
         t.fit(20)
     assert info.value.errno == errno.ENOSPC and calls == [5, 10]
+    assert info.value.filename == str(tmp_path / "checkpoint.npz")
+    assert "it still holds the checkpoint of step 5" in str(info.value)
     assert md.load(tmp_path / "checkpoint.npz")["step"] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "metrics.jsonl"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="apt-get install dataset-fashion-mnist")
 def test_disk_full_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
-    from minidl.cli import _describe
-    e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "checkpoint.npz"))
-    assert _describe(e) == f"{tmp_path / 'checkpoint.npz'}: No space left on device"
+    import minidl.serialization as ser
+    from minidl.cli import main
+    real = ser.np.savez
+    calls = []
+
+    def savez_then_full(f, **arrays):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(f, **arrays)
+    monkeypatch.setattr(ser.np, "savez", savez_then_full)
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", "fashion-mnist", "--steps", "6", "--eval-every", "3",
+               "--checkpoint-every", "2", "--bn-stats-batches", "1", "--no-progress",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{out / 'checkpoint.npz'}: No space left on device" in err
+    assert "it still holds the checkpoint of step 2" in err
+    assert md.load(out / "checkpoint.npz")["step"] == 2
 
 
 def test_read_only_output_folder_is_one_clear_line(tmp_path, monkeypatch, capsys):
