@@ -38,6 +38,9 @@ def _argv(args) -> list[str]:
 
 
 def run(args) -> int:
+    if args.threads is not None and args.threads < 1:
+        from .errors import UsageError
+        raise UsageError(f"minidl bench: --threads must be >= 1, got {args.threads}")
     if any(v in os.environ for v in BLAS_VARS):
         # NumPy has already loaded OpenBLAS with them: run the suite in a fresh process,
         # which unsets them before importing NumPy (and reports that it did).
@@ -49,6 +52,6 @@ def run(args) -> int:
     from benchmarks import suite
     try:
         return suite.main_with(args.suite, args.threads, args.quick, args.json, args.markdown)
-    except ValueError as e:  # a bad --threads
-        print(f"minidl bench: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # a bad --threads (more than the machine allows)
+        from .errors import UsageError
+        raise UsageError(f"minidl bench: {e}") from None

@@ -143,9 +143,9 @@ def main(args=None) -> int:
             except ValueError:
                 shape = ()
             if len(shape) != 3 or min(shape) < 1:
-                print(f"minidl info: --input must be C,H,W (three positive ints), got "
-                      f"{args.input!r}")
-                return 2
+                from .errors import UsageError
+                raise UsageError(f"minidl info: --input must be C,H,W (three positive ints), "
+                                 f"got {args.input!r}")
         print(model_report(args.model, shape))
         return 0
     for key, value in collect().items():

@@ -233,8 +233,11 @@ def main(args) -> int:
     from .random import manual_seed
     from .tensor import tensor
     if args.steps < 1 or (args.batch_size is not None and args.batch_size < 1):
-        print("minidl profile: --steps and --batch-size must be >= 1")
-        return 2
+        from .errors import UsageError
+        raise UsageError("minidl profile: --steps and --batch-size must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        from .errors import UsageError
+        raise UsageError(f"minidl profile: --threads must be >= 1, got {args.threads}")
     if args.threads:
         set_num_threads(args.threads)
     manual_seed(0)

@@ -23,7 +23,7 @@ def table_rows(out):
 
 
 @needs_fashion
-def test_tiny_ablation_writes_every_output_and_resumes(tmp_path):
+def test_tiny_ablation_writes_every_output_and_resumes(tmp_path, capsys):
     out = tmp_path / "abl"
     args = TINY + ["--seeds", "2", "--base-lr", "0.02",
                    "--variants", "inception,bn-x5,inception-sigmoid", "--out", str(out)]
@@ -55,8 +55,8 @@ def test_tiny_ablation_writes_every_output_and_resumes(tmp_path):
     assert summary["meta"]["seeds"] == 2 and summary["lr_search"] is None
 
     # the finished runs are not overwritten by mistake
-    with pytest.raises(SystemExit, match="holds an earlier run; pass --resume"):
-        main(args)
+    assert main(args) == 1
+    assert "holds an earlier run; pass --resume" in capsys.readouterr().err
     # --resume keeps finished runs as they are (nothing retrained)
     stamp = (out / "bn-x5" / "seed-1" / "result.json").stat().st_mtime_ns
     assert main(args + ["--resume"]) == 0
@@ -107,10 +107,11 @@ def test_quick_ablation_runs_every_variant(tmp_path):
     (["--variants", "inception,bogus"], "unknown variant"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--lr-grid", "0.1,-1"], "positive rates")])
-def test_bad_arguments_give_one_clear_line(tmp_path, extra, message):
-    with pytest.raises(SystemExit) as err:
-        main(TINY + ["--out", str(tmp_path / "x")] + extra)
-    assert message in str(err.value)
+def test_bad_arguments_give_one_clear_line(tmp_path, extra, message, capsys):
+    assert main(TINY + ["--out", str(tmp_path / "x")] + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 @needs_fashion

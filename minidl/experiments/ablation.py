@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from .figure1 import first_step_reaching, median_range
 
 PERCENTILES = (15, 50, 85)
@@ -456,16 +457,24 @@ def _parse_variants(text: str) -> list:
     keys = [k.strip() for k in text.split(",") if k.strip()]
     bad = [k for k in keys if k not in BY_KEY]
     if bad or not keys:
-        raise SystemExit(f"minidl ablation: unknown variant(s) {bad or text!r}; choose from "
+        raise UsageError(f"minidl ablation: unknown variant(s) {bad or text!r}; choose from "
                          f"{', '.join(BY_KEY)}")
     return keys
 
 
+def _parse_lr_grid(text: str) -> list:
+    try:
+        grid = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        grid = []
+    if not grid or not all(0 < lr < math.inf for lr in grid):
+        raise UsageError(f"minidl ablation: --lr-grid needs positive rates separated by "
+                         f"commas, got {text!r}")
+    return grid
+
+
 def _lr_search(args, out: Path, jobs: int, progress: bool):
-    grid = sorted({float(x) for x in args.lr_grid.split(",") if x.strip()})
-    if not grid or min(grid) <= 0:
-        raise SystemExit(f"minidl ablation: --lr-grid needs positive rates, got "
-                         f"{args.lr_grid!r}")
+    grid = _parse_lr_grid(args.lr_grid)
     specs = []
     for lr in grid:
         s = _specs(["inception"], [0], lambda k: lr, args, out, progress)[0]
@@ -504,7 +513,20 @@ def run(args) -> dict:
     for name in ("seeds", "steps", "batch_size", "eval_examples", "final_examples",
                  "eval_every", "jobs", "bn_stats_batches"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"minidl ablation: --{name.replace('_', '-')} must be >= 1")
+            raise UsageError(f"minidl ablation: --{name.replace('_', '-')} must be >= 1, "
+                             f"got {getattr(args, name)}")
+    for name in ("base_lr", "momentum", "weight_decay", "lr_decay", "width"):
+        value = getattr(args, name)
+        if value is not None and not (0 <= value < math.inf):
+            raise UsageError(f"minidl ablation: --{name.replace('_', '-')} must be a finite "
+                             f"number >= 0, got {value}")
+    if not args.width > 0:
+        raise UsageError(f"minidl ablation: --width must be > 0, got {args.width}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise UsageError(f"minidl ablation: --checkpoint-every must be >= 0, got "
+                         f"{args.checkpoint_every}")
+    if args.base_lr is None:
+        _parse_lr_grid(args.lr_grid)
     if args.eval_every is None:
         args.eval_every = max(1, args.steps // 20)
     if args.checkpoint_every is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 PERCENTILES = (15, 50, 85)
+DEFAULT_LR, DEFAULT_MOMENTUM = 0.01, 0.9
 NETWORKS = (("nobn", False, "without BN"), ("bn", True, "with BN"))
 
 
@@ -29,8 +30,12 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
     p.add_argument("--data-root", default=None, help="directory holding the IDX files")
     p.add_argument("--steps", type=int, default=50000)
     p.add_argument("--batch-size", type=int, default=60)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"SGD learning rate (default {DEFAULT_LR}); given with --resume, it "
+                        f"replaces the checkpoint's (and says so)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help=f"SGD momentum (default {DEFAULT_MOMENTUM}); given with --resume, "
+                        f"it replaces the checkpoint's (and says so)")
     p.add_argument("--init-std", type=float, default=0.01,
                    help="weights ~ N(0, std^2), biases 0 (default 0.01)")
     p.add_argument("--seed", type=int, default=0)
@@ -47,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
     p.add_argument("--threads", type=int, default=None, help="Numba threads")
     p.add_argument("--out", default="runs/figure1")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoints in --out")
+                   help="continue from the checkpoints in --out (with the checkpoint's "
+                        "learning rate and momentum, unless --lr / --momentum are given)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds an earlier run")
     p.add_argument("--no-progress", action="store_true")
@@ -88,7 +94,12 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
 
     manual_seed(args.seed)
     model = mlp(bn=bn, init_std=args.init_std)
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    # --lr / --momentum: None means "not given" (the default for a fresh run, the
+    # checkpoint's value on --resume); given ones override a resumed checkpoint's.
+    given = {k: getattr(args, k, None) for k in ("lr", "momentum")}
+    given = {k: v for k, v in given.items() if v is not None}
+    optimizer = optim.SGD(model.parameters(), lr=given.get("lr", DEFAULT_LR),
+                          momentum=given.get("momentum", DEFAULT_MOMENTUM))
     # The same seed for both networks: they see the same sequence of mini-batches. Under
     # mpirun -n K: DistributedDataParallel, and this rank's share of each global batch.
     sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
@@ -105,7 +116,7 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
                    bn_eval=args.bn_eval if bn else "running",
                    bn_stats_loader=stats_loader if bn else None,
                    bn_stats_batches=args.bn_stats_batches,
-                   progress=not args.no_progress, name=name)
+                   progress=not args.no_progress, name=name, resume_overrides=given)
 
 
 def first_step_reaching(history, target: float):
@@ -130,8 +141,10 @@ def summarize(results: dict, args, dataset_note: str) -> dict:
     target = nobn[-1]["test_acc"]
     summary = {
         "dataset": dataset_note,
-        "protocol": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "momentum": args.momentum, "init_std": args.init_std,
+        "protocol": {"steps": args.steps, "batch_size": args.batch_size,
+                     "lr": results["bn"].get("lr", args.lr),
+                     "momentum": results["bn"].get("momentum", args.momentum),
+                     "init_std": args.init_std,
                      "seed": args.seed, "binarize": args.binarize,
                      "bn_eval": args.bn_eval},
         "networks": {},
@@ -276,19 +289,29 @@ def plot(results: dict, path: Path, title: str, bands: dict | None = None) -> bo
 
 def check_arguments(args, command: str) -> None:
     """Every numeric option, before any data loads: one clear line per mistake."""
+    import math
+
+    from ..errors import UsageError
     minimum = {"steps": 1, "batch_size": 1, "eval_every": 1, "bn_stats_batches": 1,
                "checkpoint_every": 0, "seeds": 1, "unit": 0}
     for name, low in minimum.items():
         value = getattr(args, name, None)
         if value is not None and value < low:
-            raise SystemExit(f"minidl {command}: --{name.replace('_', '-')} must be >= {low}, "
+            raise UsageError(f"minidl {command}: --{name.replace('_', '-')} must be >= {low}, "
                              f"got {value}")
     for name in ("lr", "momentum"):
         value = getattr(args, name, None)
-        if value is not None and not value >= 0:
-            raise SystemExit(f"minidl {command}: --{name} must be >= 0, got {value}")
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise UsageError(f"minidl {command}: --{name} must be >= 0, got {value}")
+    if getattr(args, "init_std", None) is not None and not (
+            args.init_std >= 0 and math.isfinite(args.init_std)):
+        raise UsageError(f"minidl {command}: --init-std must be a finite number >= 0, "
+                         f"got {args.init_std}")
+    if getattr(args, "unit", None) is not None and args.unit >= 100:
+        raise UsageError(f"minidl {command}: --unit must be < 100 (the last hidden layer "
+                         f"has 100 sigmoids), got {args.unit}")
     if getattr(args, "threads", None) is not None and args.threads < 1:
-        raise SystemExit(f"minidl {command}: --threads must be >= 1, got {args.threads}")
+        raise UsageError(f"minidl {command}: --threads must be >= 1, got {args.threads}")
 
 
 def run(args) -> dict:
@@ -359,6 +382,8 @@ def run_one(args) -> dict:
     for key, bn, label in NETWORKS:
         trainer = make_trainer(bn, args, train, test, out / key, f"MLP {label}")
         results[key] = trainer.fit(args.steps, resume=args.resume)
+        group = trainer.optimizer.param_groups[0]
+        results[key].update(lr=group["lr"], momentum=group["momentum"])
         if results[key]["interrupted"]:
             if is_main():
                 print(f"\ninterrupted: checkpoint saved in {out / key}; continue with "
@@ -373,7 +398,8 @@ def run_one(args) -> dict:
     write_csv(results, out / "figure1.csv")
     drew = plot(results, out / "figure1.png",
                 f"BN paper Figure 1 on {dataset_note}: {args.steps} steps, batch "
-                f"{args.batch_size}, SGD lr {args.lr}, momentum {args.momentum}")
+                f"{args.batch_size}, SGD lr {summary['protocol']['lr']}, momentum "
+                f"{summary['protocol']['momentum']}")
     text = format_summary(summary) + f"wall time {wall:.1f} s\n"
     (out / "summary.txt").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -53,8 +53,12 @@ class RunDirLock:
 
 def claim(out, resume: bool, overwrite: bool, command: str) -> RunDirLock:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        from ..errors import UsageError
+        raise UsageError(f"minidl {command}: --out {out} is a file, not a folder")
     if resume and overwrite:
-        raise RunDirError(f"minidl {command}: --resume and --overwrite contradict each other")
+        from ..errors import UsageError
+        raise UsageError(f"minidl {command}: --resume and --overwrite contradict each other")
     out.mkdir(parents=True, exist_ok=True)
     lock = RunDirLock(out / ".lock").acquire(command)
     if not resume and not overwrite and holds_a_run(out):

@@ -45,6 +45,10 @@ def mul(a, b) -> Tensor:
 
 
 def div(a, b) -> Tensor:
+    """True division; integer or bool operands give float32 (PyTorch's default dtype)."""
+    a, b = lift_pair(a, b)
+    if a.dtype.kind in "biu":
+        a, b = cast(a, np.float32), cast(b, np.float32)
     a, b, out = _binary("div", np.divide, a, b)
 
     def backward(g, needs):

@@ -338,21 +338,37 @@ class Module:
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy `state_dict` values into the existing arrays (in place, so optimizers
-        keep their references). Mis-shaped entries always raise; missing and unexpected
-        keys raise when `strict`. Returns (missing_keys, unexpected_keys)."""
+        keep their references). Mis-shaped entries and values that do not convert to
+        the entry's dtype always raise; missing and unexpected keys raise when `strict`.
+        Every entry is checked and converted before the first one is copied: a failed
+        load leaves the module as it was. Returns (missing_keys, unexpected_keys)."""
         own = OrderedDict(self._state_items())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
-        mis_shaped, values = [], []
+        mis_shaped, values, bad_values = [], [], []
         for name, t in own.items():
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            value = np.asarray(value.data if isinstance(value, Tensor) else value)
+            try:
+                value = np.asarray(value.data if isinstance(value, Tensor) else value)
+            except (ValueError, TypeError) as e:
+                bad_values.append(f"{name!r} ({e})")
+                continue
             if value.shape != t.data.shape:
                 mis_shaped.append((name, t.data.shape, value.shape))
-            else:
-                values.append((t, value))
+                continue
+            target = t.data.dtype
+            if value.dtype.hasobject or (np.iscomplexobj(value)
+                                         and not np.issubdtype(target, np.complexfloating)):
+                bad_values.append(f"{name!r} (dtype {value.dtype} does not convert to "
+                                  f"{target})")
+                continue
+            try:
+                values.append((t, value.astype(target, copy=False)))
+            except (ValueError, TypeError) as e:
+                bad_values.append(f"{name!r} (dtype {value.dtype} does not convert to "
+                                  f"{target}: {e})")
         errors = []
         if strict and missing:
             errors.append("missing keys: " + ", ".join(repr(k) for k in missing))
@@ -361,6 +377,8 @@ class Module:
         if mis_shaped:
             errors.append("mis-shaped keys: " + ", ".join(
                 f"{k!r} (expected shape {exp}, got {got})" for k, exp, got in mis_shaped))
+        if bad_values:
+            errors.append("values that do not convert: " + ", ".join(bad_values))
         if errors:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n  "
                                + "\n  ".join(errors))

@@ -118,7 +118,15 @@ class Trainer:
     statistics over `bn_stats_batches` batches of `bn_stats_loader`), recorder
     percentiles, one JSON line appended to `out_dir/metrics.jsonl`. Every
     `checkpoint_every` steps (and at the end, and on Ctrl-C) an atomic checkpoint
-    `out_dir/checkpoint.npz`; `fit(..., resume=True)` continues from it exactly.
+    `out_dir/checkpoint.npz`; `fit(..., resume=True)` continues from it exactly: the
+    logged `train_loss` of a resumed run averages over the whole logging window, steps
+    before the restart included, so its metrics equal an uninterrupted run's.
+
+    `resume_overrides`, e.g. {"lr": 0.001}: optimizer options the user gave anew for a
+    resumed run. A checkpoint restores the optimizer's options as saved; these are then
+    set in every parameter group, and each one that differs from the checkpoint's is
+    announced on stdout ("resuming with lr 0.001 (the checkpoint had 0.01)"). Options
+    not listed keep the checkpoint's values (the usual case: resume changes nothing).
 
     In an initialized minidl.distributed group (model wrapped in DistributedDataParallel,
     loader with a DistributedSampler) every rank runs the same loop: the reported loss
@@ -131,7 +139,7 @@ class Trainer:
                  checkpoint_every: int | None = 5000, out_dir=None, recorders=(),
                  bn_eval: str = "running", bn_stats_loader=None, bn_stats_batches: int = 50,
                  scheduler=None, progress: bool = True, progress_position: int | None = None,
-                 name: str = "train"):
+                 name: str = "train", resume_overrides: dict | None = None):
         if bn_eval not in BN_EVAL_MODES:
             raise ValueError(f"Trainer: bn_eval must be one of {BN_EVAL_MODES}, got {bn_eval!r}")
         if bn_eval == "population" and bn_stats_loader is None:
@@ -154,6 +162,14 @@ class Trainer:
         from ..distributed.group import current_group
         self._group = current_group()
         self.is_main = self._group.rank == 0
+        self.resume_overrides = dict(resume_overrides or {})
+        for key in self.resume_overrides:
+            if key == "params" or any(key not in g for g in optimizer.param_groups):
+                raise ValueError(f"Trainer: resume_overrides names {key!r}, which is not an "
+                                 f"option of {type(optimizer).__name__}")
+        # Training losses since the last logged row (the logging window); checkpointed,
+        # so that a resumed run logs the same averages as an uninterrupted one.
+        self._loss_sum, self._loss_count = 0.0, 0
 
     # ---- paths and persistence ----------------------------------------------
     @property
@@ -183,6 +199,7 @@ class Trainer:
             "history": self.history,
             "recorders": [r.history for r in self.recorders],
             "train_seconds": self.train_seconds,
+            "loss_window": [self._loss_sum, self._loss_count],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -202,11 +219,38 @@ class Trainer:
         for rec, hist in zip(self.recorders, state["recorders"]):
             rec.history = [dict(row) for row in hist]
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        # Checkpoints from before the window was saved start an empty window.
+        window = state.get("loss_window") or (0.0, 0)
+        self._loss_sum, self._loss_count = float(window[0]), int(window[1])
+
+    def _apply_resume_overrides(self) -> list:
+        """Set the user's new optimizer options over the checkpoint's; returns the
+        messages for the ones that changed."""
+        messages = []
+        for key, value in self.resume_overrides.items():
+            saved = sorted({g[key] for g in self.optimizer.param_groups}, key=repr)
+            for g in self.optimizer.param_groups:
+                g[key] = value
+            if saved != [value]:
+                had = saved[0] if len(saved) == 1 else saved
+                messages.append(f"{self.name}: resuming at step {self.step} with {key} "
+                                f"{value} (the checkpoint had {had})")
+        return messages
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is not None and self.is_main:
+        """Write the checkpoint atomically (rank 0 only). If that fails (a full disk, a
+        read-only folder), the file keeps the previous checkpoint and the OSError says which."""
+        if self.checkpoint_path is None or not self.is_main:
+            return
+        try:
             save(self.state_dict(), self.checkpoint_path)
-            self._last_checkpoint = (self.step, self.checkpoint_path)
+        except OSError as e:
+            kept = ("no earlier checkpoint was written" if self._last_checkpoint is None else
+                    f"it still holds the checkpoint of step {self._last_checkpoint[0]}")
+            reason = e.strerror or str(e)
+            raise OSError(e.errno, f"{reason}: could not write the checkpoint of step "
+                                   f"{self.step}; {kept}", str(self.checkpoint_path)) from e
+        self._last_checkpoint = (self.step, self.checkpoint_path)
 
     def _rewrite_metrics(self) -> None:
         """Metrics as of the checkpoint: lines a crashed run wrote after it are dropped."""
@@ -272,6 +316,8 @@ class Trainer:
             self.load_state_dict(state)
             self._last_checkpoint = (self.step, self.checkpoint_path)
             self._rewrite_metrics()
+            for message in self._apply_resume_overrides():
+                print(message, flush=True)
         elif self.metrics_path is not None:
             self._rewrite_metrics()  # a fresh run starts a fresh metrics file
         self.model.train()
@@ -281,7 +327,6 @@ class Trainer:
             bar = tqdm(total=steps, initial=self.step, desc=self.name, unit="step",
                        dynamic_ncols=True, leave=True, position=self.progress_position)
         interrupted = False
-        loss_sum, loss_count = 0.0, 0
         last_acc = self.history[-1].get("test_acc") if self.history else None
         with _StopRequest() as stop:
             t_start = time.perf_counter()
@@ -302,13 +347,13 @@ class Trainer:
                     if bar is not None:
                         bar.close()
                     raise DivergenceError(self.name, loss, self.step, self._last_checkpoint)
-                loss_sum += loss
-                loss_count += 1
+                self._loss_sum += loss
+                self._loss_count += 1
                 if self.step % self.eval_every == 0 or self.step == steps:
                     row = self.evaluate()
-                    row["train_loss"] = loss_sum / loss_count
+                    row["train_loss"] = self._loss_sum / self._loss_count
                     row["train_seconds"] = self.train_seconds
-                    loss_sum, loss_count = 0.0, 0
+                    self._loss_sum, self._loss_count = 0.0, 0
                     self.history.append(row)
                     self._append_metrics(row)
                     last_acc = row.get("test_acc", last_acc)
