@@ -158,7 +158,10 @@ def _startup(s):
 
 
 def markdown(result) -> str:
-    lines = ["# minidl benchmark", ""] + _machine(result) + [""] + _limits(result["limits"])
+    lines = ["# minidl benchmark", "",
+             "Written by `minidl bench`. The measurements behind the kernels' design "
+             "choices are in benchmarks/DESIGN.md.", ""]
+    lines += _machine(result) + [""] + _limits(result["limits"])
     if "kernels" in result:
         lines += [""] + _kernels(result["kernels"], result["quick"])
     if "compile" in result:

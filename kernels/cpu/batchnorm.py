@@ -35,11 +35,11 @@ _LANES_MAX = 2048  # widest piece of a plane: its lanes (2 x 16 KiB) stay in L1/
 _PIECE = 16384  # values of one channel per piece: the unit of parallel work
 _ROW_TASKS_MAX = 16  # row blocks of the row layout: bounds the partial sums to combine
 _ROWS_MAX_L = 16  # maps of at most this many pixels use the row layout (serial inputs)
-_ROWS_MAX_L_PARALLEL = 9  # ... and above _SERIAL_BELOW elements (measured, see _layout)
+_ROWS_MAX_L_PARALLEL = 9  # ... and above _SERIAL_BELOW elements (see _layout)
 _FUSE_MIN_C_PER_THREAD = 4  # channels per thread from which the plane layout fuses
-# Below this many elements the serial twin runs: waking the second thread costs 10-50 us
-# on an idle 2-core machine, and far more when another process holds the other core;
-# measured with `python -m benchmarks.bench_batchnorm --sweep` (serial wins up to ~1e5).
+# Below this many elements the serial twin runs: waking the thread pool costs more than
+# the work, and far more when another process holds the other cores (numbers:
+# benchmarks/DESIGN.md, batchnorm.py; `python -m benchmarks.bench_batchnorm --sweep`).
 _SERIAL_BELOW = 1 << 17
 
 
@@ -382,9 +382,9 @@ def _row_tasks(x3):
 def _layout(x):
     """x as a C-contiguous (N, C, L), and whether to use the row layout: for (N, C) input
     and for maps so small that a channel's runs of L values are too short to stream.
-    Measured on 2 Zen 4 cores, the plane layout is 1.5-2.5x faster from 4x4 maps up in
-    parallel ((64, 128, 4, 4), (64, 64, 7, 7), (32, 64, 8, 8)), the row layout 1.5x faster
-    for serial 4x4 maps and 2-5x for 2x2 ones; 3x3 maps tie."""
+    Where that size lies depends on the thread count: in parallel the plane layout wins
+    from 4x4 maps up, serially the row layout still wins on 4x4 maps (numbers:
+    benchmarks/DESIGN.md, batchnorm.py)."""
     x = np.ascontiguousarray(x)  # a no-op under the contract; a copy for stray views
     if x.ndim == 2:
         return x.reshape(x.shape[0], x.shape[1], 1), True

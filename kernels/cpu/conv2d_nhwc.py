@@ -105,7 +105,8 @@ def weight_tiles(R, S, dh, dw, Wp, C, mr, Kp):
     tile: each row's offset from a pixel in the padded input (taps[tap] + c), and where
     the row goes in the partial sums, (tap*C + c)*Kp, or the scratch row at L*Kp for
     rows the tile does not own. (Tiles of MR channels of one tap, ordered channel
-    block by channel block through the taps, measured the same or up to 10% slower.)"""
+    block by channel block through the taps, were no faster; numbers:
+    benchmarks/DESIGN.md, conv2d_nhwc.py.)"""
     taps = tap_table(R, S, dh, dw, Wp, C)
     L = R * S * C
     pair_rows = (taps[:, None] + np.arange(C)[None, :]).ravel()
@@ -242,8 +243,8 @@ def _weight_gemm(xf, pix, trows, torows, dyf, Kp, chunk, groups, partial):
     xf[pix[m] + trows[q]] * dyf[m*Kp + k], for every tile row q (tiles of MR rows, see
     weight_tiles) and k < Kp (a multiple of NR). Group g takes the chunks
     [g*n/groups, (g+1)*n/groups) in order; within a chunk, tile by tile, all panels
-    (the tile's input values stay in L1 across the panels; panels outside measured
-    the same or slower)."""
+    (the tile's input values stay in L1 across the panels; panels as the outer loop
+    were no faster: benchmarks/DESIGN.md, conv2d_nhwc.py)."""
     M = pix.size
     mr, nr = _tile_shape(xf)
     nchunks = -(-M // chunk)

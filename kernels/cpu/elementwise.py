@@ -31,14 +31,14 @@ _EXP_COST = 8
 # divisor for zero to raise ZeroDivisionError, and that branch stops vectorization.)
 
 # --- exp without libm -----------------------------------------------------------------
-# np.exp inside a Numba loop is a scalar libm call per element (~5 ns here, tanh twice
-# that), which would make sigmoid and tanh the slowest layers of the paper's MLP. The
-# version below vectorizes: exp(t) = 2^k * exp(r), r = t - k ln2 in [-ln2/2, ln2/2],
-# exp(r) - 1 by its Taylor polynomial (degree 13: truncation error < 1e-17 on that
-# interval, evaluated by Estrin's scheme, which has shorter dependency chains than
-# Horner's), and 2^k written directly as IEEE-754 bits (a float64 view of an int64
-# buffer, whence the blocks). Accuracy: within a few ulp of libm, in float64 for both
-# dtypes.
+# np.exp inside a Numba loop is a scalar libm call per element (tanh a slower one),
+# which would make sigmoid and tanh the slowest layers of the paper's MLP (numbers:
+# benchmarks/DESIGN.md, elementwise.py). The version below vectorizes:
+# exp(t) = 2^k * exp(r), r = t - k ln2 in [-ln2/2, ln2/2], exp(r) - 1 by its Taylor
+# polynomial (degree 13: truncation error < 1e-17 on that interval, evaluated by
+# Estrin's scheme, which has shorter dependency chains than Horner's), and 2^k written
+# directly as IEEE-754 bits (a float64 view of an int64 buffer, whence the blocks).
+# Accuracy: within a few ulp of libm, in float64 for both dtypes.
 
 _B = 256  # block of elements that share the scratch buffers
 _INV_LN2 = 1.4426950408889634
@@ -182,7 +182,8 @@ def _build(parallel):
                     yr[i] = xr[i] + br
             if act == RELU:
                 continue
-            # one call per task: a call passing arrays costs ~50 ns of reference counting
+            # one call per task, not per row: a call passing arrays pays for reference
+            # counting (numbers: benchmarks/DESIGN.md, elementwise.py)
             q, bits, s = _scratch()
             _act_inplace(y1[r0 * L:r1 * L], act, q, bits, s)
         return y2.reshape(N, C, L)

@@ -9,9 +9,11 @@ The forward kernels (and the average-pooling backward, run in reverse) follow th
 reference's plan, one plane at a time: copy the plane into a padded scratch buffer,
 then run one pass per kernel offset (i, j) over all of the plane's windows at once.
 Why not loop window by window? Pooled planes are small (7-28 columns): a per-window scan
-is a chain of dependent compare/selects (or unpredictable branches), measured 4-5x
-slower than this, and per-row loops are too short to vectorize. The scratch layout makes each (i, j) pass ONE long loop with a constant
-stride, which LLVM vectorizes (AVX: strided loads by permutes, compare, blend):
+is a chain of dependent compare/selects (or unpredictable branches), and per-row loops
+are too short to vectorize; one pass per kernel offset vectorizes instead (numbers:
+benchmarks/DESIGN.md, pooling.py). The scratch layout makes each (i, j) pass ONE long
+loop with a constant stride, which LLVM vectorizes (AVX: strided loads by permutes,
+compare, blend):
 
 * the padded plane has Wp = sw * Wq columns, Wq = Wo + (kw - 1) // sw, so output (oh, ow)
   at flat index o = oh * Wq + ow reads column ow * sw + j of its row: linear in o;
@@ -167,7 +169,8 @@ def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, Ho, Wo, y, argmax, n_chunks):
 @njit(**_JIT)
 def _max_pool_bwd(dy, argmax, dx):
     # Flat (P, Ho*Wo) / (P, H*W) planes: argmax indexes dx directly, with no per-element
-    # // and % by W (integer division made this kernel 3-4x slower).
+    # // and % by W (a per-element integer division dominated this loop; numbers:
+    # benchmarks/DESIGN.md, pooling.py).
     P, n_out = dy.shape
     for p in prange(P):
         dx[p, :] = 0

@@ -6,10 +6,10 @@ channels innermost, every kernel tap is one contiguous vector operation over L l
 whatever the plane size. This is the layout of a channels_last (NHWC) tensor, B = N and
 L = C: these are the pooling kernels of channels_last tensors. An NCHW tensor can be
 brought here by one blocked transpose, (N*C, H*W) -> (H*W, N*C), i.e. B = 1 and
-L = N*C (the *_lanes functions below); measured on 2 Zen 3 cores, the two transposes
-cost more than the lanes save on NCHW planes of 14x14 and larger, so
-`kernels/cpu/pooling.py` keeps its per-plane kernels for NCHW input. Results are
-bitwise those of the reference (tests/kernels/test_pooling_nhwc.py).
+L = N*C (the *_lanes functions below), but the two transposes cost more than the lanes
+save on all but the smallest NCHW planes (numbers: benchmarks/DESIGN.md,
+pooling_nhwc.py), so `kernels/cpu/pooling.py` keeps its per-plane kernels for NCHW
+input. Results are bitwise those of the reference (tests/kernels/test_pooling_nhwc.py).
 
 Semantics are the reference's (kernels/reference/pooling.py): max pooling reads padding
 as -inf, keeps the first maximum in row-major scan order, propagates NaN (the last NaN

@@ -1,11 +1,10 @@
 """Activations. Each backward is written in terms of the forward's output (relu' = [y > 0],
 sigmoid' = y(1-y), tanh' = 1-y^2), so only the output is saved. The backwards of relu,
 sigmoid and tanh run as the backend's fused `act_backward` kernel: one pass instead of
-NumPy's two or three temporaries (measured 1.6-2.4x faster from (60, 100) to
-(64, 32, 28, 28)). So do the forwards of relu and sigmoid on float arrays (the kernel
-`bias_act_forward` without a bias): on 2 Zen 4 cores 1.0-2.2x faster than np.maximum
-and 1.7-4x faster than scipy's expit, from (60, 100) to (64, 64, 28, 28); np.tanh is
-vectorized in NumPy itself and 2.5-4x faster than the kernel, so it stays."""
+NumPy's two or three temporaries. So do the forwards of relu and sigmoid on float arrays
+(the kernel `bias_act_forward` without a bias), which beat np.maximum and scipy's expit;
+np.tanh is vectorized in NumPy itself and beats the kernel, so it stays (numbers:
+benchmarks/DESIGN.md, activation.py)."""
 from __future__ import annotations
 
 import numpy as np

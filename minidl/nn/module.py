@@ -4,8 +4,9 @@ Assigning a Parameter, a Module or (via `register_buffer`) a Tensor as an attrib
 registers it in an ordered dict (`_parameters`, `_modules`, `_buffers`), which is what
 `parameters()`, `state_dict()`, `train()` and `to()` walk. Unlike PyTorch, each value is
 ALSO stored as a plain instance attribute, so `self.weight` in a forward pass is an
-ordinary attribute lookup rather than a trip through `__getattr__` (7 ns vs ~370 ns;
-forward passes read attributes a lot). `__setattr__`/`__delattr__` keep the two in step.
+ordinary attribute lookup rather than a much slower trip through `__getattr__`
+(forward passes read attributes a lot; numbers: benchmarks/DESIGN.md, module.py).
+`__setattr__`/`__delattr__` keep the two in step.
 """
 from __future__ import annotations
 
