@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from benchmarks.common import clean_blas_env
+from benchmarks.harness import clean_blas_env
 
 clean_blas_env()
 

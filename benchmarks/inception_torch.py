@@ -17,7 +17,7 @@ import json
 import math
 import time
 
-from benchmarks.common import clean_blas_env
+from benchmarks.harness import clean_blas_env
 
 clean_blas_env()
 

@@ -39,7 +39,7 @@ _ROWS_MAX_L_PARALLEL = 9  # ... and above _SERIAL_BELOW elements (measured, see 
 _FUSE_MIN_C_PER_THREAD = 4  # channels per thread from which the plane layout fuses
 # Below this many elements the serial twin runs: waking the second thread costs 10-50 us
 # on an idle 2-core machine, and far more when another process holds the other core;
-# measured with `python -m benchmarks.bench_batchnorm --sweep` (serial wins up to ~1e5).
+# measured with `python -m benchmarks.cases bn-sweep` (serial wins up to ~1e5).
 _SERIAL_BELOW = 1 << 17
 
 

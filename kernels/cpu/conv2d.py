@@ -8,7 +8,7 @@ Same functions and results as kernels/reference/conv2d.py; read that file first 
 math (y = w_mat @ cols, dcols = w_mat^T @ dy, dw = dy @ cols^T). The arithmetic is all in
 BLAS matrix products, called from Python so that BLAS uses its own threads; Numba does
 the memory-bound reshuffling around them, in parallel. Choices, measured on 2 cores
-(see benchmarks/bench_conv.py):
+(`minidl bench conv2d`; results in benchmarks/RESULTS.md):
 
 * Two GEMM layouts. "Batched": the column matrix is (C*R*S, N*P) with P = Ho*Wo, so the
   batch is the GEMM's long dimension, and its (K, N*P) result is turned into NCHW by one
