@@ -126,27 +126,24 @@ def suite_specs(quick=False, families=FAMILIES) -> list[dict]:
     return specs
 
 
+def _choose(text, flag, choices) -> list:
+    """'a,b' -> ['a', 'b'], each among `choices`; a ValueError naming the flag otherwise."""
+    chosen = [c.strip() for c in str(text).split(",") if c.strip()]
+    if not chosen or any(c not in choices for c in chosen):
+        raise ValueError(f"{flag} {text!r}: choose among {', '.join(choices)}")
+    return list(dict.fromkeys(chosen))
+
+
 def parse_backends(text) -> tuple:
     """'numpy,torch' -> the backends to time (--backend); minidl's numba backend is always
     timed: every row's rates and ratios are about it."""
-    if not text:
-        return BACKENDS
-    chosen = [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in chosen if b not in BACKENDS]
-    if unknown or not chosen:
-        raise ValueError(f"--backend {text!r}: choose among {', '.join(BACKENDS)}")
-    return tuple(dict.fromkeys(["numba", *chosen]))
+    return tuple(dict.fromkeys(["numba", *_choose(text, "--backend", BACKENDS)])) if text \
+        else BACKENDS
 
 
 def parse_families(text) -> tuple:
     """'conv2d,matmul' -> the families of the suite to run (--only)."""
-    if not text:
-        return FAMILIES
-    chosen = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in chosen if f not in FAMILIES]
-    if unknown or not chosen:
-        raise ValueError(f"--only {text!r}: choose among {', '.join(FAMILIES)}")
-    return tuple(chosen)
+    return tuple(_choose(text, "--only", FAMILIES)) if text else FAMILIES
 
 
 def _conv_spec(shape, K, k, s, p, g, d, dtype, fmt, pas, routes=False):

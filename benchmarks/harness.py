@@ -23,7 +23,7 @@ thread counts, BLAS, library versions and the load average, so a comparison of t
 
 torch is only ever imported in child processes (`run_child`): imported here, its OpenMP
 runtime would bind Numba's OpenMP layer to torch's settings and slow the numba kernels
-(the measurements are in benchmarks/RESULTS.md, "Why torch runs in a child process").
+(the measurements are in benchmarks/RESULTS.md, "Measured settings behind the harness").
 """
 from __future__ import annotations
 
@@ -106,6 +106,12 @@ def set_threads(threads: int) -> None:
     import numba
     numba.set_num_threads(threads)
     openblas_call("openblas_set_num_threads", ctypes.c_int(threads))
+
+
+def endless(loader):
+    """The batches of `loader`, epoch after epoch, for a fixed number of steps."""
+    while True:
+        yield from loader
 
 
 # --- the timing statistic ----------------------------------------------------------------
