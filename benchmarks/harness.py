@@ -62,11 +62,16 @@ CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile
 
 # --- environment, threads, BLAS ----------------------------------------------------------
 
+REMOVED_ENV = {}  # what clean_blas_env unset in this process, for describe_machine
+
+
 def clean_blas_env() -> dict:
     """Drop OpenBLAS tuning variables that can make NumPy's BLAS pick a slow kernel, for
     this process only (they are read when NumPy loads OpenBLAS: call this first).
-    Returns what was unset."""
-    return {var: os.environ.pop(var) for var in BLAS_VARS if var in os.environ}
+    Returns what was unset (and remembers it in REMOVED_ENV)."""
+    removed = {var: os.environ.pop(var) for var in BLAS_VARS if var in os.environ}
+    REMOVED_ENV.update(removed)
+    return removed
 
 
 def _openblas():
@@ -192,7 +197,7 @@ def load_average():
         return None
 
 
-def describe_machine(threads, removed_env=None) -> dict:
+def describe_machine(threads) -> dict:
     """Who ran this: hardware, libraries, threads, load and the settings that change
     timings. torch's version comes from its metadata: this process never imports torch."""
     import numba
@@ -217,7 +222,7 @@ def describe_machine(threads, removed_env=None) -> dict:
                      "minidl": minidl.__version__, "torch": _version("torch")},
         "env": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
                 "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS"),
-                "removed_for_this_run": removed_env or {},
+                "removed_for_this_run": dict(REMOVED_ENV),
                 "torch_children": {k: v for k, v in child_env().items()
                                    if k.startswith(("OMP_", "MALLOC_"))}},
         "malloc_tuning": _malloc.status,

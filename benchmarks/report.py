@@ -54,7 +54,8 @@ def _machine(result):
     removed = m["env"]["removed_for_this_run"]
     malloc_too = (" (torch's processes too)" if any(k.startswith("MALLOC_") for k in
                                                    m["env"].get("torch_children", {})) else "")
-    quick = " (--quick: tiny shapes, numbers say little)" if result["quick"] else ""
+    quick = (f" (--quick: {'' if result['suite'] == 'single' else 'tiny shapes, '}the "
+             "smallest calibration; numbers say little)" if result["quick"] else "")
     wall = result["wall_seconds"]
     parts = ", ".join(f"{k} {s:.0f} s" for k, s in wall.items() if k != "total")
     return [
@@ -129,9 +130,11 @@ def _kernels(rows, quick):
         "(2*N*K*Ho*Wo*C*R*S per pass) and matmul, judged against the FMA peak; GB/s of the "
         "bytes a pass must move (batch norm forward: x, y; backward: x, dy, dx; pooling: x, y, "
         "and max pooling's int64 argmax) judged against copy bandwidth, which small inputs "
-        "that stay in cache can exceed. torch / numba > 1: numba is faster. The first layer "
-        "(C=1) needs no input gradient: no backward_input row.",
-        "* matmul: minidl calls NumPy's BLAS; that is the numba column.",
+        "that stay in cache can exceed. torch / numba > 1: numba is faster."
+        + (" The first layer (C=1) needs no input gradient: no backward_input row."
+           if any(", 1, " in r["case"] for r in rows if r["kernel"] == "conv2d") else ""),
+    ] + (["* matmul: minidl calls NumPy's BLAS; that is the numba column."]
+         if any(r["minidl_impl"] == "NumPy BLAS" for r in rows) else []) + [
         f"numba first calls (JIT compile or cache load; not in the medians): {first:.2f} s in "
         "all.",
     ] + _spread_warning([(f"{r['kernel']} {r['case']} {r['pass']}", r["numba"]) for r in rows])

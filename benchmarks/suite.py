@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from benchmarks.harness import clean_blas_env
 
-REMOVED_ENV = clean_blas_env()  # before NumPy loads OpenBLAS (if it has not yet)
+clean_blas_env()  # before NumPy loads OpenBLAS (if it has not yet); reported in the result
 
 import os  # noqa: E402
 import subprocess  # noqa: E402
@@ -187,7 +187,7 @@ def _start(suite, threads, quick, backends):
     return {"schema": harness.SCHEMA, "suite": suite, "quick": quick, "threads": threads,
             "backends": list(backends),
             "torch_installed": "torch" in backends and harness.torch_available(),
-            "machine": harness.describe_machine(threads, REMOVED_ENV)}
+            "machine": harness.describe_machine(threads)}
 
 
 def _timed(wall, name, fn, *args, **kwargs):

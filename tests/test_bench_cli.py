@@ -96,6 +96,19 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
     assert captured.out == ""
 
 
+def test_single_shape_arguments_survive_a_fresh_process():
+    """With OpenBLAS variables set, `minidl bench` reruns itself in a fresh process
+    (benchmarks.suite) with the command line rebuilt from the parsed arguments."""
+    from minidl.bench import _argv, build_parser
+    argv = ["conv2d", "--input", "2,4,7,9", "--out-channels", "6", "--groups", "2",
+            "--dtype", "float64", "--pass", "fwd", "--quick", "--backend", "numpy"]
+    args = build_parser().parse_args(argv)
+    again = build_parser().parse_args(_argv(args))
+    assert vars(again) == vars(args)
+    suite_args = build_parser().parse_args(["--quick", "--only", "matmul", "--threads", "1"])
+    assert vars(build_parser().parse_args(_argv(suite_args))) == vars(suite_args)
+
+
 def test_suite_filters(tmp_path):
     r = bench_json(tmp_path, "--suite", "kernels", "--only", "matmul,batch_norm",
                    "--backend", "numpy")
