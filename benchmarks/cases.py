@@ -620,7 +620,7 @@ def bn_threshold_sweep(repeats=7) -> str:
             dy = rng.standard_normal(shape, dtype=np.float32)
             g = np.ones(shape[1], np.float32)
 
-            def step():
+            def step(x=x, dy=dy, g=g):
                 _, mean, var = nb_bn.batch_norm_train_forward(x, g, g, EPS)
                 nb_bn.batch_norm_train_backward(dy, x, g, mean, var, EPS)
 
@@ -628,7 +628,7 @@ def bn_threshold_sweep(repeats=7) -> str:
             for below in (1 << 62, 0):
                 nb_bn._SERIAL_BELOW = below
                 times.append(measure(step, repeats, 0.002)["median_s"])
-            lines.append(f"{str(shape):<18}{x.size:>10}"
+            lines.append(f"{shape!s:<18}{x.size:>10}"
                          f"{1e6 * times[0]:>11.1f}{1e6 * times[1]:>13.1f}")
     finally:
         nb_bn._SERIAL_BELOW = saved

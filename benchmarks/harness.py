@@ -334,7 +334,7 @@ def run_child(module, request, function="torch_worker", timeout=None):
     """`module.function(request)` in a fresh process; request and answer as JSON."""
     out = subprocess.run([sys.executable, "-c", _CHILD.format(module=module, function=function)],
                          input=json.dumps(request), capture_output=True, text=True,
-                         env=child_env(), cwd=ROOT, timeout=timeout)
+                         env=child_env(), cwd=ROOT, timeout=timeout, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{module}.{function} in a child process failed:\n"
                            f"{out.stderr[-2000:]}")

@@ -232,7 +232,8 @@ def test_benchmarks_import_downward_only():
     graph = {}
     for name in os.listdir(folder):
         if name.endswith(".py"):
-            tree = ast.parse(open(os.path.join(folder, name)).read())
+            with open(os.path.join(folder, name)) as f:
+                tree = ast.parse(f.read())
             deps = set()
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.module:
@@ -261,5 +262,5 @@ def test_minidl_imports_benchmarks_only_for_bench():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get(
         "PYTHONPATH")])))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, env=env, timeout=120)
+                         cwd=ROOT, env=env, timeout=120, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
