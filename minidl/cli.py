@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     profiler.add_arguments(p)
     from . import bench
     p = sub.add_parser("bench", help="benchmark kernels and training steps against NumPy and "
-                       "PyTorch", description=bench.__doc__)
+                       "PyTorch", description=bench.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(p)
     return parser
 
