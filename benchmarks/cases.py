@@ -556,14 +556,18 @@ def _step_fn(model, opt, batches, loss_fn):
     return step
 
 
-def time_minidl_step(kind, batch, threads, mode="full") -> dict:
+def time_minidl_step(kind, batch, threads, mode="full", channels_last=False) -> dict:
     import minidl as md
     from minidl import nn, optim
     md.set_num_threads(threads)
     md.manual_seed(0)
     model = minidl_model(kind)
+    fmt = md.channels_last if channels_last else md.contiguous_format
+    if channels_last:
+        model.to(memory_format=fmt)
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batches = [(md.tensor(x), md.tensor(y)) for x, y in train_data(kind, batch)]
+    batches = [(md.tensor(x).to(memory_format=fmt) if x.ndim == 4 else md.tensor(x),
+                md.tensor(y)) for x, y in train_data(kind, batch)]
     return measure(_step_fn(model, opt, batches, nn.functional.cross_entropy),
                    *TRAIN_MODES[mode])
 

@@ -310,12 +310,14 @@ def torch_available() -> bool:
 
 def child_env() -> dict:
     """The environment of a torch child: the repo importable, torch's own default OpenMP
-    wait policy (minidl sets PASSIVE for Numba, which costs torch time per call), and the
+    wait policy and OpenBLAS thread timeout (minidl sets PASSIVE for Numba, which costs
+    torch time per call, and OPENBLAS_THREAD_TIMEOUT=4 for itself), and the
     malloc thresholds minidl sets for itself (minidl/_malloc.py; without them glibc hands
     large freed blocks back to the OS and every call page-faults its output back in).
     The variables are glibc's equivalent of minidl's mallopt calls, read at start-up."""
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
+    env.pop("OPENBLAS_THREAD_TIMEOUT", None)  # minidl's BLAS policy, not torch's default
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     if os.environ.get("MINIDL_MALLOC_TUNING", "1") != "0":
         from minidl import _malloc

@@ -164,10 +164,17 @@ def _compile(c):
 
 
 def _train(rows):
-    head = ["model", "batch", "minidl steps/s", "min-max", "torch steps/s", "torch best config",
-            "minidl / torch", "minidl 1st step s"]
+    head = ["model", "batch", "minidl steps/s", "min-max", "minidl format (nchw / cl steps/s)",
+            "torch steps/s", "torch best config", "minidl / torch", "minidl 1st step s"]
+
+    def fmt(r):
+        configs = r.get("minidl_configs") or {}
+        if len(configs) < 2:
+            return "-"
+        return (f"{r['minidl_config']} ({_num(configs['nchw'])} / "
+                f"{_num(configs['channels_last'])})")
     body = [[r["case"], r["batch"], _num(r["minidl_steps_s"]),
-             f"{_num(r['minidl_min_steps_s'])}-{_num(r['minidl_max_steps_s'])}",
+             f"{_num(r['minidl_min_steps_s'])}-{_num(r['minidl_max_steps_s'])}", fmt(r),
              _num(r.get("torch_steps_s")), r.get("torch_config", "-"),
              _num(r.get("ratio_vs_torch")), _num(r["minidl_first_step_s"])] for r in rows]
     return (["## Training steps (forward, backward, SGD momentum)", ""] + _table(head, body)
