@@ -77,7 +77,7 @@ def _worker(steps: int, warmup: int, out: Path) -> None:
                     md.tensor(rng.integers(0, 10, b))) for _ in range(4)]
         loss_sum = np.zeros(1)
 
-        def step(i):
+        def step(i, batches=batches, model=model, opt=opt, loss_sum=loss_sum):
             x, y = batches[i % len(batches)]
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
@@ -142,7 +142,7 @@ def _compute_times(kind, batch, steps, warmup) -> dict:
     for b in sorted({batch} | {max(2, batch // p) for p in MACHINES}):
         model, opt, x, y = _model_and_data(kind, b)
 
-        def step():
+        def step(model=model, opt=opt, x=x, y=y):
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()

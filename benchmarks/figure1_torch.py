@@ -44,7 +44,6 @@ def build(bn: bool, init_std: float):
 
 
 def train(bn, args, train_set, test_set):
-    import torch
     torch.manual_seed(args.seed)
     model = build(bn, args.init_std)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
@@ -93,7 +92,6 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the histories here")
     args = p.parse_args(argv)
-    import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set, test_set = load_data(args.dataset)

@@ -1,4 +1,6 @@
 """minidl: a Numba-accelerated deep-learning mini-framework with PyTorch's names."""
+# ruff: noqa: E402  (the order is the point: thread and BLAS policies go into the
+# environment before NumPy and Numba load, so the imports cannot all come first)
 from . import _threads
 
 _threads.apply_defaults()  # first: ranks of an MPI job share the cores (minidl/_threads.py)

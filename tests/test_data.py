@@ -558,7 +558,7 @@ def test_loader_break_resumes_unfinished_epoch():
     loader = DataLoader(_toy(10), batch_size=2, shuffle=True, seed=1)
     ref = _labels(list(DataLoader(_toy(10), batch_size=2, shuffle=True, seed=1)))
     got = []
-    for xb, yb in loader:
+    for _xb, yb in loader:
         got.append(yb.data.tolist())
         if len(got) == 2:
             break

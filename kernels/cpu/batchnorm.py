@@ -74,8 +74,8 @@ def _piece_moments(x3, c, n0, n1, l0, l1, k):
             s1[j] += (d0 + d1) + (d2 + d3)
             s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
         n += 4
-    for n in range(n, n1):
-        b0 = x3[n, c, l0:l1]
+    for rest in range(n, n1):  # the remaining rows, one at a time
+        b0 = x3[rest, c, l0:l1]
         for j in range(s1.size):
             d0 = np.float64(b0[j]) - k
             s1[j] += d0
@@ -103,8 +103,8 @@ def _piece_grad_moments(dy3, x3, c, n0, n1, l0, l1, center):
             s2[j] += ((e0 * (np.float64(x0[j]) - center) + e1 * (np.float64(x1[j]) - center))
                       + (e2 * (np.float64(x2[j]) - center) + e3 * (np.float64(x3_[j]) - center)))
         n += 4
-    for n in range(n, n1):
-        g0, x0 = dy3[n, c, l0:l1], x3[n, c, l0:l1]
+    for rest in range(n, n1):
+        g0, x0 = dy3[rest, c, l0:l1], x3[rest, c, l0:l1]
         for j in range(s1.size):
             e0 = np.float64(g0[j])
             s1[j] += e0
@@ -273,8 +273,8 @@ def _build(parallel):
                         s1[j] += (d0 + d1) + (d2 + d3)
                         s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
                     n += 4
-                for n in range(n, n1):
-                    r0 = x2[n]
+                for rest in range(n, n1):
+                    r0 = x2[rest]
                     for j in range(J):
                         d0 = np.float64(r0[j]) - k[j]
                         s1[j] += d0
@@ -330,8 +330,8 @@ def _build(parallel):
                     s2[j] += ((e0 * (np.float64(x0[j]) - m0) + e1 * (np.float64(x1[j]) - m0))
                               + (e2 * (np.float64(x2_[j]) - m0) + e3 * (np.float64(x3_[j]) - m0)))
                 n += 4
-            for n in range(n, n1):
-                g0, x0 = dy2[n], x2[n]
+            for rest in range(n, n1):
+                g0, x0 = dy2[rest], x2[rest]
                 for j in range(J):
                     e0 = np.float64(g0[j])
                     s1[j] += e0

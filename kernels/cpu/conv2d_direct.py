@@ -197,10 +197,10 @@ def _forward_rows(x, table, wm, b, block, y):
         p0, p1 = i * P // nb, (i + 1) * P // nb
         pn = p1 - p0
         colsT = np.empty((L, pn), dtype=x.dtype)
-        for l in range(L):
-            c = l // RS
-            gather(xf[(n * C + c) * HW:(n * C + c + 1) * HW], table[l - c * RS, p0:p1],
-                   colsT[l])
+        for row in range(L):
+            c = row // RS
+            gather(xf[(n * C + c) * HW:(n * C + c + 1) * HW], table[row - c * RS, p0:p1],
+                   colsT[row])
         for k in range(0, K - K % 4, 4):
             y0, y1 = y[n, k][p0:p1], y[n, k + 1][p0:p1]
             y2, y3 = y[n, k + 2][p0:p1], y[n, k + 3][p0:p1]
@@ -208,9 +208,9 @@ def _forward_rows(x, table, wm, b, block, y):
             y1[:] = b[k + 1]
             y2[:] = b[k + 2]
             y3[:] = b[k + 3]
-            for l in range(L):
-                w0, w1, w2, w3 = wm[k, l], wm[k + 1, l], wm[k + 2, l], wm[k + 3, l]
-                src = colsT[l]
+            for row in range(L):
+                w0, w1, w2, w3 = wm[k, row], wm[k + 1, row], wm[k + 2, row], wm[k + 3, row]
+                src = colsT[row]
                 for p in range(pn):
                     v = src[p]
                     y0[p] += w0 * v
@@ -220,9 +220,9 @@ def _forward_rows(x, table, wm, b, block, y):
         for k in range(K - K % 4, K):
             yk = y[n, k][p0:p1]
             yk[:] = b[k]
-            for l in range(L):
-                wk = wm[k, l]
-                src = colsT[l]
+            for row in range(L):
+                wk = wm[k, row]
+                src = colsT[row]
                 for p in range(pn):
                     yk[p] += wk * src[p]
 
@@ -343,10 +343,10 @@ def _weight_direct(x, table, nc, dyc, block, dwm):
         colsT = np.empty((l1 - l0, Lq), dtype=x.dtype)  # every chunk fills every row
         for i in range(nchunks):
             m = min(nc, N - i * nc)
-            for l in range(l0, l1):
-                c = l // RS
-                pick = table[l - c * RS]
-                dst = colsT[l - l0]
+            for row in range(l0, l1):
+                c = row // RS
+                pick = table[row - c * RS]
+                dst = colsT[row - l0]
                 for nl in range(m):
                     base = ((i * nc + nl) * C + c) * HW
                     gather(xf[base:base + HW], pick, dst[nl * P:(nl + 1) * P])

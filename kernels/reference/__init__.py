@@ -1,4 +1,5 @@
-"""Plain NumPy kernels: readable oracles for the tests and the "numpy" backend. See kernels/README.md."""
+"""Plain NumPy kernels: readable oracles for the tests and the "numpy" backend.
+See kernels/README.md."""
 from .conv2d import (conv2d_forward, conv2d_backward_input, conv2d_backward_weight,
                      conv2d_backward_bias, conv2d_forward_nhwc, conv2d_backward_input_nhwc,
                      conv2d_backward_weight_nhwc, conv2d_backward_bias_nhwc)

@@ -477,7 +477,7 @@ def _lr_search(args, out: Path, jobs: int, progress: bool):
     grid = _parse_lr_grid(args.lr_grid)
     specs = []
     for lr in grid:
-        s = _specs(["inception"], [0], lambda k: lr, args, out, progress)[0]
+        s = _specs(["inception"], [0], lambda k, lr=lr: lr, args, out, progress)[0]
         s["out_dir"] = str(out / "lr-search" / f"lr-{lr:g}")
         specs.append(s)
     results = run_all(specs, jobs)

@@ -191,7 +191,7 @@ def format_summary(s: dict) -> str:
                  f"{reach if reach is not None else 'never'}")
     lines.append(f"BN network ahead at {s['evaluations_bn_ahead']} of {s['evaluations']} "
                  f"evaluations")
-    for key, net in s["networks"].items():
+    for net in s["networks"].values():
         m0, m1 = net["sigmoid_in_median_first_last"]
         w0, w1 = net["sigmoid_in_spread_first_last"]
         lines.append(f"sigmoid input {net['label']}: median {m0:+.3f} -> {m1:+.3f}, "

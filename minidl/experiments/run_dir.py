@@ -40,8 +40,9 @@ class RunDirLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise RunDirError(f"minidl {command}: {self.path.parent} is in use by another run "
-                              f"(locked: {self.path}); wait for it or choose another --out")
+            raise RunDirError(
+                f"minidl {command}: {self.path.parent} is in use by another run (locked: "
+                f"{self.path}); wait for it or choose another --out") from None
         self._fd = fd
         return self
 

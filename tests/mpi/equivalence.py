@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-import minidl
 import minidl.distributed as dist
-from minidl import nn, optim
+from minidl import optim
 from minidl.data import DataLoader, TensorDataset
 from minidl.nn import functional as F
 
