@@ -2,7 +2,7 @@
 `cache=True` needs them at module level). Nothing else should import this module."""
 from numba import njit, prange
 
-from kernels.cpu.microkernel import fma_chains
+from minidl.kernels.cpu.microkernel import fma_chains
 
 
 @njit(parallel=True, cache=True)

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.harness import MODES, measure
+from minidl.benchmarks.harness import MODES, measure
 
 FAMILIES = ("conv2d", "batch_norm", "pooling", "matmul")
 OPS = ("conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "matmul")
@@ -270,9 +270,9 @@ def _randn(spec, what, shape):
 
 def _kernels(backend):
     if backend == "numba":
-        import kernels.cpu as k
+        import minidl.kernels.cpu as k
     else:
-        import kernels.reference as k
+        import minidl.kernels.reference as k
     return k
 
 
@@ -322,7 +322,7 @@ def _conv_call(spec, backend, layout):
         return _old_route(_conv_call(spec, "numba", layout))
     geo = ((s, s), (p, p), (d, d))
     if backend == "numba_nhwc" or (backend == "numba" and spec["format"] == "channels_last"):
-        from kernels.cpu import conv2d_nhwc as nh   # the channels-last entry points
+        from minidl.kernels.cpu import conv2d_nhwc as nh   # the channels-last entry points
         xh, dyh = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (x, dy))
         return {"forward": lambda: nh.conv2d_forward_nhwc(xh, w, b, *geo),
                 "backward_input": lambda: nh.conv2d_backward_input_nhwc(dyh, w, xh.shape, *geo),
@@ -336,7 +336,7 @@ def _conv_call(spec, backend, layout):
 
 def _old_route(fn):
     """fn run with kernels/cpu/conv2d.py's channels-last routes switched off."""
-    from kernels.cpu import conv2d as cpu
+    from minidl.kernels.cpu import conv2d as cpu
 
     def call():
         saved, cpu._NHWC = cpu._NHWC, False
@@ -530,7 +530,7 @@ def torch_model(kind):
             width = 100
         return tnn.Sequential(*layers, tnn.Linear(100, 10))
     if kind == "inception":
-        from benchmarks.inception_torch import torch_bn_inception_lite
+        from minidl.benchmarks.inception_torch import torch_bn_inception_lite
         return torch_bn_inception_lite()
     return _cnn(tnn)
 
@@ -612,9 +612,9 @@ def bn_threshold_sweep(repeats=7) -> str:
     """Training forward + backward with the serial and the parallel kernels forced, on
     growing inputs: where parallel starts to win is kernels/cpu/batchnorm._SERIAL_BELOW.
 
-        python -m benchmarks.cases bn-sweep
+        python -m minidl.benchmarks.cases bn-sweep
     """
-    from kernels.cpu import batchnorm as nb_bn
+    from minidl.kernels.cpu import batchnorm as nb_bn
     rng = np.random.default_rng(0)
     saved = nb_bn._SERIAL_BELOW
     lines = [f"{'shape':<18}{'elements':>10}{'serial us':>11}{'parallel us':>13}"]
@@ -642,5 +642,5 @@ def bn_threshold_sweep(repeats=7) -> str:
 if __name__ == "__main__":
     import sys
     if sys.argv[1:] != ["bn-sweep"]:
-        sys.exit("usage: python -m benchmarks.cases bn-sweep")
+        sys.exit("usage: python -m minidl.benchmarks.cases bn-sweep")
     print(bn_threshold_sweep())

@@ -2,7 +2,7 @@
 and float64 in a fresh process, first with an empty Numba cache (JIT compilation and
 cache writes), then again with the cache on disk (`cache=True`: loads only).
 
-    python -m benchmarks.compile_time
+    python -m minidl.benchmarks.compile_time
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ CHILD = r"""
 import time
 t0 = time.perf_counter()
 import numpy as np
-import kernels.cpu as K
-from kernels.cpu import conv2d_nhwc as NHWC
+import minidl.kernels.cpu as K
+from minidl.kernels.cpu import conv2d_nhwc as NHWC
 t_import = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 for dt in (np.float32, np.float64):

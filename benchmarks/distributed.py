@@ -1,7 +1,7 @@
 """Data-parallel training on MPI: what 1 and 2 ranks do on this machine, and what 8 and
 64 machines would do by a stated network model.
 
-    python -m benchmarks.distributed [--steps 200] [--ranks 1,2] [--json FILE] [--quick]
+    python -m minidl.benchmarks.distributed [--steps 200] [--ranks 1,2] [--json FILE] [--quick]
 
 For the paper's BN MLP (784-100-100-100-10, global batch 60) and the small BN CNN of
 benchmarks/train_step.py (global batch 64), with SyncBatchNorm (the paper's batch is the
@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import clean_blas_env
+from minidl.benchmarks.harness import clean_blas_env
 
 clean_blas_env()
 
@@ -56,7 +56,7 @@ def _worker(steps: int, warmup: int, out: Path) -> None:
 
     import minidl as md
     import minidl.distributed as dist
-    from benchmarks.train_step import minidl_model
+    from minidl.benchmarks.train_step import minidl_model
     from minidl import nn, optim
 
     dist.init_process_group()
@@ -122,7 +122,7 @@ def _model_and_data(kind, b, seed=0):
     import numpy as np
 
     import minidl as md
-    from benchmarks.train_step import minidl_model
+    from minidl.benchmarks.train_step import minidl_model
     from minidl import optim
     md.manual_seed(seed)
     model = minidl_model(kind)
@@ -207,7 +207,8 @@ def _run_ranks(k: int, steps: int, warmup: int, tmp: Path) -> dict:
     cmd = ["mpirun", "--oversubscribe", "-n", str(k)]
     if os.geteuid() == 0:
         cmd.insert(1, "--allow-run-as-root")
-    cmd += [sys.executable, "-m", "benchmarks.distributed", "--worker", "--steps", str(steps),
+    cmd += [sys.executable, "-m", "minidl.benchmarks.distributed", "--worker", "--steps",
+            str(steps),
             "--warmup", str(warmup), "--out", str(out)]
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.read_text())
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
         return 0
     import minidl.distributed as dist
     if not dist.is_available() or shutil.which("mpirun") is None:
-        print(f"benchmarks.distributed: MPI unavailable: "
+        print(f"minidl.benchmarks.distributed: MPI unavailable: "
               f"{dist.unavailable_reason() or 'mpirun is not on PATH'}")
         return 1
     import tempfile

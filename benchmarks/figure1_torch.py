@@ -3,7 +3,7 @@ data, the same mini-batch sequence (minidl's seeded DataLoader), N(0, std^2) ini
 with momentum, evaluation every `eval_every` steps with the same sigmoid-input
 percentiles. Prints the same table as minidl's summary.txt, with wall time.
 
-    python -m benchmarks.figure1_torch --dataset fashion-mnist [--steps 50000] [--threads N]
+    python -m minidl.benchmarks.figure1_torch --dataset fashion-mnist [--steps 50000] [--threads N]
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from benchmarks.harness import clean_blas_env, endless
+from minidl.benchmarks.harness import clean_blas_env, endless
 
 clean_blas_env()
 

@@ -56,6 +56,7 @@ MODES = {
 BLAS_SPIN_S = 0.12
 
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+UNSET_VAR = "MINIDL_BENCH_UNSET"  # what a parent process unset for this one (JSON)
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", "asimd",
              "sve")
 
@@ -67,9 +68,19 @@ REMOVED_ENV = {}  # what clean_blas_env unset in this process, for describe_mach
 
 def clean_blas_env() -> dict:
     """Drop OpenBLAS tuning variables that can make NumPy's BLAS pick a slow kernel, for
-    this process only (they are read when NumPy loads OpenBLAS: call this first).
+    this process only. They are read when NumPy loads OpenBLAS, which importing minidl
+    (and so any benchmark module) already did: if they are set, the process starts over
+    once without them (os.execv of the same command line), passing down what it unset.
     Returns what was unset (and remembers it in REMOVED_ENV)."""
-    removed = {var: os.environ.pop(var) for var in BLAS_VARS if var in os.environ}
+    removed = json.loads(os.environ.pop(UNSET_VAR, "{}"))  # from the process before
+    stale = {var: os.environ[var] for var in BLAS_VARS if var in os.environ}
+    if stale and "numpy" in sys.modules:
+        env = {k: v for k, v in os.environ.items() if k not in stale}
+        env[UNSET_VAR] = json.dumps({**removed, **stale})
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    for var in stale:
+        removed[var] = os.environ.pop(var)
     REMOVED_ENV.update(removed)
     return removed
 
@@ -233,7 +244,7 @@ def describe_machine(threads) -> dict:
 
 def _limit_kernels():
     """The three Numba loops that measure the machine (compiled once, cached on disk)."""
-    from benchmarks import _limits
+    from minidl.benchmarks import _limits
     return _limits
 
 
@@ -245,7 +256,7 @@ def fma_peak_gflops(threads=None, seconds=0.2, repeats=5) -> float:
     import numba
     import numpy as np
 
-    from kernels.cpu.microkernel import blocking
+    from minidl.kernels.cpu.microkernel import blocking
     k = _limit_kernels()
     threads = threads or numba.get_num_threads()
     mr, nr = blocking(np.float32)

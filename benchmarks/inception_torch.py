@@ -5,7 +5,7 @@ seeded DataLoader) and the same protocol (SGD momentum, weight decay / 5 with BN
 per-step exponential learning-rate decay, 6x faster with BN; evaluation on the first
 `--eval-examples` test images every `--eval-every` steps, the whole test set at the end).
 
-    python -m benchmarks.inception_torch --variant bn-x5 --base-lr 0.02 --steps 1500 \\
+    python -m minidl.benchmarks.inception_torch --variant bn-x5 --base-lr 0.02 --steps 1500 \\
         [--compare runs/ablation/bn-x5/seed-0/result.json]
 
 With --compare it prints minidl's accuracies of the same run beside PyTorch's.
@@ -17,7 +17,7 @@ import json
 import math
 import time
 
-from benchmarks.harness import clean_blas_env, endless
+from minidl.benchmarks.harness import clean_blas_env, endless
 
 clean_blas_env()
 

@@ -1,13 +1,13 @@
 """Per-op overhead of the tape on tiny tensors: N iterations of `a*b + c` and its
 backward on (60, 100) arrays, minidl vs PyTorch CPU (if installed) vs raw NumPy.
 
-    python -m benchmarks.overhead [--iters 10000]
+    python -m minidl.benchmarks.overhead [--iters 10000]
 """
 from __future__ import annotations
 
 import argparse
 
-from benchmarks.harness import clean_blas_env
+from minidl.benchmarks.harness import clean_blas_env
 
 clean_blas_env()
 

@@ -1,13 +1,13 @@
-"""Writers and readers of a benchmark result (benchmarks.suite.run, schema in
+"""Writers and readers of a benchmark result (minidl.benchmarks.suite.run, schema in
 benchmarks/README.md): JSON for machines, Markdown for people (tables also read well in a
 terminal, so the CLI prints that), and the comparison of two results
-(`minidl bench compare OLD.json NEW.json`). Imports only benchmarks.harness."""
+(`minidl bench compare OLD.json NEW.json`). Imports only minidl.benchmarks.harness."""
 from __future__ import annotations
 
 import json
 import math
 
-from benchmarks.harness import MODES, SPREAD_WARN
+from minidl.benchmarks.harness import MODES, SPREAD_WARN
 
 
 def _clean(v):

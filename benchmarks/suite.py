@@ -2,7 +2,7 @@
 and the comparison of two runs. Every run measures the machine's limits and writes the
 same JSON schema (documented in benchmarks/README.md) and a Markdown report.
 
-    python -m benchmarks.suite [--suite kernels|train|all] [--threads N] [--quick]
+    python -m minidl.benchmarks.suite [--suite kernels|train|all] [--threads N] [--quick]
                                [--only conv2d,...] [--backend numpy,torch]
                                [--json FILE] [--markdown FILE]
 
@@ -21,7 +21,7 @@ Imports flow one way: suite -> cases -> harness and suite -> report -> harness.
 """
 from __future__ import annotations
 
-from benchmarks.harness import clean_blas_env
+from minidl.benchmarks.harness import clean_blas_env
 
 clean_blas_env()  # before NumPy loads OpenBLAS (if it has not yet); reported in the result
 
@@ -31,7 +31,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from benchmarks import cases, harness, report  # noqa: E402
+from minidl.benchmarks import cases, harness, report  # noqa: E402
 
 SUITES = ("kernels", "train", "all")
 BACKENDS = cases.BACKENDS
@@ -73,7 +73,7 @@ def run_kernels(specs, threads, mode="full", backends=BACKENDS, progress=None) -
         if progress:
             progress("torch (child process)")
         try:
-            torch_res = harness.run_child("benchmarks.cases", {
+            torch_res = harness.run_child("minidl.benchmarks.cases", {
                 "mode": mode, "specs": specs, "torch_threads": sorted({1, threads})})
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             torch_error = str(e)
@@ -135,7 +135,7 @@ def run_train(threads, quick=False, use_torch=True, case_list=None) -> list[dict
                      "steps": t["samples"] * t["calls_per_sample"],
                      "minidl_first_step_s": configs["nchw"]["first_call_s"]})
     if use_torch and harness.torch_available():
-        res = harness.run_child("benchmarks.cases", {"cases": plan, "mode": mode,
+        res = harness.run_child("minidl.benchmarks.cases", {"cases": plan, "mode": mode,
                                                      "threads": sorted({1, threads})},
                                 function="train_worker")
         for row in rows:
@@ -174,7 +174,7 @@ def startup_times(threads, warm_runs=3, command=None):
 
 def compile_times():
     """Cold and warm first calls of every kernel in float32 and float64."""
-    from benchmarks import compile_time
+    from minidl.benchmarks import compile_time
     try:
         return compile_time.measure()
     except subprocess.CalledProcessError as e:
@@ -284,9 +284,9 @@ def main_compare(old_path, new_path, fail_on_slower=None, markdown_path=None) ->
 
 
 def main(argv=None) -> int:
-    """`python -m benchmarks.suite ...`: the same arguments as `minidl bench`."""
+    """`python -m minidl.benchmarks.suite ...`: the same arguments as `minidl bench`."""
     from minidl.bench import build_parser, run as bench_run
-    return bench_run(build_parser("python -m benchmarks.suite").parse_args(argv))
+    return bench_run(build_parser("python -m minidl.benchmarks.suite").parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""minidl's kernels: NumPy references (`kernels.reference`) and parallel Numba kernels
-(`kernels.cpu`) with the same function names and signatures. See kernels/README.md."""
+"""minidl's kernels: NumPy references (`minidl.kernels.reference`) and parallel Numba kernels
+(`minidl.kernels.cpu`) with the same function names and signatures. See kernels/README.md."""
 import os
 import sys
 

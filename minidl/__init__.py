@@ -5,7 +5,7 @@ from . import _threads
 
 _threads.apply_defaults()  # first: ranks of an MPI job share the cores (minidl/_threads.py)
 
-import kernels  # noqa: F401  (first: sets the OpenMP wait policy before Numba starts)
+from . import kernels  # noqa: F401  (first: thread and BLAS policies before NumPy and Numba load)
 
 from . import _malloc
 

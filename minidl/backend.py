@@ -2,8 +2,8 @@
 every op. A backend is a device plus a kernel namespace with the functions listed in
 kernels/README.md; the ops in `minidl.functions` call `backend_for(x).<kernel>(...)`.
 
-    "numba"  kernels.cpu        parallel Numba kernels (default)
-    "numpy"  kernels.reference  the readable NumPy references
+    "numba"  minidl.kernels.cpu        parallel Numba kernels (default)
+    "numpy"  minidl.kernels.reference  the readable NumPy references
     "cuda"   (arrives with the CUDA issue)
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 
 import numba
 
-_MODULES = {"numba": "kernels.cpu", "numpy": "kernels.reference"}
+_MODULES = {"numba": "minidl.kernels.cpu", "numpy": "minidl.kernels.reference"}
 _current = "numba"
 _loaded = {}
 

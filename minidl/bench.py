@@ -21,11 +21,11 @@ import subprocess
 import sys
 
 # Read by OpenBLAS when NumPy loads it, and able to make it pick a slow kernel; the
-# benchmarks unset them for their own process (benchmarks.harness.clean_blas_env).
+# benchmarks unset them for their own process (minidl.benchmarks.harness.clean_blas_env).
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 OPS = ("conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "matmul")
 # (flag, dest, help) of a single-shape command's options; values stay strings so that
-# benchmarks.cases.single_specs can say in one line what is wrong with them
+# minidl.benchmarks.cases.single_specs can say in one line what is wrong with them
 SHAPE_OPTIONS = {
     "conv2d": [("--input", "input", "N,C,H,W"), ("--out-channels", "out_channels", "K"),
                ("--kernel", "kernel", "kernel size (default 3)"),
@@ -138,10 +138,10 @@ def run(args) -> int:
         raise UsageError(f"minidl bench: --threads must be >= 1, got {args.threads}")
     cmd = getattr(args, "bench_command", None)
     stale_blas = any(v in os.environ for v in BLAS_VARS)  # before benchmarks unsets them
-    from benchmarks import cases
+    from minidl.benchmarks import cases
     try:
         if cmd == "compare":
-            from benchmarks import suite
+            from minidl.benchmarks import suite
             return suite.main_compare(args.old, args.new, args.fail_on_slower, args.markdown)
         backends = cases.parse_backends(getattr(args, "backend", None))
         if cmd:
@@ -150,14 +150,15 @@ def run(args) -> int:
         else:
             families = cases.parse_families(args.only)
         if stale_blas:
-            # NumPy has already loaded OpenBLAS with them: run in a fresh process, which
-            # unsets them before importing NumPy (and reports that it did).
-            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-            return subprocess.call([sys.executable, "-m", "benchmarks.suite", *_argv(args)],
-                                   env=env)
-        from benchmarks import suite
+            # NumPy has already loaded OpenBLAS with them: run in a fresh process without
+            # them, told what was unset (the result reports it).
+            import json
+            env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
+            env["MINIDL_BENCH_UNSET"] = json.dumps(
+                {v: os.environ[v] for v in BLAS_VARS if v in os.environ})
+            return subprocess.call([sys.executable, "-m", "minidl.benchmarks.suite",
+                                    *_argv(args)], env=env)
+        from minidl.benchmarks import suite
         if cmd:
             return suite.main_single(specs, args.threads, args.quick, args.json,
                                      args.markdown, backends)

@@ -65,7 +65,7 @@ def blas_thread_policy() -> str:
     """Whether OpenBLAS's idle workers sleep at once (see kernels/__init__.py)."""
     import os
 
-    import kernels
+    from . import kernels
     value = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
     if kernels.BLAS_THREAD_TIMEOUT_APPLIED:
         return f"workers spin 2^{value} cycles after a call (OPENBLAS_THREAD_TIMEOUT={value})"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import cases, harness, report, suite
+from minidl.benchmarks import cases, harness, report, suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_TORCH = harness.torch_available()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from benchmarks import cases, harness, report, suite
+from minidl.benchmarks import cases, harness, report, suite
 from minidl.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +98,7 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
 
 def test_single_shape_arguments_survive_a_fresh_process():
     """With OpenBLAS variables set, `minidl bench` reruns itself in a fresh process
-    (benchmarks.suite) with the command line rebuilt from the parsed arguments."""
+    (minidl.benchmarks.suite) with the command line rebuilt from the parsed arguments."""
     from minidl.bench import _argv, build_parser
     argv = ["conv2d", "--input", "2,4,7,9", "--out-channels", "6", "--groups", "2",
             "--dtype", "float64", "--pass", "fwd", "--quick", "--backend", "numpy"]
@@ -138,7 +138,7 @@ def test_single_shape_cases_match_the_suites():
 def bn_runs(tmp_path_factory):
     """The same quick run twice: as it is, and with a deliberately slowed kernel (a test
     double that does the work and then waits 2 ms, over 50x the tiny kernel's time)."""
-    import kernels.cpu as K
+    import minidl.kernels.cpu as K
     mp = pytest.MonkeyPatch()
     mp.setattr(harness, "limits", lambda quick=False: dict(LIMITS))
     specs = cases.single_specs("batch_norm", {"input": "2,3,4,4", "pass": "all"})

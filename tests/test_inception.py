@@ -113,7 +113,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 @pytest.mark.parametrize("bn,activation", [(True, "relu"), (False, "sigmoid")])
 def test_matches_the_pytorch_twin_forward_and_backward(bn, activation):
     torch = pytest.importorskip("torch")
-    from benchmarks.inception_torch import copy_from_minidl, torch_bn_inception_lite
+    from minidl.benchmarks.inception_torch import copy_from_minidl, torch_bn_inception_lite
     md.manual_seed(3)
     model = bn_inception_lite(bn=bn, activation=activation)
     twin = torch_bn_inception_lite(bn=bn, activation=activation)

@@ -39,7 +39,7 @@ _ROWS_MAX_L_PARALLEL = 9  # ... and above _SERIAL_BELOW elements (see _layout)
 _FUSE_MIN_C_PER_THREAD = 4  # channels per thread from which the plane layout fuses
 # Below this many elements the serial twin runs: waking the thread pool costs more than
 # the work, and far more when another process holds the other cores (numbers:
-# benchmarks/DESIGN.md, batchnorm.py; `python -m benchmarks.cases bn-sweep`).
+# benchmarks/DESIGN.md, batchnorm.py; `python -m minidl.benchmarks.cases bn-sweep`).
 _SERIAL_BELOW = 1 << 17
 
 

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels.reference.pooling import pool_output_size
+from minidl.kernels.reference.pooling import pool_output_size
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
 

@@ -34,7 +34,7 @@ Debugging: NUMBA_DISABLE_JIT=1 runs these as plain Python (slow, same results).
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu.pooling import _avg_divisor, _output_hw
+from minidl.kernels.cpu.pooling import _avg_divisor, _output_hw
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
 LANE_BLOCK = 512  # lanes per task: a (kh, W, 512) float32 slab of x stays in L1/L2

@@ -1,4 +1,5 @@
-"""Batch-norm kernels: Numba (kernels.cpu) vs the NumPy reference (kernels.reference); the
+"""Batch-norm kernels: Numba (minidl.kernels.cpu) vs the NumPy reference
+(minidl.kernels.reference); the
 reference vs finite differences of itself; both vs torch.nn.functional.batch_norm where
 torch is installed; and the numerical edge cases (constant channels, large means).
 
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cpu import batchnorm as cpu
-from kernels.reference import batchnorm as ref
+from minidl.kernels.cpu import batchnorm as cpu
+from minidl.kernels.reference import batchnorm as ref
 
 SETTINGS = settings(max_examples=15, deadline=None)
 BIG = 1 << 62

@@ -1,4 +1,4 @@
-"""Conv2d kernels: Numba (kernels.cpu) vs the NumPy reference (kernels.reference), and
+"""Conv2d kernels: Numba (minidl.kernels.cpu) vs the NumPy reference (minidl.kernels.reference), and
 both vs torch.nn.functional.conv2d / torch.autograd where torch is installed.
 
 Random problems cover odd H/W, stride 1/2, padding 0..2, dilation 1/2, groups 1/2/C
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cpu import conv2d as cpu
-from kernels.cpu import conv2d_direct as direct
-from kernels.reference import conv2d as ref
+from minidl.kernels.cpu import conv2d as cpu
+from minidl.kernels.cpu import conv2d_direct as direct
+from minidl.kernels.reference import conv2d as ref
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -78,7 +78,7 @@ def all_passes(k, case):
 
 @contextlib.contextmanager
 def patched(**values):
-    """Temporarily set module constants of kernels.cpu.conv2d (or of conv2d_direct)."""
+    """Temporarily set module constants of minidl.kernels.cpu.conv2d (or of conv2d_direct)."""
     owner = {name: direct if hasattr(direct, name) else cpu for name in values}
     saved = {name: getattr(owner[name], name) for name in values}
     for name, value in values.items():

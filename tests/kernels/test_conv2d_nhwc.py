@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from numba import njit
 
-from kernels.cpu import conv2d_nhwc as nhwc
-from kernels.cpu import microkernel as mk
-from kernels.reference import conv2d as ref
+from minidl.kernels.cpu import conv2d_nhwc as nhwc
+from minidl.kernels.cpu import microkernel as mk
+from minidl.kernels.reference import conv2d as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -302,8 +302,8 @@ def test_disable_jit_runs_the_plain_loop_fallback():
     # With NUMBA_DISABLE_JIT=1 every kernel is plain Python and `tile` is the reference.
     code = r"""
 import numpy as np
-from kernels.cpu import conv2d_nhwc as nh, microkernel as mk
-from kernels.reference import conv2d as ref
+from minidl.kernels.cpu import conv2d_nhwc as nh, microkernel as mk
+from minidl.kernels.reference import conv2d as ref
 assert not mk.INTRINSIC and mk.tile is mk.tile_reference
 rng = np.random.default_rng(0)
 x = rng.standard_normal((1, 2, 4, 5)); w = rng.standard_normal((3, 2, 3, 3))

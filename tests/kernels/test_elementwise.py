@@ -1,5 +1,5 @@
-"""Fused bias + activation kernels: Numba (kernels.cpu) vs the NumPy reference
-(kernels.reference) and, where installed, torch; plus the activations' edge cases
+"""Fused bias + activation kernels: Numba (minidl.kernels.cpu) vs the NumPy reference
+(minidl.kernels.reference) and, where installed, torch; plus the activations' edge cases
 (overflow-free sigmoid, NaN and infinities) and the Numba-side exp against libm.
 
 As in test_batchnorm.py, MODES force each code path of the Numba kernels on small inputs.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cpu import elementwise as cpu
-from kernels.reference import elementwise as ref
+from minidl.kernels.cpu import elementwise as cpu
+from minidl.kernels.reference import elementwise as ref
 
 SETTINGS = settings(max_examples=20, deadline=None)
 ACTS = ["identity", "relu", "sigmoid", "tanh"]

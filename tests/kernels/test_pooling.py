@@ -1,4 +1,5 @@
-"""Pooling kernels: Numba (kernels.cpu) vs NumPy reference (kernels.reference), both vs a
+"""Pooling kernels: Numba (minidl.kernels.cpu) vs NumPy reference
+(minidl.kernels.reference), both vs a
 naive loop oracle and, where installed, torch.nn.functional.
 
 Tie rule (PyTorch's, matched by both backends): max pooling returns the FIRST maximum in
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cpu import pooling as cpu
-from kernels.reference import pooling as ref
-from kernels.reference.pooling import pool_output_size
+from minidl.kernels.cpu import pooling as cpu
+from minidl.kernels.reference import pooling as ref
+from minidl.kernels.reference.pooling import pool_output_size
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -351,7 +352,7 @@ def test_max_pool_nan_and_ties_match_torch():
 
 # ------------------------------------------------- realistic planes (the vectorized fast path)
 
-# Planes large enough that the per-offset loops of kernels.cpu run full vector iterations
+# Planes large enough that the per-offset loops of minidl.kernels.cpu run full vector iterations
 # plus a remainder: strides 1 and 2 take the constant-stride paths, 3 the generic one;
 # k > s leaves garbage windows per scratch row, k <= s none (the one-loop compaction).
 LARGE_CASES = [

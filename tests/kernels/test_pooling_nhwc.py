@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cpu import pooling_nhwc as lanes
-from kernels.reference import pooling as ref
-from kernels.reference.pooling import pool_output_size
+from minidl.kernels.cpu import pooling_nhwc as lanes
+from minidl.kernels.reference import pooling as ref
+from minidl.kernels.reference.pooling import pool_output_size
 
 
 @st.composite
@@ -100,7 +100,7 @@ def test_channels_last_entry_points_match_the_reference_entry_points(case):
     """The (N, H, W, C) entry points the channels_last ops call, cpu against reference
     (whose NHWC entry points transpose around the NCHW oracle), bitwise."""
     x, k, s, p, ceil, include_pad, rng = case
-    from kernels import cpu
+    from minidl.kernels import cpu
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     y0, a0 = ref.max_pool2d_forward_nhwc(xh, k, s, p, ceil)
     y1, a1 = cpu.max_pool2d_forward_nhwc(xh, k, s, p, ceil)
