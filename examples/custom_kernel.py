@@ -51,7 +51,8 @@ def softplus_backward(dy, x):
 def softplus(x: minidl.Tensor) -> minidl.Tensor:
     xd = np.ascontiguousarray(x.data)  # the kernels' contract: C-contiguous float arrays
     return record(softplus_forward(xd), (x,),
-                  lambda g: (softplus_backward(np.ascontiguousarray(g), xd),), "Softplus")
+                  lambda g, needs_grad: (softplus_backward(np.ascontiguousarray(g), xd),),
+                  "Softplus")
 
 
 def main(quick: bool) -> None:

@@ -3,8 +3,9 @@
     python examples/custom_op.py
 
 An op computes its output with NumPy and calls `record(out, parents, backward, name)`
-(minidl/autograd.py). `backward(g)` receives dL/dy and returns one gradient per parent,
-of that parent's shape. Here, with s = sigmoid(x):
+(minidl/autograd.py). `backward(g, needs_grad)` receives dL/dy and returns one gradient
+per parent, of that parent's shape, or None where `needs_grad[i]` is False (so nobody
+pays for a gradient nobody wants). Here, with s = sigmoid(x):
 
     dy/dx = s + x * s * (1 - s)      so   dL/dx = g * (s + x * s * (1 - s))
 
@@ -25,7 +26,7 @@ def silu(x: minidl.Tensor) -> minidl.Tensor:
     s = 1.0 / (1.0 + np.exp(-x.data))        # saved for the backward pass
     out = x.data * s
 
-    def backward(g):                          # g = dL/dout, shape of out
+    def backward(g, needs_grad):              # g = dL/dout, shape of out
         return (g * (s + x.data * s * (1.0 - s)),)   # one gradient per parent: (dL/dx,)
     return record(out.astype(x.dtype, copy=False), (x,), backward, "SiLU")
 
