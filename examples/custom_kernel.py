@@ -82,13 +82,14 @@ def main(quick: bool) -> None:
     ys = minidl.tensor((xs.data[:, 0] * xs.data[:, 1] > 0).astype(np.int64))  # XOR-like
     model = nn.Sequential(nn.Linear(2, 16), Softplus(), nn.Linear(16, 2))
     opt = minidl.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    for step in range(10 if quick else 300):
+    steps = 10 if quick else 300
+    for _ in range(steps):
         loss = nn.functional.cross_entropy(model(xs), ys)
         opt.zero_grad()
         loss.backward()
         opt.step()
     acc = (model(xs).data.argmax(1) == ys.data).mean()
-    print(f"step {step + 1}: loss {loss.item():.3f}, train accuracy {acc:.2f}")
+    print(f"step {steps}: loss {loss.item():.3f}, train accuracy {acc:.2f}")
 
 
 if __name__ == "__main__":

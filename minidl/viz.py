@@ -211,10 +211,7 @@ class ActivationStats:
         percentile, the median and the mean, over the recorded steps. Saves to `path`
         when given; returns the matplotlib Figure."""
         try:
-            import matplotlib
-            if path is not None:
-                matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
         except ImportError:
             raise ImportError("ActivationStats.plot needs matplotlib: pip install "
                               "'minidl[plot]' (the numbers are in .history without it)") from None
@@ -224,8 +221,8 @@ class ActivationStats:
                                "after a forward pass inside `with stats:`")
         cols = min(4, len(layers))
         rows = -(-len(layers) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False,
-                                 sharex=True)
+        fig = Figure(figsize=(3.2 * cols, 2.4 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
         lo, hi = f"p{min(self.percentiles):g}", f"p{max(self.percentiles):g}"
         for ax, n in zip(axes.ravel(), layers):
             h = self.recorders[n].history
@@ -244,5 +241,4 @@ class ActivationStats:
         fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=100)
-            plt.close(fig)
         return fig

@@ -18,7 +18,7 @@ class ActivationRecorder:
         rec = ActivationRecorder(model[2], unit=None, source="output", moments=True)
         with rec:
             model(x)
-        rec.snapshot(step=0)   # {"step": 0, "p15": ..., "p50": ..., "p85": ..., "mean": ..., "std": ...}
+        rec.snapshot(step=0)  # {"step": 0, "p15": .., "p50": .., "p85": .., "mean": .., "std": ..}
     """
 
     def __init__(self, module, unit: int | None = 0, percentiles=(15, 50, 85), name: str = "",
