@@ -269,7 +269,7 @@ def _randn(spec, what, shape):
 
 
 def _kernels(backend):
-    if backend == "numba":
+    if backend in ("numba", "numba_nhwc"):
         import minidl.kernels.cpu as k
     else:
         import minidl.kernels.reference as k
@@ -356,7 +356,9 @@ def _bn_case(spec):
     return Case("batch_norm", f"{'2d' if len(shape) == 4 else '1d'} {shape}", spec["pass"],
                 "memory", arrays * nbytes,
                 ("nchw", "channels_last") if len(shape) == 4 else ("nchw",),
-                functools.partial(_bn_call, spec), dtype=spec["dtype"])
+                functools.partial(_bn_call, spec), dtype=spec["dtype"],
+                backends=("numba", "numba_nhwc", "numpy") if len(shape) == 4
+                else ("numba", "numpy"))
 
 
 def _bn_call(spec, backend, layout):
@@ -378,6 +380,8 @@ def _bn_call(spec, backend, layout):
             return lambda: aten.native_batch_norm(tx, w, b, None, None, True, 0.1, EPS)
         return lambda: aten.native_batch_norm_backward(tdy, tx, w, None, None, smean, sinvstd,
                                                        True, EPS, [True, True, True])
+    if backend == "numba_nhwc":  # a channels_last tensor: its memory as (N*H*W, C) rows
+        x, dy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(-1, C) for a in (x, dy))
     m = _kernels(backend)
     if spec["pass"] == "forward":
         return lambda: m.batch_norm_train_forward(x, gamma, beta, EPS)
@@ -395,7 +399,8 @@ def _pool_case(spec):
     nbytes = np.dtype(spec["dtype"]).itemsize * (nx + ny) + (8 * ny if is_max else 0)
     return Case("pooling", f"{'max' if is_max else 'avg'} {(N, C, H, W)} k{k} s{s} p{p}",
                 spec["pass"], "memory", nbytes, ("nchw", "channels_last"),
-                functools.partial(_pool_call, spec), dtype=spec["dtype"])
+                functools.partial(_pool_call, spec), dtype=spec["dtype"],
+                backends=("numba", "numba_nhwc", "numpy"))
 
 
 def _pool_call(spec, backend, layout):
@@ -416,6 +421,20 @@ def _pool_call(spec, backend, layout):
         fwd = functools.partial(aten.avg_pool2d, tx, k2, s2, p2, False, True)
         return fwd if fwd_only else functools.partial(
             aten.avg_pool2d_backward, torch.ones_like(fwd()), tx, k2, s2, p2, False, True, None)
+    if backend == "numba_nhwc":  # the channels_last entry points on NHWC arrays
+        import minidl.kernels.cpu as m
+        xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        if spec["op"] == "max_pool2d":
+            fwd = functools.partial(m.max_pool2d_forward_nhwc, xh, k2, s2, p2, False)
+            if fwd_only:
+                return fwd
+            y, argmax = fwd()
+            return functools.partial(m.max_pool2d_backward_nhwc, np.ones_like(y), argmax,
+                                     xh.shape)
+        args = (k2, s2, p2, False, True)
+        fwd = functools.partial(m.avg_pool2d_forward_nhwc, xh, *args)
+        return fwd if fwd_only else functools.partial(
+            m.avg_pool2d_backward_nhwc, np.ones_like(fwd()), xh.shape, *args)
     m = _kernels(backend)
     if spec["op"] == "max_pool2d":
         fwd = functools.partial(m.max_pool2d_forward, x, k2, s2, p2, False)

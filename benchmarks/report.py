@@ -109,18 +109,20 @@ def _kernels(rows, quick):
             _num(r["torch_over_numba"]), _ms(nb["first_call_s"])])
     first = sum(r["numba"]["first_call_s"] for r in rows)
     conv = [r for r in rows if r.get("numba_old") or r.get("numba_nhwc")]
-    routes = [] if not conv else ["", "### conv2d: routes side by side (same run)", ""] + _table(
+    title = "### Routes and layouts side by side (same run)"
+    routes = [] if not conv else ["", title, ""] + _table(
         ["case", "pass", "numba ms (default)", "old routes ms", "NHWC entry ms", "torch ms",
-         "torch / numba", "torch / old", "torch / NHWC", "numba % of FMA peak"],
-        [[r["case"], r["pass"], _ms(r["numba"]["median_s"]),
+         "torch / numba", "torch / old", "torch / NHWC", "numba % of limit"],
+        [[f"{r['kernel']} {r['case']}", r["pass"], _ms(r["numba"]["median_s"]),
           _ms(r.get("numba_old") and r["numba_old"]["median_s"]),
           _ms(r.get("numba_nhwc") and r["numba_nhwc"]["median_s"]),
           _ms(r["torch"] and r["torch"]["median_s"]), _num(r["torch_over_numba"]),
           _num(r.get("torch_over_numba_old")), _num(r.get("torch_over_numba_nhwc")),
           _num(100 * r["fraction_of_limit"], "%")] for r in conv]) + [
         "", "old routes: kernels/cpu/conv2d.py with the channels-last kernels switched off "
-        "(im2col + BLAS, conv2d_direct); NHWC entry: conv2d_nhwc's functions on NHWC "
-        "arrays (no layout conversion: what a channels_last tensor would run)."]
+        "(im2col + BLAS, conv2d_direct); NHWC entry: the channels-last kernels on NHWC "
+        "arrays, as a channels_last tensor runs them with no layout conversion (conv2d_nhwc's "
+        "functions; batch norm on the (N*H*W, C) rows; pooling_nhwc's entry points)."]
     notes = [
         "", f"Median of {repeats} samples after a warm-up that calibrates the calls per "
         f"sample (a sample repeats a call enough to last {1e3 * min_sample:g} ms; warm-up "
