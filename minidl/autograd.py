@@ -109,7 +109,7 @@ def _accumulate_leaf(leaf, g: np.ndarray, shared: bool) -> None:
     if g.dtype != leaf.data.dtype:
         g, shared = g.astype(leaf.data.dtype), False
     if leaf.grad is None:
-        leaf.grad = Tensor._wrap(np.array(g, copy=True) if shared else g)
+        leaf.grad = Tensor._wrap(g.copy() if shared else g)
     else:
         acc = leaf.grad.data
         if acc.flags.writeable and acc.base is None:
@@ -130,7 +130,12 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
                                f"shape {root.shape}; pass grad= of that shape")
         grad = np.ones_like(root.data)
     else:
-        grad = np.asarray(getattr(grad, "data", grad), dtype=root.data.dtype)
+        grad = getattr(grad, "data", grad)
+        if root.device != "cpu":  # the seed gradient goes where the output is
+            from .cuda import to_device_array
+            grad = to_device_array(grad, root.device).astype(root.data.dtype, copy=False)
+        else:
+            grad = np.asarray(grad, dtype=root.data.dtype)
         if grad.shape != root.shape:
             raise ValueError(f"backward: grad has shape {grad.shape} but the output has shape "
                              f"{root.shape}")

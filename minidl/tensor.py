@@ -40,8 +40,19 @@ class Tensor:
     # Makes `ndarray * Tensor` call Tensor.__rmul__ instead of NumPy's broadcasting.
     __array_priority__ = 1000
 
-    def __init__(self, data, requires_grad: bool = False, dtype=None, device: str = "cpu"):
-        self.data = _as_array(data, dtype)
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device=None):
+        """`device` None: where `data` is (NumPy and Python data: "cpu")."""
+        src_device = getattr(data, "device", "cpu")
+        if (device is None or device == "cpu") and src_device == "cpu":
+            self.data = _as_array(data, dtype)
+            device = "cpu"
+        else:  # a GPU tensor, or GPU data (see minidl/cuda.py)
+            from .cuda import canonical, to_device_array
+            device = canonical(src_device if device is None else device)
+            src = data.data if isinstance(data, Tensor) else data
+            if getattr(src, "device", "cpu") != "cpu":
+                src = src.to_host()
+            self.data = to_device_array(_as_array(src, dtype), device)
         self.grad = None
         self._node = None
         self.device = device
@@ -50,10 +61,12 @@ class Tensor:
             self.requires_grad_(True)
 
     @classmethod
-    def _wrap(cls, data: np.ndarray, device: str = "cpu") -> "Tensor":
-        """Fast constructor for op outputs: no conversion, no checks."""
+    def _wrap(cls, data: np.ndarray, device: str | None = None) -> "Tensor":
+        """Fast constructor for op outputs: no conversion, no checks. The device is the
+        data's (NumPy arrays say "cpu", kernels.cuda's CudaArray "cuda")."""
         t = cls.__new__(cls)
-        t.data, t.grad, t._node, t.device, t.requires_grad = data, None, None, device, False
+        t.data, t.grad, t._node, t.requires_grad = data, None, None, False
+        t.device = data.device if device is None else device
         return t
 
     # ---- data side -----------------------------------------------------------
@@ -84,9 +97,12 @@ class Tensor:
         if self.requires_grad:
             # Same rule as PyTorch: the array would silently escape the graph.
             raise RuntimeError("numpy(): call .detach().numpy() on a tensor that requires grad")
-        return self.data
+        return self.data if self.device == "cpu" else self.data.to_host()
 
     def __array__(self, dtype=None, copy=None):
+        if self.device != "cpu":
+            raise TypeError(f"can't convert a {self.device} tensor to a NumPy array "
+                            f"implicitly; use .cpu() or .numpy() to copy it to the host")
         if dtype is not None and dtype != self.data.dtype:
             return self.data.astype(dtype)
         return self.data.copy() if copy else self.data
@@ -126,13 +142,22 @@ class Tensor:
         self.grad = None
 
     def to(self, target) -> "Tensor":
-        """`to("cpu")` or `to(dtype)`; a dtype change is a differentiable cast."""
+        """`to("cuda")`, `to("cpu")` (differentiable copies between devices, see
+        minidl/cuda.py) or `to(dtype)` (a differentiable cast)."""
         if isinstance(target, str):
-            if target != "cpu":
-                raise ValueError(f"to(): device {target!r} is not available (only 'cpu' so far)")
-            return self
+            if target == self.device:
+                return self
+            from .cuda import canonical, move
+            target = canonical(target)
+            return self if target == self.device else move(self, target)
         from .functions import cast
         return cast(self, target)
+
+    def cuda(self) -> "Tensor":
+        return self.to("cuda")
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
 
     def float(self) -> "Tensor":
         return self.to(float32)
@@ -141,8 +166,9 @@ class Tensor:
         return self.to(float64)
 
     def __repr__(self) -> str:
-        body = np.array2string(self.data, separator=", ", prefix="tensor(", threshold=100)
-        extra = ""
+        host = self.data if self.device == "cpu" else self.data.to_host()
+        body = np.array2string(host, separator=", ", prefix="tensor(", threshold=100)
+        extra = "" if self.device == "cpu" else f", device='{self.device}'"
         if self.data.dtype not in (float32, int64):
             extra += f", dtype={self.data.dtype}"
         if self._node is not None:
@@ -164,9 +190,10 @@ autograd.Tensor = Tensor  # the tape wraps op outputs as Tensors
 
 # ---- creation helpers ---------------------------------------------------------
 
-def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
-    """A new tensor holding `data` (copied from Python lists; arrays are wrapped as is)."""
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
+    """A new tensor holding `data` (copied from Python lists; arrays are wrapped as is),
+    on `device` ("cpu" or "cuda")."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
 
 
 def _shape(shape) -> tuple:

@@ -17,7 +17,7 @@ from . import activation as _act
 from . import batchnorm as _bn
 from . import loss as _loss
 from . import optim as _opt
-from ._launch import MAX_BLOCKS, THREADS, grid1d
+from ._launch import REDUCE_BLOCKS, THREADS, grid1d
 from .array import ALLOCATOR, CudaArray, DeviceMismatchError, mismatch  # noqa: F401
 
 
@@ -56,7 +56,7 @@ def act_backward(dy, y, act):
 # ---- batchnorm.py ---------------------------------------------------------------------
 
 def _bn_blocks(c):
-    return max(1, min(c, MAX_BLOCKS * 8)), THREADS
+    return max(1, min(c, REDUCE_BLOCKS)), THREADS
 
 
 def batch_norm_train_forward(x, gamma, beta, eps):

@@ -8,8 +8,9 @@ from __future__ import annotations
 from numba.cuda.core import config as _config
 
 SIMULATOR = bool(_config.ENABLE_CUDASIM)
-THREADS = 32 if SIMULATOR else 256        # threads per block for 1-D kernels
+THREADS = 8 if SIMULATOR else 256         # threads per block (a power of two)
 MAX_BLOCKS = 2 if SIMULATOR else 4096     # grid-stride loops cover the rest
+REDUCE_BLOCKS = 2 if SIMULATOR else 32768  # blocks of one-block-per-output reductions
 TILE = 4 if SIMULATOR else 16             # GEMM tile edge (TILE x TILE threads)
 
 

@@ -177,7 +177,9 @@ class CudaArray(np.lib.mixins.NDArrayOperatorsMixin):
 
     @classmethod
     def from_host(cls, a) -> "CudaArray":
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)
+        if not a.flags.c_contiguous:
+            a = a.copy()
         out = cls(a.shape, a.dtype)
         if a.size:
             out._dev.copy_to_device(a.reshape(-1))

@@ -182,7 +182,11 @@ def _abs(x):
 
 @cuda.jit(device=True)
 def _sign(x):
-    return (x > 0) - (x < 0)
+    if x > 0:
+        return x * 0 + 1
+    if x < 0:
+        return x * 0 - 1
+    return x * 0  # 0 stays 0, NaN stays NaN
 
 
 @cuda.jit(device=True)

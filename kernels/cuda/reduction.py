@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from numba import cuda, float64
 
-from ._launch import MAX_BLOCKS, THREADS
+from ._launch import REDUCE_BLOCKS, THREADS
 from .elementwise import _offset_dev
 
 SUM, MAX, MIN = 0, 1, 2
@@ -61,5 +61,5 @@ def reduce_axes(x, kshape, kstr, rshape, rstr, out, mode, scale):
 
 
 def launch_reduce(x, kshape, kstr, rshape, rstr, out, mode, scale=1.0):
-    blocks = max(1, min(MAX_BLOCKS * 8, out.size))
+    blocks = max(1, min(REDUCE_BLOCKS, out.size))
     reduce_axes[blocks, THREADS](x, kshape, kstr, rshape, rstr, out, mode, scale)

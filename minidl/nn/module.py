@@ -281,8 +281,16 @@ class Module:
     def to(self, target) -> "Module":
         """`to(dtype)` converts floating parameters, their gradients and floating buffers
         in place: the Parameter objects stay the same (an optimizer built before still
-        holds them), only their arrays change. `to("cpu")` is a no-op."""
-        if isinstance(target, str) and target in ("cpu",):
+        holds them), only their arrays change. `to("cuda")` / `to("cpu")` move them the
+        same way (create the optimizer after the move, as in PyTorch)."""
+        if isinstance(target, str) and target.partition(":")[0] in ("cpu", "cuda"):
+            from ..cuda import canonical, to_device_array
+            dev = canonical(target)
+            for t in list(self.parameters()) + list(self.buffers()):
+                if t.device != dev:
+                    t.data, t.device = to_device_array(t.data, dev), dev
+                    if t.grad is not None:
+                        t.grad = Tensor._wrap(to_device_array(t.grad.data, dev))
             return self
         try:
             dtype = np.dtype(target)
@@ -304,7 +312,10 @@ class Module:
         return self.to(np.float64)
 
     def cpu(self) -> "Module":
-        return self
+        return self.to("cpu")
+
+    def cuda(self) -> "Module":
+        return self.to("cuda")
 
     # ---- state -----------------------------------------------------------------
     def _state_items(self, prefix: str = ""):
@@ -324,7 +335,8 @@ class Module:
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of the parameter and buffer arrays as NumPy arrays, keyed by dotted
         names ("features.0.weight"): they save straight into an .npz."""
-        return OrderedDict((name, t.data.copy()) for name, t in self._state_items())
+        return OrderedDict((name, t.data.copy() if t.device == "cpu" else t.data.to_host())
+                           for name, t in self._state_items())
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy `state_dict` values into the existing arrays (in place, so optimizers
@@ -338,7 +350,8 @@ class Module:
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            value = np.asarray(value.data if isinstance(value, Tensor) else value)
+            value = value.numpy() if isinstance(value, Tensor) else value
+            value = value.to_host() if hasattr(value, "to_host") else np.asarray(value)
             if value.shape != t.data.shape:
                 mis_shaped.append((name, t.data.shape, value.shape))
             else:
