@@ -312,9 +312,76 @@ def test_second_identical_step_allocates_nothing_from_the_driver():
     assert minidl.cuda.memory_stats()["cached_bytes"] > 0
 
 
-def test_ops_without_cuda_kernels_say_so():
-    x = minidl.tensor(np.ones((1, 1, 4, 4)), device="cuda")
-    w = minidl.tensor(np.ones((1, 1, 3, 3)), device="cuda")
-    with pytest.raises(NotImplementedError, match="conv2d_forward has no CUDA kernel"):
-        minidl.nn.functional.conv2d(x, w) if hasattr(minidl.nn.functional, "conv2d") \
-            else minidl.functions.conv2d(x, w)
+@pytest.mark.parametrize("shape,wshape,stride,padding,dilation,groups", [
+    ((2, 3, 5, 4), (4, 3, 3, 2), (1, 1), (1, 0), (1, 1), 1),
+    ((1, 4, 6, 5), (2, 2, 3, 3), (2, 1), (1, 2), (1, 2), 2),
+    ((1, 1, 3, 3), (1, 1, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+])
+def test_conv2d_kernels(rng, shape, wshape, stride, padding, dilation, groups):
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal(wshape)
+    b = rng.standard_normal(wshape[0])
+    args = (stride, padding, dilation, groups)
+    y = ref.conv2d_forward(x, w, b, *args)
+    close(kc.conv2d_forward(dev(x), dev(w), dev(b), *args), y, 1e-10)
+    close(kc.conv2d_forward(dev(x), dev(w), None, *args), ref.conv2d_forward(x, w, None, *args),
+          1e-10)
+    dy = rng.standard_normal(y.shape)
+    close(kc.conv2d_backward_input(dev(dy), dev(w), shape, *args),
+          ref.conv2d_backward_input(dy, w, shape, *args), 1e-10)
+    close(kc.conv2d_backward_weight(dev(dy), dev(x), wshape, *args),
+          ref.conv2d_backward_weight(dy, x, wshape, *args), 1e-10)
+    close(kc.conv2d_backward_bias(dev(dy)), ref.conv2d_backward_bias(dy), 1e-10)
+
+
+@pytest.mark.parametrize("k,s,p,ceil", [((2, 2), (2, 2), (0, 0), False),
+                                        ((3, 2), (2, 1), (1, 1), True),
+                                        ((3, 3), (1, 1), (1, 1), False)])
+def test_pooling_kernels(rng, k, s, p, ceil):
+    x = rng.standard_normal((2, 2, 5, 4))
+    x[0, 0, 1, 1] = x[0, 0, 1, 2]  # a tie: the first maximum wins
+    y, arg = ref.max_pool2d_forward(x, k, s, p, ceil)
+    gy, garg = kc.max_pool2d_forward(dev(x), k, s, p, ceil)
+    close(gy, y)
+    np.testing.assert_array_equal(garg.to_host(), arg)
+    dy = rng.standard_normal(y.shape)
+    close(kc.max_pool2d_backward(dev(dy), garg, x.shape), ref.max_pool2d_backward(dy, arg, x.shape))
+    for cip in (True, False):
+        ya = ref.avg_pool2d_forward(x, k, s, p, ceil, cip)
+        close(kc.avg_pool2d_forward(dev(x), k, s, p, ceil, cip), ya)
+        close(kc.avg_pool2d_backward(dev(dy), x.shape, k, s, p, ceil, cip),
+              ref.avg_pool2d_backward(dy, x.shape, k, s, p, ceil, cip))
+    close(kc.global_avg_pool2d_forward(dev(x)), ref.global_avg_pool2d_forward(x))
+    g = rng.standard_normal((2, 2))
+    close(kc.global_avg_pool2d_backward(dev(g), x.shape), ref.global_avg_pool2d_backward(g, x.shape))
+
+
+def _cnn_steps(device, opt_name):
+    minidl.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3),
+                          nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 2),
+                          nn.AvgPool2d(2, stride=1, padding=1), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3))
+    model.to(np.float64).to(device)
+    opt = optim.Adam(model.parameters(), lr=0.05) if opt_name == "adam" else \
+        optim.RMSprop(model.parameters(), lr=0.01, momentum=0.5)
+    rng = np.random.default_rng(5)
+    losses = []
+    for _ in range(2):
+        x = minidl.tensor(rng.standard_normal((2, 2, 4, 4)), device=device)
+        y = minidl.tensor(rng.integers(0, 3, 2), device=device)
+        opt.zero_grad()
+        loss = minidl.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model, losses
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "rmsprop"])
+def test_cnn_training_steps_match_cpu(opt_name):
+    cm, closs = _cnn_steps("cpu", opt_name)
+    gm, gloss = _cnn_steps("cuda", opt_name)
+    np.testing.assert_allclose(gloss, closs, rtol=1e-10)
+    for (name, a), (_, b) in zip(cm.state_dict().items(), gm.state_dict().items()):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)

@@ -3,17 +3,20 @@ that exist here take and return `CudaArray`s (kernels/cuda/array.py) and give th
 results of kernels/reference. Importing this package imports numba.cuda: do it only
 when numba-cuda is installed (minidl.cuda.is_available() says).
 
-Implemented: bias_act_forward, act_backward, batch_norm_train_forward/backward,
-batch_norm_eval_forward/backward, plus the fused cross_entropy_forward/backward,
-sgd_step and adam_step used by minidl's loss and optimizers. Everything elementwise,
+Every function of kernels/README.md's contract for conv2d.py, batchnorm.py,
+pooling.py and elementwise.py, plus the fused cross_entropy_forward/backward,
+sgd_step and adam_step used by minidl's loss and optimizers. Elementwise ops,
 reductions and matmul go through CudaArray's NumPy protocols (array.py).
-Not yet: conv2d_*, max/avg/global pooling (they raise NotImplementedError).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from kernels.reference.pooling import pool_output_size
+
 from . import activation as _act
+from . import conv2d as _conv
+from . import pooling as _pool
 from . import batchnorm as _bn
 from . import loss as _loss
 from . import optim as _opt
@@ -140,10 +143,100 @@ def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, 
                                        bool(amsgrad), bias_correction1, bias_correction2_sqrt)
 
 
-def __getattr__(name):
-    if name.startswith(("conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d")):
-        def missing(*args, **kwargs):
-            raise NotImplementedError(f"{name} has no CUDA kernel yet (kernels/cuda); run "
-                                      f"this model on the CPU")
-        return missing
-    raise AttributeError(f"module 'kernels.cuda' has no attribute {name!r}")
+# ---- conv2d.py ------------------------------------------------------------------------
+
+def _conv_dims(x_shape, w_shape, stride, padding, dilation, groups):
+    N, C, H, W = x_shape
+    K, Cg, R, S = w_shape
+    Ho = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - dilation[1] * (S - 1) - 1) // stride[1] + 1
+    return (N, C, H, W, K, Cg, R, S, Ho, Wo, stride[0], stride[1], padding[0], padding[1],
+            dilation[0], dilation[1], K // groups)
+
+
+def conv2d_forward(x, w, b, stride, padding, dilation, groups):
+    d = _conv_dims(x.shape, w.shape, stride, padding, dilation, groups)
+    y = CudaArray((d[0], d[4], d[8], d[9]), x.dtype)
+    if y.size:
+        bb = _dev(b, x.dtype) if b is not None else w
+        _conv.conv_forward[grid1d(y.size)](x._dev, w._dev, bb._dev, b is not None, *d, y._dev)
+    return y
+
+
+def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
+    d = _conv_dims(x_shape, w.shape, stride, padding, dilation, groups)
+    dx = CudaArray(x_shape, dy.dtype)
+    if dx.size:
+        _conv.conv_backward_input[grid1d(dx.size)](dy._dev, w._dev, *d, dx._dev)
+    return dx
+
+
+def conv2d_backward_weight(dy, x, w_shape, stride, padding, dilation, groups):
+    d = _conv_dims(x.shape, w_shape, stride, padding, dilation, groups)
+    dw = CudaArray(w_shape, dy.dtype)
+    if dw.size:
+        _conv.conv_backward_weight[grid1d(dw.size)](dy._dev, x._dev, *d, dw._dev)
+    return dw
+
+
+def conv2d_backward_bias(dy):
+    return dy.sum(axis=(0, 2, 3))
+
+
+# ---- pooling.py -------------------------------------------------------------------------
+
+def _pool_dims(x_shape, kernel_size, stride, padding, ceil_mode):
+    H, W = x_shape[2], x_shape[3]
+    Ho = pool_output_size(H, kernel_size[0], stride[0], padding[0], ceil_mode)
+    Wo = pool_output_size(W, kernel_size[1], stride[1], padding[1], ceil_mode)
+    return (H, W, Ho, Wo, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+            padding[1])
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding, ceil_mode):
+    d = _pool_dims(x.shape, kernel_size, stride, padding, ceil_mode)
+    y = CudaArray(x.shape[:2] + (d[2], d[3]), x.dtype)
+    arg = CudaArray(y.shape, np.int64)
+    if y.size:
+        _pool.max_forward[grid1d(y.size)](x._dev, *d, y._dev, arg._dev)
+    return y, arg
+
+
+def max_pool2d_backward(dy, argmax, x_shape):
+    N, C, H, W = x_shape
+    dx = CudaArray.full(x_shape, 0, dy.dtype)
+    if dy.size:
+        _pool.max_backward[grid1d(dy.size)](dy._dev, argmax._dev, H * W,
+                                            dy.shape[2] * dy.shape[3], dx._dev)
+    return dx
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    d = _pool_dims(x.shape, kernel_size, stride, padding, ceil_mode)
+    y = CudaArray(x.shape[:2] + (d[2], d[3]), x.dtype)
+    if y.size:
+        _pool.avg_forward[grid1d(y.size)](x._dev, *d, bool(count_include_pad), y._dev)
+    return y
+
+
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, ceil_mode,
+                        count_include_pad):
+    H, W = x_shape[2], x_shape[3]
+    Ho, Wo = dy.shape[2:]
+    dx = CudaArray(x_shape, dy.dtype)
+    if dx.size:
+        _pool.avg_backward[grid1d(dx.size)](dy._dev, H, W, Ho, Wo, kernel_size[0],
+                                            kernel_size[1], stride[0], stride[1], padding[0],
+                                            padding[1], bool(count_include_pad), dx._dev)
+    return dx
+
+
+def global_avg_pool2d_forward(x):
+    n, c = x.shape[:2]
+    return x.reshape(n, c, -1).mean(axis=2)
+
+
+def global_avg_pool2d_backward(dy, x_shape):
+    n, c, h, w = x_shape
+    g = dy * (1.0 / (h * w))
+    return g.reshape(n, c, 1, 1).broadcast_to(x_shape)
