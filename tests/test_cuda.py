@@ -230,9 +230,14 @@ def _mlp_steps(device, bn, opt_name, steps=2, dtype=np.float64):
     model = mlp(in_features=5, hidden=(4, 3), num_classes=3, bn=bn,
                                   activation="sigmoid", init_std=0.5)
     model.to(dtype).to(device)
-    opt = (optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
-           if opt_name == "sgd" else optim.Adam(model.parameters(), lr=0.05)
-           if opt_name == "adam" else optim.RMSprop(model.parameters(), lr=0.01))
+    make = {"sgd": lambda ps: optim.SGD(ps, lr=0.5, momentum=0.9, weight_decay=1e-3),
+            "nesterov": lambda ps: optim.SGD(ps, lr=0.5, momentum=0.9, nesterov=True),
+            "adam": lambda ps: optim.Adam(ps, lr=0.05),
+            "adamw_amsgrad": lambda ps: optim.AdamW(ps, lr=0.05, amsgrad=True),
+            "rmsprop": lambda ps: optim.RMSprop(ps, lr=0.01),
+            "rmsprop_centered": lambda ps: optim.RMSprop(ps, lr=0.01, centered=True,
+                                                         momentum=0.5, weight_decay=1e-2)}
+    opt = make[opt_name](model.parameters())
     rng = np.random.default_rng(7)
     losses = []
     for _ in range(steps):
@@ -247,7 +252,8 @@ def _mlp_steps(device, bn, opt_name, steps=2, dtype=np.float64):
 
 
 @pytest.mark.parametrize("bn,opt_name", [(False, "sgd"), (True, "sgd"), (True, "adam"),
-                                         (False, "rmsprop")])
+                                         (False, "rmsprop"), (False, "nesterov"),
+                                         (False, "adamw_amsgrad"), (True, "rmsprop_centered")])
 def test_mlp_training_steps_match_cpu(bn, opt_name):
     cm, copt, closs = _mlp_steps("cpu", bn, opt_name)
     gm, gopt, gloss = _mlp_steps("cuda", bn, opt_name)

@@ -5,7 +5,7 @@ when numba-cuda is installed (minidl.cuda.is_available() says).
 
 Every function of kernels/README.md's contract for conv2d.py, batchnorm.py,
 pooling.py and elementwise.py, plus the fused cross_entropy_forward/backward,
-sgd_step and adam_step used by minidl's loss and optimizers. Elementwise ops,
+sgd_step, adam_step and rmsprop_step used by minidl's loss and optimizers. Elementwise ops,
 reductions and matmul go through CudaArray's NumPy protocols (array.py).
 """
 from __future__ import annotations
@@ -141,6 +141,14 @@ def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, 
                                        (vmax if vmax is not None else v)._dev, lr, beta1,
                                        beta2, eps, weight_decay, bool(decoupled),
                                        bool(amsgrad), bias_correction1, bias_correction2_sqrt)
+
+
+def rmsprop_step(p, g, s, a, buf, lr, alpha, eps, weight_decay, momentum, centered):
+    if p.size:
+        _opt.rmsprop_step[grid1d(p.size)](p._dev, _dev(g, p.dtype)._dev, s._dev,
+                                          (a if a is not None else s)._dev,
+                                          (buf if buf is not None else s)._dev, lr, alpha, eps,
+                                          weight_decay, momentum, bool(centered))
 
 
 # ---- conv2d.py ------------------------------------------------------------------------

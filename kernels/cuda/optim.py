@@ -49,3 +49,26 @@ def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, 
             vmax[i] = vi
         p[i] -= (lr / bias_correction1) * mi / (math.sqrt(vi) / bias_correction2_sqrt + eps)
         i += step
+
+
+@cuda.jit
+def rmsprop_step(p, g, s, a, buf, lr, alpha, eps, weight_decay, momentum, centered):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < p.size:
+        gi = g[i] + weight_decay * p[i]
+        si = alpha * s[i] + (1 - alpha) * gi * gi
+        s[i] = si
+        if centered:
+            ai = alpha * a[i] + (1 - alpha) * gi
+            a[i] = ai
+            d = math.sqrt(si - ai * ai) + eps
+        else:
+            d = math.sqrt(si) + eps
+        if momentum > 0:
+            b = momentum * buf[i] + gi / d
+            buf[i] = b
+            p[i] -= lr * b
+        else:
+            p[i] -= lr * gi / d
+        i += step
