@@ -21,6 +21,9 @@ def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes, few repeats: checks the harness in seconds")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: the CUDA kernels and training steps against PyTorch CUDA "
+                        "(benchmarks/cuda.py; --suite and --threads do not apply)")
     p.add_argument("--markdown", default=None, metavar="FILE",
                    help="write the report as Markdown (it is printed either way)")
 
@@ -38,6 +41,14 @@ def _argv(args) -> list[str]:
 
 
 def run(args) -> int:
+    if getattr(args, "device", "cpu") == "cuda":
+        from . import cuda
+        if not cuda.is_available():
+            print(f"minidl bench: --device cuda: CUDA is not available: "
+                  f"{cuda.unavailable_reason()}", file=sys.stderr)
+            return 2
+        from benchmarks import cuda as cuda_bench
+        return cuda_bench.main_with(args.quick, args.json, args.markdown)
     if any(v in os.environ for v in BLAS_VARS):
         # NumPy has already loaded OpenBLAS with them: run the suite in a fresh process,
         # which unsets them before importing NumPy (and reports that it did).

@@ -389,6 +389,16 @@ class CudaArray(np.lib.mixins.NDArrayOperatorsMixin):
             dtype = self.dtype if self.dtype.kind == "f" else np.dtype(np.float64)
         return self._reduce(SUM, axis, keepdims, dtype, 1.0 / n if n else float("nan"))
 
+    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        _no_out(out, "var")
+        x = self if dtype is None else self.astype(dtype)
+        d = x - x.mean(axis=axis, keepdims=True)
+        axes = range(self.ndim) if axis is None else \
+            ((axis,) if isinstance(axis, numbers.Integral) else axis)
+        n = _prod(self.shape[a] for a in axes)
+        return (d * d).sum(axis=axis, keepdims=keepdims) * (1.0 / max(n - ddof, 0)
+                                                              if n > ddof else float("nan"))
+
     def max(self, axis=None, out=None, keepdims=False):
         _no_out(out, "max")
         return self._reduce(MAX, axis, keepdims, name="max")
@@ -551,6 +561,8 @@ _FUNCTIONS = {
         a.sum(axis, dtype, out, keepdims),
     np.mean: lambda a, axis=None, dtype=None, out=None, keepdims=False, **_:
         a.mean(axis, dtype, out, keepdims),
+    np.var: lambda a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **_:
+        a.var(axis, dtype, out, ddof, keepdims),
     np.max: lambda a, axis=None, out=None, keepdims=False, **_: a.max(axis, out, keepdims),
     np.amax: lambda a, axis=None, out=None, keepdims=False, **_: a.max(axis, out, keepdims),
     np.min: lambda a, axis=None, out=None, keepdims=False, **_: a.min(axis, out, keepdims),

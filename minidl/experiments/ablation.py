@@ -111,6 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start over in an --out that holds an earlier ablation")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the runs train (cuda: one run at a time on the GPU)")
 
 
 # ---------------------------------------------------------------- one training run
@@ -157,6 +159,8 @@ def train_one(spec: dict) -> dict:
     manual_seed(spec["seed"])
     model = bn_inception_lite(num_classes=int(ytr.max()) + 1, in_channels=xtr.shape[1],
                               bn=v.bn, activation=v.activation, width=spec["width"])
+    device = spec.get("device", "cpu")
+    model.to(device)  # before the optimizer
     wd = spec["weight_decay"] / (BN_WEIGHT_DECAY_DIVISOR if v.bn else 1)
     optimizer = optim.SGD(model.parameters(), lr=spec["lr"], momentum=spec["momentum"],
                           weight_decay=wd)
@@ -174,7 +178,7 @@ def train_one(spec: dict) -> dict:
                       eval_every=spec["eval_every"], checkpoint_every=spec["checkpoint_every"],
                       out_dir=out, recorders=[recorder], scheduler=scheduler,
                       progress=spec["progress"], progress_position=spec.get("position"),
-                      name=f"{v.key} seed {spec['seed']}")
+                      name=f"{v.key} seed {spec['seed']}", device=device)
     result = {"variant": v.key, "label": v.label, "seed": spec["seed"], "lr": spec["lr"],
               "weight_decay": wd, "bn": v.bn, "activation": v.activation,
               "diverged_at": None, "interrupted": False}
@@ -198,14 +202,15 @@ def train_one(spec: dict) -> dict:
     n_final = len(xte) if spec["final_examples"] is None else min(spec["final_examples"],
                                                                     len(xte))
     test_loader = DataLoader(TensorDataset(xte[:n_final], yte[:n_final]), batch_size=500)
-    acc_running, _ = accuracy_and_loss(model, test_loader)
+    acc_running, _ = accuracy_and_loss(model, test_loader, device=device)
     acc_pop = None
     if v.bn:
         stats_loader = DataLoader(TensorDataset(xtr, ytr), batch_size=spec["batch_size"],
                                   shuffle=True, seed=spec["seed"] + 1)
-        batches = (xb for _, (xb, _) in zip(range(spec["bn_stats_batches"]), stats_loader))
+        batches = (xb.to(device) for _, (xb, _) in zip(range(spec["bn_stats_batches"]),
+                                                       stats_loader))
         with population_statistics(model, batches):
-            acc_pop, _ = accuracy_and_loss(model, test_loader)
+            acc_pop, _ = accuracy_and_loss(model, test_loader, device=device)
     result.update(history=fit["history"], steps=fit["steps"],
                   train_seconds=fit["train_seconds"], steps_per_second=fit["steps_per_second"],
                   final_test_acc=acc_running, final_test_acc_population=acc_pop,
@@ -420,7 +425,8 @@ def _specs(variant_keys, seeds, lr_of, args, out: Path, progress: bool) -> list:
                 "final_examples": args.final_examples,
                 "checkpoint_every": args.checkpoint_every,
                 "bn_stats_batches": args.bn_stats_batches, "width": args.width,
-                "resume": args.resume, "progress": progress})
+                "resume": args.resume, "progress": progress,
+                "device": getattr(args, "device", "cpu")})
     return specs
 
 
@@ -481,6 +487,10 @@ def run(args) -> dict:
         args.checkpoint_every = args.eval_every
     keys = _parse_variants(args.variants)
     jobs = args.jobs or (os.cpu_count() or 1)
+    if getattr(args, "device", "cpu") == "cuda":
+        from .figure1 import check_device
+        check_device(args, "ablation")
+        jobs = 1  # one GPU, and CUDA contexts do not survive a fork: runs take turns
     progress = not args.no_progress
     from .run_dir import claim
     lock = claim(args.out, args.resume, args.overwrite, "ablation")

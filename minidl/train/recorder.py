@@ -22,7 +22,7 @@ class ActivationRecorder:
 
     def _hook(self, module, inputs, output):
         if self.recording:
-            x = inputs[0].data
+            x = inputs[0].detach().numpy()  # a host copy when it is on the GPU
             if self.unit >= x.shape[1]:
                 raise IndexError(f"ActivationRecorder: unit {self.unit} is out of range for "
                                  f"{self.name} input of shape {x.shape}")
