@@ -102,6 +102,14 @@ def test_elementwise_broadcasting(rng, sa, sb):
               np.power, np.greater, np.equal):
         close(f(da, db), f(a, b))
     close(da * 0.5 - 1, a * 0.5 - 1)
+    for v in (2.5, 2, True):
+        close(da > v, a > v)
+        close(v <= da, v <= a)
+    ints = np.arange(6).reshape(2, 3)
+    close(dev(ints) > 2.5, ints > 2.5)
+    close(dev(ints) / 4, ints / 4)
+    close(dev(ints) * 2, ints * 2)
+    assert (dev(ints) * 2).dtype == ints.dtype
     close(2.0 / db, 2.0 / b)
     for f in (np.exp, np.log, np.sqrt, np.negative, np.abs, np.tanh, np.sign):
         close(f(da), f(a))
@@ -391,3 +399,52 @@ def test_cnn_training_steps_match_cpu(opt_name):
     np.testing.assert_allclose(gloss, closs, rtol=1e-10)
     for (name, a), (_, b) in zip(cm.state_dict().items(), gm.state_dict().items()):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+# ---- the command line and the trainer ----------------------------------------------------
+
+def test_trainer_on_cuda_evaluates_checkpoints_and_resumes(tmp_path):
+    from minidl.data import DataLoader, TensorDataset
+    from minidl.train import Trainer
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+
+    def make():
+        minidl.manual_seed(0)
+        model = mlp(in_features=5, hidden=(4,), num_classes=3, bn=True).to("cuda")
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return Trainer(model, opt, DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True,
+                                              seed=0),
+                       eval_loader=DataLoader(TensorDataset(x, y), batch_size=6),
+                       eval_every=2, checkpoint_every=2, out_dir=tmp_path, progress=False,
+                       device="cuda")
+    first = make().fit(2)
+    assert 0 <= first["history"][-1]["test_acc"] <= 1
+    resumed = make().fit(3, resume=True)
+    assert resumed["steps"] == 3
+    assert all(p.device == "cuda" for p in make().model.parameters())
+
+
+def test_device_cuda_without_cuda_is_one_clear_line(monkeypatch, tmp_path, capsys):
+    from minidl.cli import main
+    monkeypatch.setattr(minidl.cuda, "_probe", (False, "numba-cuda is not installed", False))
+    for argv in (["figure1", "--device", "cuda", "--out", str(tmp_path / "f")],
+                 ["train", "--device", "cuda", "--out", str(tmp_path / "t")],
+                 ["ablation", "--device", "cuda", "--out", str(tmp_path / "a"), "--quick"]):
+        with pytest.raises(SystemExit, match="--device cuda: CUDA is not available: "
+                                             "numba-cuda is not installed"):
+            main(argv)
+    assert main(["bench", "--device", "cuda", "--quick"]) == 2
+    assert "CUDA is not available: numba-cuda is not installed" in capsys.readouterr().err
+    with pytest.raises(minidl.cuda.CudaUnavailableError, match="not installed"):
+        minidl.tensor([1.0], device="cuda")
+    assert "not available (numba-cuda is not installed)" in minidl.cuda.status()
+
+
+@pytest.mark.slow
+def test_bench_device_cuda_quick_runs(capsys):
+    from minidl.cli import main
+    assert main(["bench", "--device", "cuda", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "batch_norm_train_forward" in out and "Figure 1 MLP + BN" in out

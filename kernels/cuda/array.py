@@ -467,10 +467,10 @@ class CudaArray(np.lib.mixins.NDArrayOperatorsMixin):
                         out._dev, ks)
         elif isinstance(a, CudaArray):
             sa = _kshape(_bcast_strides(a.shape, shape)) if shape else (0,)
-            right[g](a._dev, sa, _scalar(b, dt), out._dev, ks)
+            right[g](a._dev, sa, _scalar(b, a.dtype), out._dev, ks)
         else:
             sb = _kshape(_bcast_strides(b.shape, shape)) if shape else (0,)
-            left[g](_scalar(a, dt), b._dev, sb, out._dev, ks)
+            left[g](_scalar(a, b.dtype), b._dev, sb, out._dev, ks)
         return out
 
     def __array_function__(self, func, types, args, kwargs):
@@ -485,12 +485,19 @@ def _no_out(out, op):
         raise NotImplementedError(f"{op}(out=...) is not implemented for cuda arrays")
 
 
-def _scalar(v, dt):
-    v = v.item() if isinstance(v, np.generic) else v
-    if dt.kind == "b":
-        return bool(v)
-    return dt.type(v) if isinstance(v, (bool, int, float)) and dt.kind in "fiu" and \
-        not isinstance(v, bool) else v
+def _scalar(v, like: np.dtype):
+    """A scalar operand as the kernel gets it: NumPy scalars keep their type; Python
+    numbers take the array operand's dtype where NumPy's weak promotion would (a float
+    next to a float array, an int next to any numeric array)."""
+    if isinstance(v, np.generic):
+        return v
+    if isinstance(v, bool):
+        return np.bool_(v)
+    if isinstance(v, int):
+        return like.type(v) if like.kind in "fiu" else np.int64(v)
+    if isinstance(v, float):
+        return like.type(v) if like.kind == "f" else np.float64(v)
+    raise TypeError(f"unsupported scalar operand {v!r} for a cuda array")
 
 
 def _matmul(a, b, out=None):
