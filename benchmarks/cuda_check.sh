@@ -29,9 +29,9 @@ step() {  # step NAME SECONDS CMD...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUTDIR/gpu.txt" 2>&1
 step info 60 python -m minidl info
 step tests 240 python -m pytest -q -p no:cacheprovider tests/test_cuda.py -m "not slow" -x
-step bench 240 python -m minidl bench --device cuda --json "$OUTDIR/cuda_bench.json" \
+step bench 150 python -m minidl bench --device cuda --json "$OUTDIR/cuda_bench.json" \
      --markdown "$OUTDIR/cuda_bench.md"
-step figure1 240 python -m minidl figure1 --device cuda --quick --no-progress \
+step figure1 150 python -m minidl figure1 --device cuda --quick --no-progress \
      --out "$OUTDIR/figure1" --overwrite
 echo "done: status $status; logs in $OUTDIR" | tee -a "$OUTDIR/summary.txt"
 exit $status
