@@ -66,7 +66,9 @@ class Tensor:
         data's (NumPy arrays say "cpu", kernels.cuda's CudaArray "cuda")."""
         t = cls.__new__(cls)
         t.data, t.grad, t._node, t.requires_grad = data, None, None, False
-        t.device = data.device if device is None else device
+        if device is None:  # the type test is cheaper than ndarray.device
+            device = "cpu" if type(data) is np.ndarray else data.device
+        t.device = device
         return t
 
     # ---- data side -----------------------------------------------------------
