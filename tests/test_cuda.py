@@ -154,6 +154,14 @@ def test_matmul_tiled(rng, m, k, n):
         dev(a) @ dev(np.ones((k + 1, 2)))
 
 
+def test_argmax_on_device(rng):
+    a = rng.standard_normal((4, 5))
+    t = minidl.tensor(a, device="cuda")
+    got = minidl.argmax(t, axis=1)
+    assert got.device == "cuda"
+    np.testing.assert_array_equal(got.numpy(), a.argmax(axis=1))
+
+
 def test_transpose_broadcast_to(rng):
     a = rng.standard_normal((2, 3, 4))
     close(dev(a).transpose(2, 0, 1), a.transpose(2, 0, 1))
@@ -448,3 +456,41 @@ def test_bench_device_cuda_quick_runs(capsys):
     assert main(["bench", "--device", "cuda", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "batch_norm_train_forward" in out and "Figure 1 MLP + BN" in out
+
+
+def test_shape_ops_and_their_gradients_match_cpu(rng):
+    a = rng.standard_normal((2, 3, 4))
+    results = []
+    for device in ("cpu", "cuda"):
+        x = minidl.tensor(a, device=device, requires_grad=True)
+        parts = [x[:, 1:], (x[:, :2, None, 1].squeeze(2).unsqueeze(1).transpose(1, 2)
+                            .permute(0, 2, 1) * minidl.ones(1, dtype=np.float64).to(device))]
+        cat = minidl.cat([parts[0].reshape(2, -1), parts[1].reshape(2, -1)], axis=1)
+        st = minidl.stack([cat, cat * 2], axis=1)
+        padded = minidl.pad(st, ((0, 0), (1, 0), (2, 1)))
+        y = (padded.softmax(axis=-1) * minidl.arange(padded.shape[-1], dtype=np.float64)
+             .to(device)).sum() + x.var() + x.max(axis=1).sum() + x.mean(axis=(0, 2)).sum()
+        y = y + minidl.nn.functional.dropout(x, 0.0).sum()
+        y.backward()
+        results.append((y.item(), x.grad.numpy()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+
+
+def test_inception_step_matches_cpu():
+    from minidl.models import bn_inception_lite
+    out = {}
+    for device in ("cpu", "cuda"):
+        minidl.manual_seed(0)
+        m = bn_inception_lite(num_classes=3, in_channels=1, width=0.1).to(np.float64)
+        m.to(device)
+        opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        x = minidl.tensor(np.random.default_rng(0).standard_normal((2, 1, 8, 8)), device=device)
+        loss = minidl.cross_entropy(m(x), minidl.tensor([0, 2], device=device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out[device] = (loss.item(), m.state_dict())
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-12)
+    for k, v in out["cpu"][1].items():
+        np.testing.assert_allclose(out["cuda"][1][k], v, rtol=1e-9, atol=1e-12, err_msg=k)

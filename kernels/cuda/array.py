@@ -316,23 +316,76 @@ class CudaArray(np.lib.mixins.NDArrayOperatorsMixin):
         axes = {a % self.ndim for a in ((axis,) if isinstance(axis, int) else axis)}
         return self.reshape(tuple(s for i, s in enumerate(self.shape) if i not in axes))
 
+    def _view(self, key):
+        """(offset, shape, strides) in elements of basic index `key` (ints, slices,
+        Ellipsis, None), NumPy's rules; advanced (array) indices are refused."""
+        key = key if isinstance(key, tuple) else (key,)
+        for k in key:
+            if not (k is None or k is Ellipsis or isinstance(k, (slice, numbers.Integral))):
+                raise NotImplementedError(f"indexing a cuda array with {type(k).__name__} "
+                                          f"indices is not implemented (only ints, slices, "
+                                          f"... and None); move it to the CPU")
+        n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+        if n_real > self.ndim:
+            raise IndexError(f"too many indices for an array of shape {self.shape}")
+        if Ellipsis in key:
+            e = key.index(Ellipsis)
+            key = key[:e] + (slice(None),) * (self.ndim - n_real) + key[e + 1:]
+        else:
+            key = key + (slice(None),) * (self.ndim - n_real)
+        st = _contig_strides(self.shape)
+        off, shape, strides, d = 0, [], [], 0
+        for k in key:
+            if k is None:
+                shape.append(1)
+                strides.append(0)
+                continue
+            size = self.shape[d]
+            if isinstance(k, slice):
+                start, stop, step = k.indices(size)
+                shape.append(len(range(start, stop, step)))
+                strides.append(st[d] * step)
+                off += start * st[d]
+            else:
+                if not -size <= k < size:
+                    raise IndexError(f"index {k} is out of bounds for axis {d} with size {size}")
+                off += (int(k) % size) * st[d]
+            d += 1
+        return off, tuple(shape), tuple(strides)
+
     def __getitem__(self, key):
         if key is Ellipsis or key == () or (isinstance(key, slice) and key == slice(None)):
             return self
         if isinstance(key, numbers.Integral) and self.ndim >= 1:
-            i = int(key) % self.shape[0] if -self.shape[0] <= key < self.shape[0] else None
-            if i is None:
+            if not -self.shape[0] <= key < self.shape[0]:
                 raise IndexError(f"index {key} is out of bounds for axis 0 with size "
                                  f"{self.shape[0]}")
+            i = int(key) % self.shape[0]
             inner = _prod(self.shape[1:])
             return CudaArray(self.shape[1:], self.dtype, self._block,
                              self._dev[i * inner:(i + 1) * inner], self)
-        raise NotImplementedError(f"indexing a cuda array with {key!r} is not implemented "
-                                  f"(only a[...], a[:] and a[int]); move it to the CPU")
+        off, shape, strides = self._view(key)
+        out = CudaArray(shape, self.dtype)
+        if out.size:
+            ew.strided_copy2[grid1d(out.size)](self._dev, off, _kshape(strides),
+                                               out._dev, 0, _kshape(_contig_strides(shape)),
+                                               _kshape(shape))
+        return out
 
     def __setitem__(self, key, value):
         if not (key is Ellipsis or (isinstance(key, slice) and key == slice(None))):
-            self[key][...] = value  # a[int] = value writes through the view
+            off, shape, strides = self._view(key)
+            if not _prod(shape):
+                return
+            if not isinstance(value, CudaArray):
+                if isinstance(value, np.ndarray) and value.ndim > 0:
+                    raise mismatch("setitem")
+                value = CudaArray.full(shape, value, self.dtype)
+            src = value if value.dtype == self.dtype else value.astype(self.dtype)
+            if src.shape != shape:
+                src = src.broadcast_to(shape)
+            ew.strided_copy2[grid1d(src.size)](src._dev, 0, _kshape(_contig_strides(shape)),
+                                               self._dev, off, _kshape(strides), _kshape(shape))
             return
         if isinstance(value, CudaArray):
             src = value.broadcast_to(self.shape) if value.shape != self.shape else value
@@ -388,6 +441,9 @@ class CudaArray(np.lib.mixins.NDArrayOperatorsMixin):
         if dtype is None:
             dtype = self.dtype if self.dtype.kind == "f" else np.dtype(np.float64)
         return self._reduce(SUM, axis, keepdims, dtype, 1.0 / n if n else float("nan"))
+
+    def argmax(self, axis=None, out=None, keepdims=False):
+        return _argmax(self, axis, out, keepdims)
 
     def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
         _no_out(out, "var")
@@ -557,7 +613,80 @@ def _where(cond, a, b):
     raise NotImplementedError("np.where is not implemented for cuda arrays yet")
 
 
+def _concatenate(arrays, axis=0, out=None, **_):
+    arrays = list(arrays)
+    for a in arrays:
+        if not isinstance(a, CudaArray):
+            raise mismatch("concatenate")
+    first = arrays[0]
+    ax = int(axis) % first.ndim
+    for a in arrays:
+        if a.ndim != first.ndim or any(x != y for i, (x, y) in
+                                       enumerate(zip(a.shape, first.shape)) if i != ax):
+            raise ValueError("concatenate: all the input array dimensions except for the "
+                             "concatenation axis must match exactly")
+    shape = list(first.shape)
+    shape[ax] = sum(a.shape[ax] for a in arrays)
+    dt = np.result_type(*[a.dtype for a in arrays])
+    res = CudaArray(shape, dt)
+    start = 0
+    for a in arrays:
+        n = a.shape[ax]
+        if n:
+            key = (slice(None),) * ax + (slice(start, start + n),)
+            res[key] = a
+        start += n
+    return res
+
+
+def _split(a, indices_or_sections, axis=0):
+    ax = int(axis) % a.ndim
+    if isinstance(indices_or_sections, numbers.Integral):
+        n = a.shape[ax]
+        k = int(indices_or_sections)
+        if n % k:
+            raise ValueError("array split does not result in an equal division")
+        bounds = [n // k * i for i in range(1, k)]
+    else:
+        bounds = [int(b) for b in indices_or_sections]
+    edges = [0] + bounds + [a.shape[ax]]
+    return [a[(slice(None),) * ax + (slice(lo, hi),)] for lo, hi in zip(edges, edges[1:])]
+
+
+def _stack(arrays, axis=0, out=None, **_):
+    arrays = list(arrays)
+    nd = arrays[0].ndim + 1
+    ax = int(axis) % nd
+    return _concatenate([_expand_dims(a, ax) for a in arrays], ax)
+
+
+def _take(a, index, axis=None, **_):
+    if axis is None or not isinstance(index, numbers.Integral):
+        raise NotImplementedError("np.take on cuda arrays: only an int index along an axis")
+    return a[(slice(None),) * (int(axis) % a.ndim) + (int(index),)]
+
+
+def _pad(a, pad_width, mode="constant", constant_values=0, **_):
+    if mode != "constant":
+        raise NotImplementedError(f"np.pad mode {mode!r} is not implemented for cuda arrays")
+    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (a.ndim, 2))
+    shape = tuple(int(n + lo + hi) for n, (lo, hi) in zip(a.shape, widths))
+    out = CudaArray.full(shape, constant_values, a.dtype)
+    out[tuple(slice(int(lo), int(lo) + n) for (lo, _), n in zip(widths, a.shape))] = a
+    return out
+
+
+def _argmax(a, axis=None, out=None, keepdims=False):
+    """On the host and back (one copy each way): no CUDA kernel for argmax yet."""
+    _no_out(out, "argmax")
+    return CudaArray.from_host(np.asarray(np.argmax(a.to_host(), axis=axis,
+                                                    keepdims=keepdims)))
+
+
 _FUNCTIONS = {
+    np.argmax: _argmax,
+    np.concatenate: _concatenate, np.split: _split, np.stack: _stack, np.take: _take,
+    np.pad: _pad,
     np.broadcast_to: lambda a, shape, subok=False: a.broadcast_to(shape),
     np.expand_dims: _expand_dims,
     np.ones_like: _like(1), np.zeros_like: _like(0),

@@ -236,3 +236,17 @@ def fill(out, value):
     while i < out.size:
         out[i] = value
         i += step
+
+
+@cuda.jit
+def strided_copy2(a, a_off, sa, out, o_off, so, shape):
+    """out[o_off + off(i; so)] = a[a_off + off(i; sa)] for every i of `shape`: slicing,
+    concatenation and splitting as one copy between two strided views."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n = 1
+    for d in range(len(shape)):
+        n *= shape[d]
+    while i < n:
+        out[o_off + _offset_dev(i, shape, so)] = a[a_off + _offset_dev(i, shape, sa)]
+        i += step
