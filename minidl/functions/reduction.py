@@ -89,4 +89,4 @@ def min(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:  # n
 def argmax(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:
     a = lift(a)
     axis, keepdims = pick_axis(axis, dim, keepdims, keepdim)
-    return Tensor._wrap(np.asarray(np.argmax(a.data, axis=axis, keepdims=keepdims)))
+    return Tensor._wrap(asarray(np.argmax(a.data, axis=axis, keepdims=keepdims)))
