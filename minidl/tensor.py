@@ -50,9 +50,12 @@ class Tensor:
             from .cuda import canonical, to_device_array
             device = canonical(src_device if device is None else device)
             src = data.data if isinstance(data, Tensor) else data
-            if getattr(src, "device", "cpu") != "cpu":
-                src = src.to_host()
-            self.data = to_device_array(_as_array(src, dtype), device)
+            if getattr(src, "device", "cpu") == "cpu":
+                self.data = to_device_array(_as_array(src, dtype), device)
+            elif src.device == device and (dtype is None or np.dtype(dtype) == src.dtype):
+                self.data = src  # shared, as NumPy data is shared on the CPU
+            else:
+                self.data = to_device_array(_as_array(src.to_host(), dtype), device)
         self.grad = None
         self._node = None
         self.device = device

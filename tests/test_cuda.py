@@ -494,3 +494,14 @@ def test_inception_step_matches_cpu():
     np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-12)
     for k, v in out["cpu"][1].items():
         np.testing.assert_allclose(out["cuda"][1][k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_parameter_of_a_gpu_tensor_shares_its_data():
+    t = minidl.tensor(np.ones(3, np.float32), device="cuda")
+    p = nn.Parameter(t)
+    assert p.device == "cuda" and p.data is t.data
+    assert minidl.tensor(t).data is t.data
+    c = minidl.tensor(t, device="cpu")
+    assert c.device == "cpu" and isinstance(c.data, np.ndarray)
+    with pytest.raises(ValueError, match=r"move it with \.to\('cuda'\)"):
+        nn.Linear(2, 3, device="cuda")

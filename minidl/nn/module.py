@@ -41,9 +41,10 @@ class RemovableHandle:
 
 def factory_dtype(device, dtype, owner: str) -> np.dtype:
     """The dtype a layer creates its parameters in. `device` is accepted (PyTorch's
-    layers take it before dtype) but only the CPU exists so far."""
+    layers take it before dtype); layers are built on the CPU, then moved with .to()."""
     if device not in (None, "cpu"):
-        raise ValueError(f"{owner}: device {device!r} is not available (only 'cpu' so far)")
+        raise ValueError(f"{owner}: device={device!r} in a layer's constructor is not "
+                         f"supported; build it on the CPU and move it with .to({device!r})")
     dtype = np.dtype(np.float32 if dtype is None else dtype)
     if dtype.kind != "f":
         raise ValueError(f"{owner}: parameters must be floating point, got dtype {dtype}")
