@@ -426,9 +426,13 @@ def test_trainer_on_cuda_evaluates_checkpoints_and_resumes(tmp_path):
                                               seed=0),
                        eval_loader=DataLoader(TensorDataset(x, y), batch_size=6),
                        eval_every=2, checkpoint_every=2, out_dir=tmp_path, progress=False,
+                       bn_eval="population", bn_stats_batches=2,
+                       bn_stats_loader=DataLoader(TensorDataset(x, y), batch_size=4,
+                                                  shuffle=True, seed=1),
                        device="cuda")
     first = make().fit(2)
     assert 0 <= first["history"][-1]["test_acc"] <= 1
+    assert first["history"][-1]["bn_eval"] == "population"
     resumed = make().fit(3, resume=True)
     assert resumed["steps"] == 3
     assert all(p.device == "cuda" for p in make().model.parameters())
