@@ -509,3 +509,21 @@ def test_parameter_of_a_gpu_tensor_shares_its_data():
     assert c.device == "cpu" and isinstance(c.data, np.ndarray)
     with pytest.raises(ValueError, match=r"move it with \.to\('cuda'\)"):
         nn.Linear(2, 3, device="cuda")
+
+
+def test_where_clip_pow_abs_match_cpu(rng):
+    a = rng.standard_normal((3, 4))
+    b = rng.random(4) + 0.5
+    results = []
+    for device in ("cpu", "cuda"):
+        x = minidl.tensor(a, device=device, requires_grad=True)
+        e = minidl.tensor(b, device=device, requires_grad=True)
+        y = (minidl.where(x > 0, x * 2, e) + x.clip(-0.5, 0.5) + x.abs() ** e
+             + minidl.maximum(x, e) + minidl.minimum(x, 0.1) + (x * x + 1).log()
+             + (x * x + 1).sqrt() + x.tanh() + x.sigmoid() + x.log_softmax(axis=0)
+             + x.softmax(axis=1) + (x / e) - e)
+        loss = y.sum() + minidl.mse_loss(x, x.detach() * 0.5)
+        loss.backward()
+        results.append((loss.item(), x.grad.numpy(), e.grad.numpy()))
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)

@@ -609,8 +609,39 @@ def _expand_dims(a, axis):
     return a.reshape(shape)
 
 
-def _where(cond, a, b):
-    raise NotImplementedError("np.where is not implemented for cuda arrays yet")
+def _operand(x, shape, dtype):
+    """x (a CudaArray or a scalar / 0-d host array) as a CudaArray of shape and dtype."""
+    if isinstance(x, np.ndarray):
+        if x.ndim > 0:
+            raise mismatch("where")
+        x = x[()]
+    if not isinstance(x, CudaArray):
+        return CudaArray.full(shape, x, dtype)
+    x = x if x.dtype == dtype else x.astype(dtype)
+    return x if x.shape == shape else x.broadcast_to(shape)
+
+
+def _where(cond, a=None, b=None):
+    if a is None or b is None:
+        raise NotImplementedError("np.where(cond) (indices) is not implemented for cuda "
+                                  "arrays")
+    shape = np.broadcast_shapes(*(getattr(x, "shape", ()) for x in (cond, a, b)))
+    dt = np.result_type(*(x.dtype if isinstance(x, CudaArray) else x for x in (a, b)))
+    c = _operand(cond, shape, np.dtype(bool))
+    out = CudaArray(shape, dt)
+    if out.size:
+        ew.where[grid1d(out.size)](c._dev, _operand(a, shape, dt)._dev,
+                                   _operand(b, shape, dt)._dev, out._dev)
+    return out
+
+
+def _clip(a, a_min=None, a_max=None, out=None, **_):
+    _no_out(out, "clip")
+    if a_min is not None:
+        a = np.maximum(a, a_min)
+    if a_max is not None:
+        a = np.minimum(a, a_max)
+    return a.copy() if a_min is None and a_max is None else a
 
 
 def _concatenate(arrays, axis=0, out=None, **_):
@@ -711,5 +742,5 @@ _FUNCTIONS = {
     np.shape: lambda a: a.shape,
     np.ndim: lambda a: a.ndim,
     np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
-    np.where: _where,
+    np.where: _where, np.clip: _clip,
 }

@@ -250,3 +250,13 @@ def strided_copy2(a, a_off, sa, out, o_off, so, shape):
     while i < n:
         out[o_off + _offset_dev(i, shape, so)] = a[a_off + _offset_dev(i, shape, sa)]
         i += step
+
+
+@cuda.jit
+def where(cond, a, b, out):
+    """out[i] = a[i] if cond[i] else b[i] (operands already broadcast to out's shape)."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < out.size:
+        out[i] = a[i] if cond[i] else b[i]
+        i += step
