@@ -43,7 +43,8 @@ for dt in (np.float32, np.float64):
         NHWC.conv2d_backward_input_nhwc(y, wh, xh.shape, stride, (1, 1), (1, 1))
         NHWC.conv2d_backward_weight_nhwc(y, xh, wh.shape, stride, (1, 1), (1, 1))
         NHWC.conv2d_backward_bias_nhwc(y)
-    for shape in ((4, 6, 9, 9), (64, 6, 40, 40), (60, 100), (20000, 100)):  # serial and parallel paths
+    # serial and parallel paths
+    for shape in ((4, 6, 9, 9), (64, 6, 40, 40), (60, 100), (20000, 100)):
         z = rng.standard_normal(shape).astype(dt)
         g, bt = np.ones(shape[1], dt), np.zeros(shape[1], dt)
         out, m, v = K.batch_norm_train_forward(z, g, bt, 1e-5)
@@ -58,6 +59,11 @@ for dt in (np.float32, np.float64):
     y = K.avg_pool2d_forward(x, (3, 3), (2, 2), (1, 1), False, True)
     K.avg_pool2d_backward(y, x.shape, (3, 3), (2, 2), (1, 1), False, True)
     K.global_avg_pool2d_backward(K.global_avg_pool2d_forward(x), x.shape)
+    # channels_last pooling (NHWC entry points)
+    y, idx = K.max_pool2d_forward_nhwc(xh, (2, 2), (2, 2), (0, 0), False)
+    K.max_pool2d_backward_nhwc(y, idx, xh.shape)
+    y = K.avg_pool2d_forward_nhwc(xh, (3, 3), (2, 2), (1, 1), False, True)
+    K.avg_pool2d_backward_nhwc(y, xh.shape, (3, 3), (2, 2), (1, 1), False, True)
 print(f"{t_import:.3f} {time.perf_counter() - t0:.3f}")
 """
 

@@ -11,13 +11,13 @@ import argparse
 import json
 import time
 
-from benchmarks.common import clean_blas_env
+from benchmarks.harness import clean_blas_env, endless
 
 clean_blas_env()
 
 # torch before minidl: minidl sets OMP_WAIT_POLICY=PASSIVE for Numba's OpenMP pool, which
-# would also make torch's threads sleep between ops (0.3-0.6 ms a call). Imported first,
-# torch's runtime starts with its own defaults.
+# would also make torch's threads sleep between ops (its cost: benchmarks/RESULTS.md).
+# Imported first, torch's runtime starts with its own defaults.
 import torch  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
@@ -44,7 +44,6 @@ def build(bn: bool, init_std: float):
 
 
 def train(bn, args, train_set, test_set):
-    import torch
     torch.manual_seed(args.seed)
     model = build(bn, args.init_std)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
@@ -55,13 +54,9 @@ def train(bn, args, train_set, test_set):
     last_sigmoid = [m for m in model.modules() if isinstance(m, torch.nn.Sigmoid)][-1]
     last_sigmoid.register_forward_hook(
         lambda m, inp, out: None if m.training else captured.append(inp[0][:, args.unit]))
-    history, train_seconds, step, it = [], 0.0, 0, iter(loader)
+    history, train_seconds, step, batches = [], 0.0, 0, endless(loader)
     while step < args.steps:
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
+        x, y = next(batches)
         t0 = time.perf_counter()
         xt, yt = torch.from_numpy(x.data), torch.from_numpy(y.data)
         loss = torch.nn.functional.cross_entropy(model(xt), yt)
@@ -97,7 +92,6 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the histories here")
     args = p.parse_args(argv)
-    import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     train_set, test_set = load_data(args.dataset)

@@ -17,7 +17,7 @@ import json
 import math
 import time
 
-from benchmarks.common import clean_blas_env
+from benchmarks.harness import clean_blas_env, endless
 
 clean_blas_env()
 
@@ -107,14 +107,10 @@ def train(args) -> dict:
                         seed=args.seed)
     xe, ye = torch.from_numpy(xte), torch.from_numpy(yte)
     n_eval = min(args.eval_examples, len(xte))
-    history, train_seconds, step, it = [], 0.0, 0, iter(loader)
+    history, train_seconds, step, batches = [], 0.0, 0, endless(loader)
     diverged = None
     while step < args.steps:
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
+        x, y = next(batches)
         t0 = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x.data)),
                                                  torch.from_numpy(y.data))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import clean_blas_env
+from benchmarks.harness import clean_blas_env
 
 clean_blas_env()
 

@@ -1,38 +1,40 @@
-"""The benchmark suite behind `minidl bench`: one run measures the machine's limits, the
-kernels and/or the training steps, and reports them as JSON and Markdown.
+"""The runs behind `minidl bench`: the fixed suite, single shapes from the command line,
+and the comparison of two runs. Every run measures the machine's limits and writes the
+same JSON schema (documented in benchmarks/README.md) and a Markdown report.
 
     python -m benchmarks.suite [--suite kernels|train|all] [--threads N] [--quick]
+                               [--only conv2d,...] [--backend numpy,torch]
                                [--json FILE] [--markdown FILE]
 
 Suites:
-  kernels  machine limits (FMA peak and GEMM GFLOP/s, copy/triad GB/s), every kernel against NumPy and
-           PyTorch (benchmarks/kernels.py), and the cold/warm JIT time of all kernels
+  kernels  machine limits (FMA peak and GEMM GFLOP/s, copy/triad GB/s), every kernel against
+           NumPy and PyTorch (benchmarks/cases.py), and the cold/warm JIT time of all kernels
            (benchmarks/compile_time.py; not with --quick)
-  train    full training steps against PyTorch (benchmarks/train_step.py) and the cold
-           (empty Numba cache) and warm start of `minidl train` (not with --quick)
+  train    full training steps against PyTorch (benchmarks/cases.py) and the cold (empty
+           Numba cache) and warm start of `minidl train` (not with --quick)
   all      both
 
---quick runs tiny shapes with few repeats: it checks that the harness works, in seconds;
-its numbers say little about the machine.
+--quick runs tiny shapes with the harness's smallest calibration: it checks that the
+harness works, in seconds; its numbers say little about the machine.
+
+Imports flow one way: suite -> cases -> harness and suite -> report -> harness.
 """
 from __future__ import annotations
 
-from benchmarks.common import clean_blas_env
+from benchmarks.harness import clean_blas_env
 
-REMOVED_ENV = clean_blas_env()  # before NumPy loads OpenBLAS (if it has not yet)
+clean_blas_env()  # before NumPy loads OpenBLAS (if it has not yet); reported in the result
 
-import datetime  # noqa: E402
-import importlib.metadata  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from benchmarks import kernels as kbench  # noqa: E402
+from benchmarks import cases, harness, report  # noqa: E402
 
 SUITES = ("kernels", "train", "all")
+BACKENDS = cases.BACKENDS
 STARTUP_ARGS = ["train", "--bn", "--dataset", "fashion-mnist", "--steps", "1", "--eval-every",
                 "1", "--no-progress"]
 
@@ -42,63 +44,118 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def _version(dist):
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+# --- kernels ------------------------------------------------------------------------------
+
+def time_local(case_list, mode="full", backends=BACKENDS, progress=None) -> list[dict]:
+    """minidl's backends (and the NumPy reference) on every case, in this process."""
+    repeats, min_sample, budget = harness.MODES[mode]
+    out = []
+    for i, case in enumerate(case_list):
+        if progress:
+            progress(f"[{i + 1}/{len(case_list)}] {case.kernel} {case.case} {case.pass_}")
+        res = {}
+        for backend in (b for b in case.backends if b in backends):
+            if mode == "full":
+                time.sleep(harness.BLAS_SPIN_S)
+            # the reference is slow and only a yardstick: half the budget
+            b = budget / 2 if backend == "numpy" else budget
+            res[backend] = harness.measure(case.make(backend, "nchw"), repeats, min_sample, b)
+        out.append(res)
+    return out
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def run_kernels(specs, threads, mode="full", backends=BACKENDS, progress=None) -> list[dict]:
+    """Rows (dicts) of the kernels table for these specs, without rates (see annotate)."""
+    case_list = [cases.build(s) for s in specs]
+    local = time_local(case_list, mode, backends, progress)
+    torch_res, torch_error = [None] * len(case_list), None
+    if "torch" in backends and harness.torch_available():
+        if progress:
+            progress("torch (child process)")
+        try:
+            torch_res = harness.run_child("benchmarks.cases", {
+                "mode": mode, "specs": specs, "torch_threads": sorted({1, threads})})
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            torch_error = str(e)
+    rows = []
+    for case, loc, tor in zip(case_list, local, torch_res):
+        row = {"kernel": case.kernel, "case": case.case, "pass": case.pass_,
+               "dtype": case.dtype, "spec": case.spec, "bound": case.bound, "unit": case.unit,
+               "work": case.work, "minidl_impl": case.minidl_impl, "threads": threads,
+               "numba": loc["numba"], "numpy": loc.get("numpy"), "torch": None,
+               "torch_configs": None}
+        for extra in ("numba_old", "numba_nhwc"):  # conv2d: old routes, NHWC entry points
+            if extra in loc:
+                row[extra] = loc[extra]
+        if tor:
+            best = min(tor, key=lambda c: tor[c]["median_s"])
+            row["torch"] = dict(tor[best], config=best)
+            row["torch_configs"] = {c: t["median_s"] for c, t in tor.items()}
+        elif torch_error:
+            row["torch_error"] = torch_error[-500:]
+        rows.append(row)
+    return rows
 
 
-def describe_machine(threads):
-    """Who ran this: hardware, libraries, threads and the settings that change timings.
-    torch's version comes from its metadata: this process must never import torch."""
-    import numba
-    import numpy as np
+def annotate(rows, limits):
+    """Add numba's achieved rate, its fraction of the machine limit and the ratios."""
+    for r in rows:
+        t = r["numba"]["median_s"]
+        r["rate"] = r["work"] / t / 1e9
+        compute = limits.get("fma_peak_gflops") or limits["gemm_gflops"]
+        r["limit"] = compute if r["bound"] == "compute" else limits["copy_gbs"]
+        r["fraction_of_limit"] = r["rate"] / r["limit"]
+        r["torch_over_numba"] = r["torch"]["median_s"] / t if r["torch"] else None
+        for extra in ("numba_old", "numba_nhwc"):
+            if r.get(extra) and r["torch"]:
+                r[f"torch_over_{extra}"] = r["torch"]["median_s"] / r[extra]["median_s"]
+        r["numpy_over_numba"] = r["numpy"]["median_s"] / t if r["numpy"] else None
+    return rows
 
-    import minidl
-    from benchmarks.bench_conv import blas_info
-    from minidl import _malloc
-    from minidl.info import threading_layer
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
-        "platform": platform.platform(),
-        "blas": blas_info(), "numba_threading_layer": threading_layer(),
-        "threads": threads,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "numba": numba.__version__, "scipy": _version("scipy"),
-                     "minidl": minidl.__version__, "torch": _version("torch")},
-        "env": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-                "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS"),
-                "removed_for_this_run": REMOVED_ENV,
-                "torch_children": {k: v for k, v in kbench.child_env().items()
-                                   if k.startswith(("OMP_", "MALLOC_"))}},
-        "malloc_tuning": _malloc.status,
-    }
+
+# --- training steps -----------------------------------------------------------------------
+
+def run_train(threads, quick=False, use_torch=True, case_list=None) -> list[dict]:
+    """One row per training case: minidl and (best) torch steps/s, their ratio."""
+    mode = "quick" if quick else "full"
+    plan = list(case_list or cases.TRAIN_CASES)
+    rows = []
+    for name, kind, batch in plan:
+        # image models in both memory formats, as torch: the faster one is the row's
+        formats = ("nchw", "channels_last") if kind in cases.IMAGE_MODELS else ("nchw",)
+        configs = {f: cases.time_minidl_step(kind, batch, threads, mode, f == "channels_last")
+                   for f in formats}
+        best = min(configs, key=lambda f: configs[f]["median_s"])
+        t = configs[best]
+        rows.append({"case": name, "batch": batch, "threads": threads, "minidl": t,
+                     "minidl_steps_s": 1 / t["median_s"], "minidl_min_steps_s": 1 / t["q3_s"],
+                     "minidl_max_steps_s": 1 / t["q1_s"],
+                     "minidl_config": best if len(formats) > 1 else "-",
+                     "minidl_configs": {f: 1 / r["median_s"] for f, r in configs.items()},
+                     "steps": t["samples"] * t["calls_per_sample"],
+                     "minidl_first_step_s": configs["nchw"]["first_call_s"]})
+    if use_torch and harness.torch_available():
+        res = harness.run_child("benchmarks.cases", {"cases": plan, "mode": mode,
+                                                     "threads": sorted({1, threads})},
+                                function="train_worker")
+        for row in rows:
+            configs = res[row["case"]]
+            best = min(configs, key=lambda c: configs[c]["median_s"])
+            row.update(torch=configs[best], torch_steps_s=1 / configs[best]["median_s"],
+                       torch_threads=configs[best]["threads"], torch_config=best,
+                       torch_configs={c: 1 / r["median_s"] for c, r in configs.items()},
+                       ratio_vs_torch=row["minidl_steps_s"] * configs[best]["median_s"])
+    harness.set_threads(threads)
+    return rows
 
 
 def startup_times(threads, warm_runs=3, command=None):
     """Wall time of a whole `minidl train` process: cold (an empty NUMBA_CACHE_DIR, so
     every kernel it needs is JIT-compiled) and warm (the same cache, now on disk)."""
-    root = kbench.ROOT
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(tmp, "numba_cache"))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (harness.ROOT, env.get("PYTHONPATH"))
+                                            if p)
         walls = []
         for i in range(1 + warm_runs):
             cmd = command or [sys.executable, "-m", "minidl.cli", *STARTUP_ARGS, "--threads",
@@ -124,50 +181,75 @@ def compile_times():
         return {"error": (e.stderr or "")[-1000:]}
 
 
-def run(suite="all", threads=None, quick=False, families=kbench.FAMILIES, torch=True):
-    """Everything the report needs, as one JSON-able dict."""
-    import numba
+# --- whole runs ---------------------------------------------------------------------------
 
-    from benchmarks import machine, train_step
-    if suite not in SUITES:
-        raise ValueError(f"suite must be one of {SUITES}, not {suite!r}")
+def _start(suite, threads, quick, backends):
+    """The result's header, threads set and checked; the machine described."""
+    import numba
     threads = threads or numba.config.NUMBA_NUM_THREADS
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"--threads {threads}: Numba allows 1 to "
                          f"{numba.config.NUMBA_NUM_THREADS} (set NUMBA_NUM_THREADS for more)")
-    t_start = time.perf_counter()
-    wall = {}
-    result = {"schema": "minidl-bench/1", "suite": suite, "quick": quick, "threads": threads,
-              "torch_installed": torch and kbench.torch_available()}
+    harness.set_threads(threads)  # the limits are measured at the kernels' thread count
+    return {"schema": harness.SCHEMA, "suite": suite, "quick": quick, "threads": threads,
+            "backends": list(backends),
+            "torch_installed": "torch" in backends and harness.torch_available(),
+            "machine": harness.describe_machine(threads)}
 
-    def timed(name, fn, *args, **kwargs):
-        log(f"minidl bench: {name}...")
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        wall[name] = time.perf_counter() - t0
-        return out
 
-    kbench.set_threads(threads)  # the limits are measured at the kernels' thread count
-    result["machine"] = describe_machine(threads)
-    result["limits"] = timed("limits", machine.limits, quick)
-    if suite in ("kernels", "all"):
-        rows = timed("kernels", kbench.run, threads, quick, families, torch, progress=log)
-        result["kernels"] = kbench.annotate(rows, result["limits"])
-        if not quick:
-            result["compile"] = timed("compile", compile_times)
-    if suite in ("train", "all"):
-        result["train"] = timed("train", train_step.run, threads, quick=quick, use_torch=torch)
-        if not quick:
-            result["startup"] = timed("startup", startup_times, threads)
+def _timed(wall, name, fn, *args, **kwargs):
+    log(f"minidl bench: {name}...")
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    wall[name] = time.perf_counter() - t0
+    return out
+
+
+def _finish(result, wall, t_start):
     wall["total"] = time.perf_counter() - t_start
     result["wall_seconds"] = wall
+    result["machine"]["load_average_after"] = harness.load_average()
     return result
 
 
-def main_with(suite="all", threads=None, quick=False, json_path=None, markdown_path=None,
-              families=kbench.FAMILIES) -> int:
-    from benchmarks import report
-    result = run(suite, threads, quick, families)
+def run(suite="all", threads=None, quick=False, families=cases.FAMILIES, torch=True,
+        backends=BACKENDS):
+    """The fixed suite, as one JSON-able dict."""
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, not {suite!r}")
+    if not torch:
+        backends = tuple(b for b in backends if b != "torch")
+    t_start, wall = time.perf_counter(), {}
+    result = _start(suite, threads, quick, backends)
+    threads = result["threads"]
+    result["limits"] = _timed(wall, "limits", harness.limits, quick)
+    if suite in ("kernels", "all"):
+        specs = cases.suite_specs(quick, families)
+        rows = _timed(wall, "kernels", run_kernels, specs, threads,
+                      "quick" if quick else "full", backends, progress=log)
+        result["kernels"] = annotate(rows, result["limits"])
+        if not quick:
+            result["compile"] = _timed(wall, "compile", compile_times)
+    if suite in ("train", "all"):
+        result["train"] = _timed(wall, "train", run_train, threads, quick,
+                                 "torch" in backends)
+        if not quick:
+            result["startup"] = _timed(wall, "startup", startup_times, threads)
+    return _finish(result, wall, t_start)
+
+
+def run_single(specs, threads=None, quick=False, backends=BACKENDS):
+    """Single shapes from the command line: the same schema, suite "single"."""
+    t_start, wall = time.perf_counter(), {}
+    result = _start("single", threads, quick, backends)
+    result["limits"] = _timed(wall, "limits", harness.limits, quick)
+    rows = _timed(wall, "kernels", run_kernels, specs, result["threads"],
+                  "quick" if quick else "full", backends, progress=log)
+    result["kernels"] = annotate(rows, result["limits"])
+    return _finish(result, wall, t_start)
+
+
+def _write(result, json_path, markdown_path):
     text = report.markdown(result)
     if json_path:
         report.write_json(result, json_path)
@@ -178,15 +260,33 @@ def main_with(suite="all", threads=None, quick=False, json_path=None, markdown_p
     return 0
 
 
-def main(argv=None) -> int:
-    import argparse
+def main_with(suite="all", threads=None, quick=False, json_path=None, markdown_path=None,
+              families=cases.FAMILIES, backends=BACKENDS) -> int:
+    return _write(run(suite, threads, quick, families, backends=backends), json_path,
+                  markdown_path)
 
-    from minidl.bench import add_arguments
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    return main_with(args.suite, args.threads, args.quick, args.json, args.markdown)
+
+def main_single(specs, threads=None, quick=False, json_path=None, markdown_path=None,
+                backends=BACKENDS) -> int:
+    return _write(run_single(specs, threads, quick, backends), json_path, markdown_path)
+
+
+def main_compare(old_path, new_path, fail_on_slower=None, markdown_path=None) -> int:
+    """`minidl bench compare`: print the table; 1 if a row got slower by >= fail_on_slower %."""
+    old, new = report.load_result(old_path), report.load_result(new_path)
+    comparison = report.compare(old, new)
+    text = report.compare_markdown(comparison, old_path, new_path, fail_on_slower)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(text)
+    print(text)
+    return 1 if report.slower_rows(comparison, fail_on_slower) else 0
+
+
+def main(argv=None) -> int:
+    """`python -m benchmarks.suite ...`: the same arguments as `minidl bench`."""
+    from minidl.bench import build_parser, run as bench_run
+    return bench_run(build_parser("python -m benchmarks.suite").parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ for bn in (False, True):
     seen = []  # the input of the last sigmoid, captured at evaluation time
     last_sigmoid = [m for m in model.modules() if isinstance(m, nn.Sigmoid)][-1]
     last_sigmoid.register_forward_hook(
-        lambda mod, inp, out: seen.append(inp[0].data[:, 0].copy()) if not mod.training else None)
+        lambda mod, inp, out, seen=seen: (seen.append(inp[0].data[:, 0].copy())
+                                          if not mod.training else None))
     batches = iter(())
     loader = DataLoader(train_set, batch_size=60, shuffle=True, seed=0)
     print(f"--- {'with' if bn else 'without'} BN ---")

@@ -1,10 +1,24 @@
 """minidl's kernels: NumPy references (`kernels.reference`) and parallel Numba kernels
 (`kernels.cpu`) with the same function names and signatures. See kernels/README.md."""
 import os
+import sys
 
 # Numba's OpenMP workers spin after each parallel region by default; on few cores the
-# spinning threads fight BLAS's threads at every Numba <-> BLAS hand-over (measured 3-7x
-# slower convolutions). PASSIVE makes them sleep. The variable is read when the OpenMP
-# runtime loads, so it must be set before the first parallel kernel runs (and before
-# `import torch`, which brings its own runtime). A user's own setting wins.
+# spinning threads fight BLAS's threads at every Numba <-> BLAS hand-over, which slows
+# convolutions several-fold (numbers: benchmarks/DESIGN.md, kernels/__init__.py).
+# PASSIVE makes them sleep. The variable is read when the OpenMP runtime loads, so it
+# must be set before the first parallel kernel runs (and before `import torch`, which
+# brings its own runtime). A user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# One policy for BLAS threads and Numba threads: OpenBLAS's workers spin for 2^28 cycles
+# (~0.1 s) after every multithreaded call before they sleep, and while they spin every
+# parallel Numba kernel on the same cores runs slower (a training step that calls BLAS
+# once, in a Linear layer or a 1x1 convolution, pays this for all of its kernels).
+# 2^4 cycles makes them sleep at once; a BLAS call then pays a thread wake-up instead,
+# which costs less over a whole training step (numbers: benchmarks/DESIGN.md,
+# kernels/__init__.py). OpenBLAS reads the variable when it loads, i.e. when NumPy is
+# first imported: `import minidl` before NumPy, or set it yourself. A user's own setting
+# wins.
+BLAS_THREAD_TIMEOUT_APPLIED = "OPENBLAS_THREAD_TIMEOUT" in os.environ or "numpy" not in sys.modules
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")

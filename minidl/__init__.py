@@ -1,4 +1,10 @@
 """minidl: a Numba-accelerated deep-learning mini-framework with PyTorch's names."""
+# ruff: noqa: E402  (the order is the point: thread and BLAS policies go into the
+# environment before NumPy and Numba load, so the imports cannot all come first)
+from . import _threads
+
+_threads.apply_defaults()  # first: ranks of an MPI job share the cores (minidl/_threads.py)
+
 import kernels  # noqa: F401  (first: sets the OpenMP wait policy before Numba starts)
 
 from . import _malloc
@@ -15,6 +21,7 @@ from .functions import (ShapeError, abs, add, argmax, cat, clip, concatenate, cr
                         softmax, sqrt, squeeze, stack, sub, sum, tanh, transpose, unsqueeze,
                         var, where)
 from .gradcheck import GradcheckError, gradcheck
+from .layout import channels_last, contiguous_format, memory_format, preserve_format
 from .serialization import load, save
 from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import (Tensor, arange, bool_, float32, float64, full, int32, int64, ones,

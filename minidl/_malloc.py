@@ -2,8 +2,8 @@
 
 A training step allocates and frees the same few hundred-kilobyte arrays (activations,
 gradients) thousands of times. With glibc's defaults, freeing them trims the heap or
-unmaps the chunk, and the next step page-faults the memory back in: measured here, that
-was a third of the paper's MLP training step (967 -> 649 us at batch 60). Raising the
+unmaps the chunk, and the next step page-faults the memory back in, a large share of a
+small model's training step (numbers: benchmarks/DESIGN.md, _malloc.py). Raising the
 mmap and trim thresholds makes glibc reuse the memory. Opt out with MINIDL_MALLOC_TUNING=0.
 """
 from __future__ import annotations

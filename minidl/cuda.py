@@ -169,4 +169,4 @@ def move(t, dev: str):
     from .autograd import record
     src = t.device
     out = to_device_array(t.data, dev)
-    return record(out, (t,), lambda g: (to_device_array(g, src),), "ToCopy")
+    return record(out, (t,), lambda g, needs: (to_device_array(g, src),), "ToCopy")

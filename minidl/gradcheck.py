@@ -60,18 +60,15 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
         x = inputs[i].data
         analytic = (np.zeros_like(x) if inputs[i].grad is None
                     else np.asarray(inputs[i].grad.data, np.float64))
-        numeric = np.zeros_like(x)
-        flat = x.reshape(-1)  # a view: perturbing it perturbs the input
-        if not np.shares_memory(flat, x):
-            raise ValueError(f"gradcheck: input {i} must be contiguous")
-        for j in range(flat.size):
-            orig = flat[j]
-            flat[j] = orig + eps
+        numeric = np.zeros(x.shape, np.float64)
+        for idx in np.ndindex(x.shape):  # in place, whatever x's strides (channels_last too)
+            orig = x[idx]
+            x[idx] = orig + eps
             plus = objective()
-            flat[j] = orig - eps
+            x[idx] = orig - eps
             minus = objective()
-            flat[j] = orig
-            numeric.reshape(-1)[j] = (plus - minus) / (2 * eps)
+            x[idx] = orig
+            numeric[idx] = (plus - minus) / (2 * eps)
         err = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
         if err.size:
             j = int(np.argmax(err))

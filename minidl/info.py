@@ -38,9 +38,37 @@ def cuda_status() -> str:
     return cuda.status()
 
 
+def mpi_status() -> str:
+    """Whether `mpirun -n K minidl ...` can train data-parallel here, and if not, why."""
+    from .distributed import group
+    if not group.is_available():
+        return f"not available: {group.unavailable_reason()}"
+    from importlib.metadata import version
+    text = f"available (mpi4py {version('mpi4py')}, {group.mpi_library_version()})"
+    n = group.launched_by_mpirun()
+    if n:
+        from . import _threads
+        text += f"; this process is one of {n} ranks"
+        if _threads.applied:
+            text += f", {next(iter(_threads.applied.values()))} threads each"
+    return text
+
+
 def _malloc_status() -> str:
     from . import _malloc
     return _malloc.status
+
+
+def blas_thread_policy() -> str:
+    """Whether OpenBLAS's idle workers sleep at once (see kernels/__init__.py)."""
+    import os
+
+    import kernels
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    if kernels.BLAS_THREAD_TIMEOUT_APPLIED:
+        return f"workers spin 2^{value} cycles after a call (OPENBLAS_THREAD_TIMEOUT={value})"
+    return ("OpenBLAS default (workers spin ~0.1 s and slow Numba kernels): NumPy was "
+            "imported before minidl; set OPENBLAS_THREAD_TIMEOUT=4 or import minidl first")
 
 
 def collect() -> dict:
@@ -61,8 +89,10 @@ def collect() -> dict:
         "numba threads": numba.get_num_threads(),
         "backend": get_backend(),
         "numpy BLAS": blas_info(),
+        "BLAS thread policy": blas_thread_policy(),
         "cuda": cuda_status(),
         "malloc tuning": _malloc_status(),
+        "mpi (distributed training)": mpi_status(),
     }
     try:  # the version only: importing torch would load its OpenMP runtime into minidl's
         from importlib.metadata import version
@@ -111,9 +141,9 @@ def main(args=None) -> int:
             except ValueError:
                 shape = ()
             if len(shape) != 3 or min(shape) < 1:
-                print(f"minidl info: --input must be C,H,W (three positive ints), got "
-                      f"{args.input!r}")
-                return 2
+                from .errors import UsageError
+                raise UsageError(f"minidl info: --input must be C,H,W (three positive ints), "
+                                 f"got {args.input!r}")
         print(model_report(args.model, shape))
         return 0
     for key, value in collect().items():

@@ -117,9 +117,9 @@ def profile_step(model, optimizer, x, y, steps: int = 10, warmup: int = 3,
     def timed_backward(node):
         inner = node.backward
 
-        def run(g):
+        def run(g, needs):
             t0 = time.perf_counter()
-            out = inner(g)
+            out = inner(g, needs)
             flops, nbytes = _backward_work(node, g)
             name = _conv_name(node.parents[1].shape) if node.name == "Conv2d" else node.name
             rows.add((name, "backward"), time.perf_counter() - t0, flops, nbytes)
@@ -202,8 +202,10 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--peak-gflops", type=float, default=None,
-                   help="the machine's compute limit for the '% peak' column (e.g. from "
+                   help="the machine's compute limit for the '%% peak' column (e.g. from "
                         "`minidl bench --suite kernels`)")
+    p.add_argument("--format", choices=("nchw", "channels_last"), default="nchw",
+                   help="memory format of the model and its input (default: nchw)")
     p.add_argument("--json", default=None, metavar="FILE")
 
 
@@ -231,8 +233,11 @@ def main(args) -> int:
     from .random import manual_seed
     from .tensor import tensor
     if args.steps < 1 or (args.batch_size is not None and args.batch_size < 1):
-        print("minidl profile: --steps and --batch-size must be >= 1")
-        return 2
+        from .errors import UsageError
+        raise UsageError("minidl profile: --steps and --batch-size must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        from .errors import UsageError
+        raise UsageError(f"minidl profile: --threads must be >= 1, got {args.threads}")
     if args.threads:
         set_num_threads(args.threads)
     manual_seed(0)
@@ -240,14 +245,20 @@ def main(args) -> int:
     batch = args.batch_size or batch
     rng = np.random.default_rng(0)
     x = tensor(rng.random((batch, 1, 28, 28), dtype=np.float32))
+    if args.format == "channels_last" and args.model not in ("mlp", "mlp-bn"):
+        from .layout import channels_last
+        model.to(memory_format=channels_last)
+        x = x.to(memory_format=channels_last)
     y = tensor(rng.integers(0, 10, batch))
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     rows, step_s = profile_step(model, opt, x, y, steps=args.steps)
     print(format_rows(rows, step_s, args.peak_gflops,
-                      f"minidl profile {args.model}: batch {batch}, {get_num_threads()} "
+                      f"minidl profile {args.model}: batch {batch}, {args.format}, "
+                      f"{get_num_threads()} "
                       f"Numba thread(s), {args.steps} steps"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "batch": batch, "threads": get_num_threads(),
+            json.dump({"model": args.model, "batch": batch, "format": args.format,
+                       "threads": get_num_threads(),
                        "step_seconds": step_s, "rows": rows}, f, indent=1)
     return 0

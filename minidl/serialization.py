@@ -120,12 +120,49 @@ def save(obj, path):
         np.savez(f, **arrays)  # no pickle needed: _put rejected object arrays
 
 
+def _check_members(path):
+    """Every member's size, from the zip directory and the .npy header alone, before any
+    array is read: a member (or a header) claiming more bytes than the file holds is
+    refused without allocating them."""
+    from numpy.lib import format as npy
+    file_size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"member {info.filename!r} is compressed; minidl "
+                                      f"checkpoints are stored uncompressed")
+            if info.file_size > file_size:
+                raise CheckpointError(f"member {info.filename!r} claims {info.file_size} "
+                                      f"bytes, more than the whole file ({file_size})")
+            with zf.open(info) as f:
+                version = npy.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = npy.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = npy.read_array_header_2_0(f)
+                else:
+                    shape, _, dtype = npy._read_array_header(f, version)
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                have = info.file_size - f.tell()
+                if need != have and not dtype.hasobject:
+                    raise CheckpointError(f"member {info.filename!r}: its header says "
+                                          f"{shape} {dtype} ({need} bytes) but it holds "
+                                          f"{have} bytes")
+
+
 def load(path):
-    """Read a checkpoint written by `save`."""
+    """Read a checkpoint written by `save`.
+
+    Anything that is not a readable minidl checkpoint raises CheckpointError (never
+    pickle, never an unbounded allocation: member sizes are checked against the file
+    before any array is read; absurdly nested metadata is refused too)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load: no such checkpoint file: {path!r}")
     try:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError("not an .npz (zip) file")
+        _check_members(path)
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise CheckpointError("a .npy file, not an .npz")
@@ -142,7 +179,13 @@ def load(path):
         return _decode(meta["tree"], arrays)
     except CheckpointError as e:
         raise CheckpointError(f"load: {path!r} is not a minidl checkpoint: {e}") from None
-    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
-            UnicodeDecodeError) as e:
+    except RecursionError:
+        raise CheckpointError(f"load: {path!r} is not a minidl checkpoint: its metadata "
+                              f"is nested too deeply") from None
+    except MemoryError:
+        raise CheckpointError(f"load: {path!r} is not a minidl checkpoint or is corrupt: "
+                              f"reading it would need more memory than there is") from None
+    except (OSError, ValueError, EOFError, KeyError, TypeError, IndexError, AttributeError,
+            zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise CheckpointError(f"load: {path!r} is not a minidl checkpoint or is corrupt "
                               f"({type(e).__name__}: {e})") from None

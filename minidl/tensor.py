@@ -1,14 +1,17 @@
 """`Tensor`: a NumPy array with a device, an optional gradient and a recorded history.
 
-The arithmetic lives in `minidl.functions`; that package binds the operators and
-methods (`a + b`, `x.sum()`, `x.reshape(...)`) onto this class, so this file holds only
-the data side of a tensor.
+The operators and methods (`a + b`, `x.sum()`, `x.reshape(...)`) are declared on the
+class, one line each; the arithmetic itself, each op beside its backward, lives in
+`minidl.functions` (bound below as `F` when that package loads, so no import cycle).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import autograd
+from . import layout as _mf
+
+F = None  # the module minidl.functions, bound by it when it is imported
 
 float32 = np.dtype(np.float32)
 float64 = np.dtype(np.float64)
@@ -146,17 +149,31 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
-    def to(self, target) -> "Tensor":
-        """`to("cuda")`, `to("cpu")` (differentiable copies between devices, see
-        minidl/cuda.py) or `to(dtype)` (a differentiable cast)."""
-        if isinstance(target, str):
-            if target == self.device:
-                return self
-            from .cuda import canonical, move
-            target = canonical(target)
-            return self if target == self.device else move(self, target)
-        from .functions import cast
-        return cast(self, target)
+    def to(self, target=None, *, memory_format=None) -> "Tensor":
+        """`to("cuda")`, `to("cpu")`, `to(dtype)` and/or
+        `to(memory_format=minidl.channels_last)`.
+        A dtype or layout change is a differentiable op; an unchanged tensor is returned
+        as is."""
+        out = self
+        if isinstance(target, str):  # a device: differentiable copies, see minidl/cuda.py
+            if target != self.device:
+                from .cuda import canonical, move
+                target = canonical(target)
+                if target != self.device:
+                    out = move(self, target)
+        elif target is not None:
+            out = F.cast(out, target)
+        if memory_format is not None:
+            out = F.to_memory_format(out, memory_format)
+        return out
+
+    def contiguous(self, memory_format=_mf.contiguous_format) -> "Tensor":
+        """This tensor laid out in `memory_format` (itself when it already is)."""
+        return F.to_memory_format(self, memory_format)
+
+    def is_contiguous(self, memory_format=_mf.contiguous_format) -> bool:
+        """Whether the elements lie in memory in `memory_format`'s order without gaps."""
+        return _mf.is_contiguous(self.data, memory_format)
 
     def cuda(self) -> "Tensor":
         return self.to("cuda")
@@ -181,6 +198,63 @@ class Tensor:
         elif self.requires_grad:
             extra += ", requires_grad=True"
         return f"tensor({body}{extra})"
+
+    # ---- arithmetic: declared here, computed (with its backward) in minidl.functions ----
+    def __add__(self, other): return F.add(self, other)
+    def __radd__(self, other): return F.add(other, self)
+    def __sub__(self, other): return F.sub(self, other)
+    def __rsub__(self, other): return F.sub(other, self)
+    def __mul__(self, other): return F.mul(self, other)
+    def __rmul__(self, other): return F.mul(other, self)
+    def __truediv__(self, other): return F.div(self, other)
+    def __rtruediv__(self, other): return F.div(other, self)
+    def __pow__(self, other): return F.pow(self, other)
+    def __rpow__(self, other): return F.pow(other, self)
+    def __matmul__(self, other): return F.matmul(self, other)
+    def __rmatmul__(self, other): return F.matmul(other, self)
+    def __neg__(self): return F.neg(self)
+    def __abs__(self): return F.abs(self)
+    def __getitem__(self, index): return F.getitem(self, index)
+    def __eq__(self, other): return F.eq(self, other)
+    def __ne__(self, other): return F.ne(self, other)
+    def __lt__(self, other): return F.lt(self, other)
+    def __le__(self, other): return F.le(self, other)
+    def __gt__(self, other): return F.gt(self, other)
+    def __ge__(self, other): return F.ge(self, other)
+
+    def exp(self): return F.exp(self)
+    def log(self): return F.log(self)
+    def sqrt(self): return F.sqrt(self)
+    def abs(self): return F.abs(self)
+    def pow(self, exponent): return F.pow(self, exponent)
+    def maximum(self, other): return F.maximum(self, other)
+    def clip(self, min=None, max=None): return F.clip(self, min, max)  # noqa: A002 - torch's names
+    clamp = clip
+    def matmul(self, other): return F.matmul(self, other)
+
+    def sum(self, *args, **kwargs): return F.sum(self, *args, **kwargs)
+    def mean(self, *args, **kwargs): return F.mean(self, *args, **kwargs)
+    def var(self, *args, **kwargs): return F.var(self, *args, **kwargs)
+    def max(self, *args, **kwargs): return F.max(self, *args, **kwargs)
+    def min(self, *args, **kwargs): return F.min(self, *args, **kwargs)
+    def argmax(self, *args, **kwargs): return F.argmax(self, *args, **kwargs)
+
+    def reshape(self, *shape): return F.reshape(self, *shape)
+    view = reshape
+    def flatten(self, start_dim=0, end_dim=-1): return F.flatten(self, start_dim, end_dim)
+    def permute(self, *dims): return F.permute(self, *dims)
+    def transpose(self, dim0=-2, dim1=-1): return F.transpose(self, dim0, dim1)
+    def squeeze(self, axis=None): return F.squeeze(self, axis)
+    def unsqueeze(self, axis): return F.unsqueeze(self, axis)
+
+    @property
+    def T(self): return F.transpose(self, -2, -1) if self.ndim >= 2 else self  # noqa: N802
+
+    def relu(self): return F.relu(self)
+    def sigmoid(self): return F.sigmoid(self)
+    def tanh(self): return F.tanh(self)
+    def softmax(self, *args, **kwargs): return F.softmax(self, *args, **kwargs)
+    def log_softmax(self, *args, **kwargs): return F.log_softmax(self, *args, **kwargs)
 
     __hash__ = object.__hash__  # == builds a tensor, so keep identity hashing
 

@@ -9,11 +9,10 @@ import sys
 
 import pytest
 
-from benchmarks import kernels as kbench
-from benchmarks import report, suite
+from benchmarks import cases, harness, report, suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAS_TORCH = kbench.torch_available()
+HAS_TORCH = harness.torch_available()
 STATS = ("median_s", "q1_s", "q3_s", "min_s", "max_s", "first_call_s")
 
 
@@ -42,10 +41,12 @@ def quick_run(tmp_path_factory):
 
 def test_json_machine_and_limits(quick_run):
     result, _, _ = quick_run
-    assert result["schema"] == "minidl-bench/1" and result["quick"] is True
+    assert result["schema"] == harness.SCHEMA == "minidl-bench/2" and result["quick"] is True
     m = result["machine"]
     for key in ("date", "cpu", "blas", "numba_threading_layer", "platform"):
         assert isinstance(m[key], str) and m[key]
+    assert isinstance(m["cpu_flags"], list) and m["threads"] == result["threads"]
+    assert m["load_average"] is None or len(m["load_average"]) == 3
     assert m["cores"] >= 1 and 1 <= m["usable_cores"] <= m["cores"]
     assert m["versions"]["numpy"] and m["versions"]["numba"]
     assert (m["versions"]["torch"] is not None) == HAS_TORCH
@@ -57,11 +58,14 @@ def test_json_machine_and_limits(quick_run):
 
 def test_json_kernel_rows(quick_run):
     rows = quick_run[0]["kernels"]
-    assert {r["kernel"] for r in rows} == set(kbench.FAMILIES)
-    assert len(rows) == len(kbench.cases(quick=True))
+    assert {r["kernel"] for r in rows} == set(cases.FAMILIES)
+    assert len(rows) == len(cases.cases(quick=True))
     for r in rows:
         assert all(positive(r["numba"][k]) for k in STATS), r
         assert r["numba"]["q1_s"] <= r["numba"]["median_s"] <= r["numba"]["q3_s"]
+        assert r["numba"]["warmup_calls"] >= 1 and r["numba"]["warmup_s"] > 0
+        assert r["numba"]["unstable"] == (r["numba"]["spread"] > harness.SPREAD_WARN)
+        assert r["dtype"] == "float32" and cases.build(r["spec"]).case == r["case"]
         assert positive(r["work"]) and positive(r["rate"]) and positive(r["fraction_of_limit"])
         assert r["unit"] == ("GFLOP/s" if r["kernel"] in ("conv2d", "matmul") else "GB/s")
         if r["kernel"] == "matmul":  # minidl's matmul is NumPy's: one column
@@ -85,9 +89,8 @@ def test_json_kernel_rows(quick_run):
 
 
 def test_json_training_rows(quick_run):
-    from benchmarks.train_step import CASES
     rows = quick_run[0]["train"]
-    assert [r["case"] for r in rows] == [name for name, _, _ in CASES]
+    assert [r["case"] for r in rows] == [name for name, _, _ in cases.TRAIN_CASES]
     for r in rows:
         assert positive(r["minidl_steps_s"]) and positive(r["minidl_first_step_s"])
         assert r["minidl_min_steps_s"] <= r["minidl_steps_s"] <= r["minidl_max_steps_s"]
@@ -143,22 +146,29 @@ def test_json_writer_is_strict(tmp_path):
 
 def test_measure_reports_median_and_spread():
     calls = []
-    t = kbench.measure(lambda: calls.append(1), repeats=5, min_sample=0.0005, budget=0.5)
+    t = harness.measure(lambda: calls.append(1), repeats=5, min_sample=0.0005, budget=0.5)
     assert t["min_s"] <= t["q1_s"] <= t["median_s"] <= t["q3_s"] <= t["max_s"]
-    assert t["samples"] == 5 and t["calls_per_sample"] >= 1
-    assert len(calls) == 2 + 5 * t["calls_per_sample"]  # first call, warm-up, samples
+    assert t["samples"] == 5 and t["calls_per_sample"] > 1  # calibrated: one call is too short
+    # first call, warm-up (calibration, excluded from the samples), samples
+    assert len(calls) == 1 + t["warmup_calls"] + 5 * t["calls_per_sample"]
+    assert t["warmup_calls"] >= t["calls_per_sample"] and t["warmup_s"] > 0
+
+
+def test_spread_warning():
+    steady = harness.summarize([1.0, 1.0, 1.01, 1.0])
+    noisy = harness.summarize([1.0, 2.0, 1.0, 2.0, 1.5])
+    assert not steady["unstable"] and noisy["unstable"] and noisy["spread"] > 0.1
+    assert report._spread_warning([("a", steady)]) == []
+    assert "b" in report._spread_warning([("a", steady), ("b", noisy)])[0]
 
 
 def test_full_case_list_matches_the_benchmark_shapes():
-    from benchmarks.bench_batchnorm import SHAPES as BN
-    from benchmarks.bench_conv import SHAPES as CONV
-    from benchmarks.bench_pooling import CASES as POOL
-    rows = kbench.cases()
-    count = {f: sum(r.kernel == f for r in rows) for f in kbench.FAMILIES}
+    CONV, BN, POOL = cases.CONV_SHAPES, cases.BN_SHAPES, cases.POOL_CASES
+    rows = cases.cases()
+    count = {f: sum(r.kernel == f for r in rows) for f in cases.FAMILIES}
     first_layers = sum(s[0][1] == 1 for s in CONV)
-    assert count == {"conv2d": 3 * len(CONV) - first_layers,
-                     "batch_norm": 2 * (len(BN) + len(kbench.BN_EXTRA_SHAPES)),
-                     "pooling": 2 * len(POOL), "matmul": 3 * len(kbench.MATMUL_SHAPES)}
+    assert count == {"conv2d": 3 * len(CONV) - first_layers, "batch_norm": 2 * len(BN),
+                     "pooling": 2 * len(POOL), "matmul": 3 * len(cases.MATMUL_SHAPES)}
     conv = next(r for r in rows if r.kernel == "conv2d" and "(64, 32, 28, 28)->64" in r.case)
     assert conv.work == 2 * 64 * 64 * 28 * 28 * 32 * 3 * 3
     bn = next(r for r in rows if r.case == "1d (60, 100)" and r.pass_ == "backward")
@@ -169,12 +179,12 @@ def test_torch_child_gets_torchs_openmp_and_minidls_malloc_settings(monkeypatch)
     from minidl import _malloc
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.delenv("MINIDL_MALLOC_TUNING", raising=False)
-    env = kbench.child_env()
+    env = harness.child_env()
     assert "OMP_WAIT_POLICY" not in env and ROOT in env["PYTHONPATH"].split(os.pathsep)
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(_malloc.MMAP_THRESHOLD)
     assert env["MALLOC_TRIM_THRESHOLD_"] == str(_malloc.TRIM_THRESHOLD)
     monkeypatch.setenv("MINIDL_MALLOC_TUNING", "0")  # minidl's opt-out holds for torch too
-    assert not any(k.startswith("MALLOC_") for k in kbench.child_env())
+    assert not any(k.startswith("MALLOC_") for k in harness.child_env())
 
 
 def test_startup_times_and_failures(tmp_path):
@@ -194,6 +204,6 @@ def test_cli_rejects_impossible_thread_counts(capsys):
 def test_cli_arguments_survive_a_fresh_process():
     from minidl.bench import _argv
     args = argparse.Namespace(suite="train", threads=2, quick=True, json="r.json",
-                              markdown=None)
+                              markdown=None, bench_command=None, only=None, backend=None)
     assert _argv(args) == ["--suite", "train", "--threads", "2", "--quick", "--json",
                            os.path.abspath("r.json")]

@@ -25,7 +25,7 @@ def test_info_model_reports_parameters_macs_and_memory(capsys):
     assert main(["info", "--model", "bn_inception_lite", "--input", "3,32,32"]) == 0
     assert "(3, 32, 32)" in capsys.readouterr().out
     assert main(["info", "--model", "bn_inception_lite", "--input", "3,x"]) == 2
-    assert "--input must be C,H,W" in capsys.readouterr().out
+    assert "--input must be C,H,W" in capsys.readouterr().err
 
 
 def test_profile_breaks_a_step_down_per_op_and_pass(tmp_path, capsys):

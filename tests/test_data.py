@@ -390,15 +390,17 @@ def test_download_corrupt_is_rejected(isolated, server, tmp_path):
     info_images = ds.FILES["fashion-mnist"]["t10k-images-idx3-ubyte.gz"]
     assert "SHA-256 mismatch" in msg and url in msg
     assert info_images.sha256 in msg and bad in msg
-    # Downloads go to root/<name> when root is given; nothing may be left there.
-    assert os.listdir(tmp_path / "r" / "fashion-mnist") == []
+    # Downloads go to root/<name> when root is given; nothing may be left there, not
+    # even the folders the download created.
+    assert not (tmp_path / "r").exists()
 
 
 def test_download_wrong_dataset_is_rejected(isolated, server):
-    """Fashion-MNIST files served where MNIST is expected fail the checksum."""
-    with pytest.raises(DatasetNotFoundError, match="SHA-256 mismatch"):
+    """Fashion-MNIST files served where MNIST is expected fail the size cap (images:
+    larger than the published file) or the checksum (labels)."""
+    with pytest.raises(DatasetNotFoundError, match="SHA-256 mismatch|the published file has"):
         mnist(train=False, mirrors=[server["good"]])
-    assert os.listdir(isolated / ".cache" / "minidl" / "mnist") == []
+    assert not (isolated / ".cache").exists()
 
 
 def test_download_tries_mirrors_in_order(isolated, server, dead_url):
@@ -418,7 +420,7 @@ def test_download_offline_error(isolated, dead_url, server):
                  "apt-get install dataset-fashion-mnist",
                  "fashion-mnist.s3-website.eu-central-1.amazonaws.com/t10k-labels"]:
         assert text in msg, text
-    assert os.listdir(cache / "fashion-mnist") == []
+    assert not (isolated / ".cache").exists()  # no empty dataset folder left behind
 
 
 # ---- CIFAR-10 ---------------------------------------------------------------------
@@ -556,7 +558,7 @@ def test_loader_break_resumes_unfinished_epoch():
     loader = DataLoader(_toy(10), batch_size=2, shuffle=True, seed=1)
     ref = _labels(list(DataLoader(_toy(10), batch_size=2, shuffle=True, seed=1)))
     got = []
-    for xb, yb in loader:
+    for _xb, yb in loader:
         got.append(yb.data.tolist())
         if len(got) == 2:
             break

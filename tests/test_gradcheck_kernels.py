@@ -1,7 +1,6 @@
 """The kernel-backed ops through the tape, against float64 finite differences, on both
 CPU backends: conv2d (stride, padding, dilation, groups), batch_norm in training and
 eval mode (2-D and 4-D), max/avg/global pooling."""
-import numpy as np
 import pytest
 
 import minidl as md
@@ -60,8 +59,8 @@ def test_pools(kernel, stride, padding, ceil_mode, rng):
                   requires_grad=True)
     assert md.gradcheck(lambda x: F.max_pool2d(x, kernel, stride, padding, ceil_mode), [x])
     for count_include_pad in (True, False):
-        assert md.gradcheck(lambda x: F.avg_pool2d(x, kernel, stride, padding, ceil_mode,
-                                                   count_include_pad), [x])
+        assert md.gradcheck(lambda x, cip=count_include_pad: F.avg_pool2d(
+            x, kernel, stride, padding, ceil_mode, cip), [x])
     assert md.gradcheck(lambda x: F.adaptive_avg_pool2d(x, 1), [x])
 
 
@@ -73,7 +72,8 @@ def test_first_layer_skips_input_gradient(rng):
 
 
 @pytest.mark.parametrize("call, pattern", [
-    (lambda: F.conv2d(md.randn(2, 3, 8, 8), md.randn(4, 2, 3, 3)), r"\(2, 3, 8, 8\).*\(4, 2, 3, 3\)"),
+    (lambda: F.conv2d(md.randn(2, 3, 8, 8), md.randn(4, 2, 3, 3)),
+     r"\(2, 3, 8, 8\).*\(4, 2, 3, 3\)"),
     (lambda: F.conv2d(md.randn(3, 8, 8), md.randn(4, 3, 3, 3)), r"\(N, C, H, W\).*\(3, 8, 8\)"),
     (lambda: F.conv2d(md.randn(1, 1, 2, 2), md.randn(1, 1, 3, 3)), r"larger than the padded"),
     (lambda: F.conv2d(md.randn(1, 1, 4, 4), md.randn(1, 1, 3, 3, dtype=md.float64)), "dtype"),

@@ -31,18 +31,19 @@ def test_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path):
         claim(tmp_path / "r", resume=False, overwrite=False, command="figure1")
     claim(tmp_path / "r", resume=False, overwrite=True, command="figure1").release()
     claim(tmp_path / "r", resume=True, overwrite=False, command="figure1").release()
-    with pytest.raises(RunDirError, match="contradict"):
+    with pytest.raises(SystemExit, match="contradict"):
         claim(tmp_path / "r", resume=True, overwrite=True, command="figure1")
 
 
 @pytest.mark.parametrize("command", ["train", "figure1"])
-def test_cli_refuses_before_loading_data(tmp_path, command):
+def test_cli_refuses_before_loading_data(tmp_path, command, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
     # a dataset that does not exist: the refusal must come first
     args = [command, "--dataset", "mnist", "--data-root", str(tmp_path / "nothing"),
             "--out", str(tmp_path), "--no-progress"]
-    with pytest.raises(SystemExit, match="holds an earlier run"):
-        main(args)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "holds an earlier run" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("command", ["train", "figure1"])
@@ -51,11 +52,12 @@ def test_cli_refuses_before_loading_data(tmp_path, command):
     ("--bn-stats-batches", "0", "--bn-stats-batches must be >= 1"),
     ("--batch-size", "0", "--batch-size must be >= 1"), ("--lr", "-1", "--lr must be >= 0")])
 def test_bad_step_arguments_are_one_line_before_data_loads(tmp_path, command, flag, value,
-                                                          message):
+                                                          message, capsys):
     args = [command, "--dataset", "mnist", "--data-root", str(tmp_path / "nothing"),
             "--out", str(tmp_path / "o"), "--no-progress", flag, value]
-    with pytest.raises(SystemExit, match=message):
-        main(args)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 

@@ -224,3 +224,51 @@ def test_load_not_a_checkpoint(tmp_path):
         with pytest.raises(CheckpointError) as info:
             load(path)
         assert str(path) in str(info.value), name
+
+
+# ---- hostile files: bounded work, CheckpointError (issue 13 item 12) --------------------
+
+def _npz_with_meta(path, meta_text, extra=None):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as zf:
+        with zf.open("__minidl__.npy", "w") as f:
+            np.lib.format.write_array(f, np.frombuffer(meta_text.encode(), dtype=np.uint8))
+        for name, raw in (extra or {}).items():
+            zf.writestr(name, raw)
+
+
+@pytest.mark.parametrize("depth", [900, 200_000])
+def test_load_deeply_nested_metadata_is_a_checkpoint_error(tmp_path, depth):
+    tree = '{"$": "list", "items": [' * depth + "]}" * depth
+    meta = '{"format": "minidl-checkpoint", "version": 1, "tree": ' + tree + "}"
+    _npz_with_meta(tmp_path / "deep.npz", meta)
+    with pytest.raises(CheckpointError, match="deep.npz"):
+        load(tmp_path / "deep.npz")
+
+
+def test_load_member_claiming_a_tebibyte_is_refused_without_allocating(tmp_path):
+    import io
+    import tracemalloc
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (2 ** 40,)})
+    meta = '{"format": "minidl-checkpoint", "version": 1, "tree": {"$": "array", "key": "a0"}}'
+    _npz_with_meta(tmp_path / "huge.npz", meta, {"a0.npy": header.getvalue() + b"\0" * 64})
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"huge\.npz.*a0\.npy.*1099511627776"):
+            load(tmp_path / "huge.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2 ** 20
+
+
+def test_load_turns_memory_error_into_checkpoint_error(tmp_path, monkeypatch):
+    save({"w": np.zeros(3)}, tmp_path / "c.npz")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(np, "load", no_memory)
+    with pytest.raises(CheckpointError, match="more memory"):
+        load(tmp_path / "c.npz")

@@ -35,11 +35,11 @@ _LANES_MAX = 2048  # widest piece of a plane: its lanes (2 x 16 KiB) stay in L1/
 _PIECE = 16384  # values of one channel per piece: the unit of parallel work
 _ROW_TASKS_MAX = 16  # row blocks of the row layout: bounds the partial sums to combine
 _ROWS_MAX_L = 16  # maps of at most this many pixels use the row layout (serial inputs)
-_ROWS_MAX_L_PARALLEL = 9  # ... and above _SERIAL_BELOW elements (measured, see _layout)
+_ROWS_MAX_L_PARALLEL = 9  # ... and above _SERIAL_BELOW elements (see _layout)
 _FUSE_MIN_C_PER_THREAD = 4  # channels per thread from which the plane layout fuses
-# Below this many elements the serial twin runs: waking the second thread costs 10-50 us
-# on an idle 2-core machine, and far more when another process holds the other core;
-# measured with `python -m benchmarks.bench_batchnorm --sweep` (serial wins up to ~1e5).
+# Below this many elements the serial twin runs: waking the thread pool costs more than
+# the work, and far more when another process holds the other cores (numbers:
+# benchmarks/DESIGN.md, batchnorm.py; `python -m benchmarks.cases bn-sweep`).
 _SERIAL_BELOW = 1 << 17
 
 
@@ -74,8 +74,8 @@ def _piece_moments(x3, c, n0, n1, l0, l1, k):
             s1[j] += (d0 + d1) + (d2 + d3)
             s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
         n += 4
-    for n in range(n, n1):
-        b0 = x3[n, c, l0:l1]
+    for rest in range(n, n1):  # the remaining rows, one at a time
+        b0 = x3[rest, c, l0:l1]
         for j in range(s1.size):
             d0 = np.float64(b0[j]) - k
             s1[j] += d0
@@ -103,8 +103,8 @@ def _piece_grad_moments(dy3, x3, c, n0, n1, l0, l1, center):
             s2[j] += ((e0 * (np.float64(x0[j]) - center) + e1 * (np.float64(x1[j]) - center))
                       + (e2 * (np.float64(x2[j]) - center) + e3 * (np.float64(x3_[j]) - center)))
         n += 4
-    for n in range(n, n1):
-        g0, x0 = dy3[n, c, l0:l1], x3[n, c, l0:l1]
+    for rest in range(n, n1):
+        g0, x0 = dy3[rest, c, l0:l1], x3[rest, c, l0:l1]
         for j in range(s1.size):
             e0 = np.float64(g0[j])
             s1[j] += e0
@@ -273,8 +273,8 @@ def _build(parallel):
                         s1[j] += (d0 + d1) + (d2 + d3)
                         s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
                     n += 4
-                for n in range(n, n1):
-                    r0 = x2[n]
+                for rest in range(n, n1):
+                    r0 = x2[rest]
                     for j in range(J):
                         d0 = np.float64(r0[j]) - k[j]
                         s1[j] += d0
@@ -330,8 +330,8 @@ def _build(parallel):
                     s2[j] += ((e0 * (np.float64(x0[j]) - m0) + e1 * (np.float64(x1[j]) - m0))
                               + (e2 * (np.float64(x2_[j]) - m0) + e3 * (np.float64(x3_[j]) - m0)))
                 n += 4
-            for n in range(n, n1):
-                g0, x0 = dy2[n], x2[n]
+            for rest in range(n, n1):
+                g0, x0 = dy2[rest], x2[rest]
                 for j in range(J):
                     e0 = np.float64(g0[j])
                     s1[j] += e0
@@ -382,9 +382,9 @@ def _row_tasks(x3):
 def _layout(x):
     """x as a C-contiguous (N, C, L), and whether to use the row layout: for (N, C) input
     and for maps so small that a channel's runs of L values are too short to stream.
-    Measured on 2 Zen 4 cores, the plane layout is 1.5-2.5x faster from 4x4 maps up in
-    parallel ((64, 128, 4, 4), (64, 64, 7, 7), (32, 64, 8, 8)), the row layout 1.5x faster
-    for serial 4x4 maps and 2-5x for 2x2 ones; 3x3 maps tie."""
+    Where that size lies depends on the thread count: in parallel the plane layout wins
+    from 4x4 maps up, serially the row layout still wins on 4x4 maps (numbers:
+    benchmarks/DESIGN.md, batchnorm.py)."""
     x = np.ascontiguousarray(x)  # a no-op under the contract; a copy for stray views
     if x.ndim == 2:
         return x.reshape(x.shape[0], x.shape[1], 1), True

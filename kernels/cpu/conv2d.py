@@ -7,8 +7,8 @@ written back to NCHW by the tiles' epilogue) or the direct kernels of conv2d_dir
 Same functions and results as kernels/reference/conv2d.py; read that file first for the
 math (y = w_mat @ cols, dcols = w_mat^T @ dy, dw = dy @ cols^T). The arithmetic is all in
 BLAS matrix products, called from Python so that BLAS uses its own threads; Numba does
-the memory-bound reshuffling around them, in parallel. Choices, measured on 2 cores
-(see benchmarks/bench_conv.py):
+the memory-bound reshuffling around them, in parallel. The choices (numbers:
+benchmarks/DESIGN.md, conv2d.py):
 
 * Two GEMM layouts. "Batched": the column matrix is (C*R*S, N*P) with P = Ho*Wo, so the
   batch is the GEMM's long dimension, and its (K, N*P) result is turned into NCHW by one
@@ -18,11 +18,12 @@ the memory-bound reshuffling around them, in parallel. Choices, measured on 2 co
   much as the GEMM: a short contraction (a 1-channel first layer), or a 1x1 forward,
   whose column matrix is x itself (_Geometry has the rules).
 * Batch chunks. The column matrix is R*S times the input (58 MB for (64, 32, 28, 28)
-  and a 3x3 kernel), and past ~32 MB this machine's memory bandwidth drops from ~27 to
-  ~8 GB/s. The batch is processed in chunks whose column matrix fits _CHUNK_BYTES, in
-  per-thread scratch buffers reused across calls.
+  and a 3x3 kernel), and once a working set outgrows the last-level cache, memory
+  bandwidth drops steeply. The batch is processed in chunks whose column matrix fits
+  _CHUNK_BYTES, in per-thread scratch buffers reused across calls.
 * im2col gathers through a per-geometry index table, one loop over a whole output plane
-  per (channel, kernel offset): 3-8x faster than loops over clipped rows on 7x7 maps.
+  per (channel, kernel offset), instead of loops over clipped rows, which on small maps
+  are all overhead.
 * Backward-input with stride 1 is itself a convolution (of dy, with the flipped kernel),
   which replaces the col2im by an im2col and has a long contraction; it is used where
   it moves less data (see conv2d_backward_input).
@@ -31,12 +32,12 @@ the memory-bound reshuffling around them, in parallel. Choices, measured on 2 co
   col2im adds the R*S windows of one plane within one task: no atomics, no copies.
 
 Thread pools: Numba's OpenMP workers spin after each parallel region by default, and on
-2 cores shared with BLAS's workers every Numba <-> BLAS hand-over then cost a scheduler
-time slice (measured 5-7 ms, 3-7x slower convolutions). With OMP_WAIT_POLICY=PASSIVE
-they sleep instead: `kernels/__init__.py` sets it (unless the user chose otherwise) before
-Numba starts its pool. Caveat: `import torch` loads its own OpenMP runtime globally and
-Numba then binds to that one, so torch imported first (with the variable unset) brings
-the spinning back.
+few cores shared with BLAS's workers every Numba <-> BLAS hand-over then costs a
+scheduler time slice (numbers: benchmarks/DESIGN.md, conv2d.py). With
+OMP_WAIT_POLICY=PASSIVE they sleep instead: `kernels/__init__.py` sets it (unless the
+user chose otherwise) before Numba starts its pool. Caveat: `import torch` loads its
+own OpenMP runtime globally and Numba then binds to that one, so torch imported first
+(with the variable unset) brings the spinning back.
 """
 import functools
 
@@ -70,7 +71,8 @@ def _gather_table(H, W, R, S, sh, sw, ph, pw, dh, dw, Ho, Wo):
     offset (r, s) sees at output (i, j), or -1 where that window lies on padding.
 
     With it im2col is one plain loop of Ho*Wo gathers per (plane, offset), instead of Ho
-    loops of Wo with clipped bounds: 3-8x faster measured, as short rows are all overhead.
+    loops of Wo with clipped bounds, as short rows are all overhead (numbers:
+    benchmarks/DESIGN.md, conv2d.py).
     """
     table = np.empty((R * S, Ho * Wo), dtype=np.int64)
     i, j = np.arange(Ho)[:, None], np.arange(Wo)[None, :]
@@ -126,7 +128,7 @@ def _col2im(cols, n0, R, S, sh, sw, ph, pw, dh, dw, Ho, Wo, dx):
     pixel, and the offsets are added in a fixed order.
 
     A scatter along output rows (a gather table would visit every pixel once per offset,
-    also the pixels a stride skips: measured up to 2x slower)."""
+    also the pixels a stride skips; numbers: benchmarks/DESIGN.md, conv2d.py)."""
     _, C, H, W = dx.shape
     P = Ho * Wo
     nc = cols.shape[1] // P
@@ -241,31 +243,31 @@ class _Geometry:
         self.pointwise = (self.R == 1 and self.S == 1 and stride == (1, 1)
                           and padding == (0, 0))
         # One GEMM per sample reads and writes NCHW directly, with no transposes, but
-        # is a smaller GEMM. Measured on 2 cores, it pays where the transposes cost as
-        # much as the GEMM: a short contraction Cg*R*S (first layers), or a 1x1 forward
-        # that can read x as it is. Backward-weight's per-sample products need a sum of
-        # (nc, K, Cg*R*S) partial results, yet were faster for Cg*R*S = 9, 27, 75 and no
-        # slower for 72 and 288; for 1x1 kernels they were slower.
+        # is a smaller GEMM. It pays where the transposes cost as much as the GEMM: a
+        # short contraction Cg*R*S (first layers), or a 1x1 forward that can read x as
+        # it is. Backward-weight's per-sample products need a sum of (nc, K, Cg*R*S)
+        # partial results, yet they paid for contractions up to _THIN_WEIGHT, though
+        # not for 1x1 kernels (numbers: benchmarks/DESIGN.md, conv2d.py).
         one = groups == 1
         self.per_sample_forward = one and (self.pointwise or self.CgRS <= _THIN_FORWARD)
         self.per_sample_weight = one and not self.pointwise and self.CgRS <= _THIN_WEIGHT
         # The direct kernels build columns per block of pixels in cache and multiply
         # them in Numba: no column matrix, no transposes, and no BLAS call, whose
-        # worker threads keep spinning for ~70 ms after each call and then slow every
-        # Numba kernel sharing the cores (measured 1.5-2x). A 1x1 kernel needs no
-        # columns at all, and one GEMM per sample is faster there.
+        # worker threads keep spinning after each call and then slow every Numba
+        # kernel sharing the cores (numbers: benchmarks/DESIGN.md, conv2d.py). A 1x1
+        # kernel needs no columns at all, and one GEMM per sample is faster there.
         self.direct = _DIRECT and one and not self.pointwise
         # The channels-last implicit GEMMs (conv2d_nhwc.py: outer-product register
         # tiles, NCHW converted on the way in, written back to NCHW by the tile's
-        # epilogue) where they were measured faster on 2 Zen 3 cores (`minidl bench`,
-        # conv2d routes table): 1.3-2.2x on every groups=1 pass but a first layer's
-        # short contraction (C*R*S = 9: the NCHW conversions cost more than its 9-step
-        # tiles save; 2.5-3x slower) and 1x1 kernels (BLAS reads NCHW as it is; 1.6x).
+        # epilogue) where they are faster (numbers: benchmarks/DESIGN.md, conv2d.py;
+        # `minidl bench`, conv2d routes table): every groups=1 pass but a first
+        # layer's short contraction (C*R*S = 9: the NCHW conversions cost more than its
+        # 9-step tiles save) and 1x1 kernels (BLAS reads NCHW as it is).
         nhwc = _NHWC and one and (_NHWC_POINTWISE or not self.pointwise)
         self.nhwc_forward = nhwc and self.CgRS >= _NHWC_MIN_FORWARD
         # (backward-input's output channels are the C input channels: with fewer than
-        # half a tile's 16 lanes most of its FMAs are spent on padding. Measured on
-        # (64, C, 28, 28) <- 32 k3: C = 1, 3 slower than conv2d_direct, C = 8 2x faster)
+        # half a tile's 16 lanes most of its FMAs are spent on padding, and
+        # conv2d_direct is faster; numbers: benchmarks/DESIGN.md, conv2d.py)
         self.nhwc_input = (nhwc and (stride == (1, 1) or dilation == (1, 1))
                            and self.C >= _NHWC_MIN_INPUT)
         self.nhwc_weight = nhwc and self.CgRS >= _NHWC_MIN_WEIGHT
@@ -381,10 +383,9 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, dilation, groups):
     dy3 = dy.reshape(g.N, g.K, g.P)
     # Accumulates dw^T = cols @ dy^T, (Cg*R*S, Kg) per group, and transposes it back at
     # the end (a small copy): the same products as dw = dy @ cols^T, but OpenBLAS runs
-    # this orientation faster. Measured on 2 cores, GEMM alone, (Kg, L, Cg*R*S) =
-    # (64, 7056, 288), (96, 3528, 576), (128, 2401, 864): 178 -> 225, 243 -> 270,
-    # 230 -> 268 GFLOP/s; the per-sample products of a first layer ((32, 784, 9) x 64):
-    # 0.48 -> 0.44 ms. The transposes are BLAS flags, not copies.
+    # this orientation faster, for both the batched and the per-sample products
+    # (numbers: benchmarks/DESIGN.md, conv2d.py). The transposes are BLAS flags, not
+    # copies.
     dw_t = np.zeros((g.G, g.CgRS, g.Kg), dtype=dy.dtype)
     per_sample = g.per_sample_weight and g.nc * g.K * g.CgRS * dy.itemsize <= _CHUNK_BYTES
     for n0, nc in g.chunks():

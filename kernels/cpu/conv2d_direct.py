@@ -4,12 +4,12 @@ kernels/cpu/conv2d.py sends groups=1 convolutions other than 1x1 here.
 
 Why not im2col + BLAS (conv2d.py does that for the other cases): the column matrix is
 R*S times the input, and writing it, reading it back and transposing the GEMM's result
-cost as much as the GEMM itself (profiled: 60% of a 3x3 forward on 28x28 maps). And
-OpenBLAS's worker threads spin for ~70 ms after each call, slowing whichever Numba
-kernel runs next on the same cores up to 2x: a CNN training step with these kernels ran
-25% faster than with im2col + BLAS (benchmarks/RESULTS.md). Here every parallel task
-builds the columns of a block of ~100 output pixels only, in a buffer that stays in the
-core's cache, and multiplies it at once.
+cost as much as the GEMM itself. And OpenBLAS's worker threads keep spinning after
+each call, slowing whichever Numba kernel runs next on the same cores, so a training
+step that mixes the two pays for it in every kernel (numbers: benchmarks/DESIGN.md,
+conv2d_direct.py). Here every parallel task builds the columns of a block of ~100
+output pixels only, in a buffer that stays in the core's cache, and multiplies it at
+once.
 
 The multiply is a register tile: 3 rows of one operand times 4 rows of the other, 12
 dot products over a contiguous contraction, in one loop. LLVM vectorizes that loop
@@ -17,11 +17,11 @@ dot products over a contiguous contraction, in one loop. LLVM vectorizes that lo
 up once at the end; 7 vector loads feed 12 FMAs. A single row pair would load two
 vectors per FMA and run at half the speed; Numba's SLP vectorizer is off, so tiles
 written as unrolled loops over an accumulator array would not be vectorized at all.
-Measured on 2 Zen 4 cores: 190-210 GFLOP/s for the multiply alone (3x4 tiles; 4x4,
-5x4, 3x6 and 6x3 tiles measured 1-8% slower). What it cannot beat: the one horizontal
-sum per output element, about 16/L of the work for a contraction of length L (6% for a
-3x3 kernel over 32 channels), and the loads of both operands, where a JIT-generated
-outer-product kernel (oneDNN's) broadcasts one of them.
+3x4 is the fastest of the tile shapes tried (numbers: benchmarks/DESIGN.md,
+conv2d_direct.py). What it cannot beat: the one horizontal sum per output element,
+about 16/L of the work for a contraction of length L (6% for a 3x3 kernel over 32
+channels), and the loads of both operands, where a JIT-generated outer-product kernel
+(oneDNN's) broadcasts one of them.
 
 Layouts. Forward: x is copied once into zero-padded NHWC, so a pixel's columns are R
 contiguous runs of S*C values (R*S runs of C with dilation) and no bounds are checked;
@@ -117,8 +117,9 @@ def _store(out, j, i, v, bias, accumulate):
 def _to_padded_nhwc(x, top, left, out):
     """out[n, i, j, c] = x[n, c, i - top, j - left], 0 outside x: x in NHWC, padded (or,
     where top or left is negative, cropped) to out's size. One row of out a task, filled
-    pixel by pixel: reading C strided values and writing them contiguously measured
-    1.8-4.6x faster than the other way round (strided writes) for 32-64 channels."""
+    pixel by pixel: reading C strided values and writing them contiguously is faster
+    than the other way round, strided writes (numbers: benchmarks/DESIGN.md,
+    conv2d_direct.py)."""
     N, C, H, W = x.shape
     _, Hp, Wp, _ = out.shape
     HW = H * W
@@ -196,10 +197,10 @@ def _forward_rows(x, table, wm, b, block, y):
         p0, p1 = i * P // nb, (i + 1) * P // nb
         pn = p1 - p0
         colsT = np.empty((L, pn), dtype=x.dtype)
-        for l in range(L):
-            c = l // RS
-            gather(xf[(n * C + c) * HW:(n * C + c + 1) * HW], table[l - c * RS, p0:p1],
-                   colsT[l])
+        for row in range(L):
+            c = row // RS
+            gather(xf[(n * C + c) * HW:(n * C + c + 1) * HW], table[row - c * RS, p0:p1],
+                   colsT[row])
         for k in range(0, K - K % 4, 4):
             y0, y1 = y[n, k][p0:p1], y[n, k + 1][p0:p1]
             y2, y3 = y[n, k + 2][p0:p1], y[n, k + 3][p0:p1]
@@ -207,9 +208,9 @@ def _forward_rows(x, table, wm, b, block, y):
             y1[:] = b[k + 1]
             y2[:] = b[k + 2]
             y3[:] = b[k + 3]
-            for l in range(L):
-                w0, w1, w2, w3 = wm[k, l], wm[k + 1, l], wm[k + 2, l], wm[k + 3, l]
-                src = colsT[l]
+            for row in range(L):
+                w0, w1, w2, w3 = wm[k, row], wm[k + 1, row], wm[k + 2, row], wm[k + 3, row]
+                src = colsT[row]
                 for p in range(pn):
                     v = src[p]
                     y0[p] += w0 * v
@@ -219,9 +220,9 @@ def _forward_rows(x, table, wm, b, block, y):
         for k in range(K - K % 4, K):
             yk = y[n, k][p0:p1]
             yk[:] = b[k]
-            for l in range(L):
-                wk = wm[k, l]
-                src = colsT[l]
+            for row in range(L):
+                wk = wm[k, row]
+                src = colsT[row]
                 for p in range(pn):
                     yk[p] += wk * src[p]
 
@@ -342,10 +343,10 @@ def _weight_direct(x, table, nc, dyc, block, dwm):
         colsT = np.empty((l1 - l0, Lq), dtype=x.dtype)  # every chunk fills every row
         for i in range(nchunks):
             m = min(nc, N - i * nc)
-            for l in range(l0, l1):
-                c = l // RS
-                pick = table[l - c * RS]
-                dst = colsT[l - l0]
+            for row in range(l0, l1):
+                c = row // RS
+                pick = table[row - c * RS]
+                dst = colsT[row - l0]
                 for nl in range(m):
                     base = ((i * nc + nl) * C + c) * HW
                     gather(xf[base:base + HW], pick, dst[nl * P:(nl + 1) * P])

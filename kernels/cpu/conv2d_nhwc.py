@@ -43,7 +43,9 @@ from .microkernel import MR32, MR64, NR32, NR64, tile, versioned
 from .scratch import buffer
 
 GROUP = 16  # pixel blocks per forward task
-CHUNK = 256  # pixels per backward-weight contraction chunk (dy and x rows stay in L2)
+CHUNK = 64  # pixels per backward-weight contraction chunk: its dy rows (64 x K) stay in L1 while
+#            every tile of (tap, channel) rows walks them (256 spilled them to L2; numbers:
+#            benchmarks/DESIGN.md, conv2d_nhwc.py)
 WEIGHT_GROUPS = 8  # backward-weight partial sums (fixed: results independent of threads)
 
 
@@ -103,7 +105,8 @@ def weight_tiles(R, S, dh, dw, Wp, C, mr, Kp):
     tile: each row's offset from a pixel in the padded input (taps[tap] + c), and where
     the row goes in the partial sums, (tap*C + c)*Kp, or the scratch row at L*Kp for
     rows the tile does not own. (Tiles of MR channels of one tap, ordered channel
-    block by channel block through the taps, measured the same or up to 10% slower.)"""
+    block by channel block through the taps, were no faster; numbers:
+    benchmarks/DESIGN.md, conv2d_nhwc.py.)"""
     taps = tap_table(R, S, dh, dw, Wp, C)
     L = R * S * C
     pair_rows = (taps[:, None] + np.arange(C)[None, :]).ravel()
@@ -240,8 +243,8 @@ def _weight_gemm(xf, pix, trows, torows, dyf, Kp, chunk, groups, partial):
     xf[pix[m] + trows[q]] * dyf[m*Kp + k], for every tile row q (tiles of MR rows, see
     weight_tiles) and k < Kp (a multiple of NR). Group g takes the chunks
     [g*n/groups, (g+1)*n/groups) in order; within a chunk, tile by tile, all panels
-    (the tile's input values stay in L1 across the panels; panels outside measured
-    the same or slower)."""
+    (the tile's input values stay in L1 across the panels; panels as the outer loop
+    were no faster: benchmarks/DESIGN.md, conv2d_nhwc.py)."""
     M = pix.size
     mr, nr = _tile_shape(xf)
     nchunks = -(-M // chunk)
@@ -433,13 +436,31 @@ def backward_bias(dy):
 
 # --- public NHWC entry points (see kernels/README.md) ----------------------------------
 
+def _is_pointwise(w_shape, stride, padding):
+    """A 1x1 convolution that visits every pixel once: on NHWC memory it is one GEMM of
+    the (N*H*W, C) pixel matrix with the (K, C) weights, which BLAS runs near the GEMM
+    limit while the implicit-GEMM tiles above spend most of their time on edges (a 64-
+    to 80-deep contraction is too short for them)."""
+    return w_shape[2] == w_shape[3] == 1 and stride == (1, 1) and padding == (0, 0)
+
+
 def conv2d_forward_nhwc(x, w, b, stride, padding, dilation):
     """x (N, H, W, C), w (K, C, R, S), b (K,) or None -> y (N, Ho, Wo, K); groups = 1."""
+    if _is_pointwise(w.shape, stride, padding):
+        N, H, W, C = x.shape
+        K = w.shape[0]
+        y = x.reshape(-1, C) @ w.reshape(K, C).T
+        if b is not None:
+            y += b
+        return y.reshape(N, H, W, K)
     return forward(x, w, b, stride, padding, dilation)
 
 
 def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K) -> dx with x_shape = (N, H, W, C); groups = 1."""
+    if _is_pointwise(w.shape, stride, padding):
+        K, C = w.shape[:2]
+        return (dy.reshape(-1, K) @ w.reshape(K, C)).reshape(x_shape)
     if stride != (1, 1) and dilation != (1, 1):
         from .conv2d import conv2d_backward_input
         N, H, W, C = x_shape
@@ -451,6 +472,9 @@ def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
 
 def conv2d_backward_weight_nhwc(dy, x, w_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K), x (N, H, W, C) -> dw (K, C, R, S); groups = 1."""
+    if _is_pointwise(w_shape, stride, padding):
+        K, C = w_shape[:2]
+        return (dy.reshape(-1, K).T @ x.reshape(-1, C)).reshape(w_shape)
     return backward_weight(dy, x, w_shape, stride, padding, dilation)
 
 

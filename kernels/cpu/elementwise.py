@@ -31,14 +31,14 @@ _EXP_COST = 8
 # divisor for zero to raise ZeroDivisionError, and that branch stops vectorization.)
 
 # --- exp without libm -----------------------------------------------------------------
-# np.exp inside a Numba loop is a scalar libm call per element (~5 ns here, tanh twice
-# that), which would make sigmoid and tanh the slowest layers of the paper's MLP. The
-# version below vectorizes: exp(t) = 2^k * exp(r), r = t - k ln2 in [-ln2/2, ln2/2],
-# exp(r) - 1 by its Taylor polynomial (degree 13: truncation error < 1e-17 on that
-# interval, evaluated by Estrin's scheme, which has shorter dependency chains than
-# Horner's), and 2^k written directly as IEEE-754 bits (a float64 view of an int64
-# buffer, whence the blocks). Accuracy: within a few ulp of libm, in float64 for both
-# dtypes.
+# np.exp inside a Numba loop is a scalar libm call per element (tanh a slower one),
+# which would make sigmoid and tanh the slowest layers of the paper's MLP (numbers:
+# benchmarks/DESIGN.md, elementwise.py). The version below vectorizes:
+# exp(t) = 2^k * exp(r), r = t - k ln2 in [-ln2/2, ln2/2], exp(r) - 1 by its Taylor
+# polynomial (degree 13: truncation error < 1e-17 on that interval, evaluated by
+# Estrin's scheme, which has shorter dependency chains than Horner's), and 2^k written
+# directly as IEEE-754 bits (a float64 view of an int64 buffer, whence the blocks).
+# Accuracy: within a few ulp of libm, in float64 for both dtypes.
 
 _B = 256  # block of elements that share the scratch buffers
 _INV_LN2 = 1.4426950408889634
@@ -106,11 +106,37 @@ def _tanh_inplace(y, q, bits, s):
 
 
 @njit(cache=True, fastmath=False)
+def _relu_into(x, y):
+    """y = max(x, 0), NaN kept (as np.maximum): a select and an unconditional store, so
+    the loop vectorizes (a conditional store `if x < 0: y = 0` would not)."""
+    zero = x.dtype.type(0)  # typed: an int 0 would widen the select to float64
+    for i in range(x.size):
+        v = x[i]
+        y[i] = zero if v < zero else v
+
+
+@njit(cache=True, fastmath=False)
+def _bias_relu_into(x, b, y):
+    """y = max(x + b, 0) for a scalar bias b (one plane), in one vectorized pass."""
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i] + b
+        y[i] = zero if v < zero else v
+
+
+@njit(cache=True, fastmath=False)
+def _bias_row_relu_into(x, b, y):
+    """y = max(x + b, 0) for a bias row b as long as x (one sample's C*L values)."""
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i] + b[i]
+        y[i] = zero if v < zero else v
+
+
+@njit(cache=True, fastmath=False)
 def _act_inplace(y, act, q, bits, s):
-    if act == RELU:
-        for i in range(y.size):
-            if y[i] < 0:  # NaN stays NaN, as with np.maximum
-                y[i] = 0
+    if act == RELU:  # (the drivers fuse relu into their first pass; this is the fallback)
+        _relu_into(y, y)
     elif act == SIGMOID:
         _sigmoid_inplace(y, q, bits, s)
     elif act == TANH:
@@ -149,9 +175,15 @@ def _build(parallel):
             r0, r1 = t * N * C // T, (t + 1) * N * C // T
             for r in range(r0, r1):
                 xr, yr, br = x2[r], y2[r], b[r % C]
+                if act == RELU:  # fused: one pass
+                    _bias_relu_into(xr, br, yr)
+                    continue
                 for i in range(L):
                     yr[i] = xr[i] + br
-            # one call per task: a call passing arrays costs ~50 ns of reference counting
+            if act == RELU:
+                continue
+            # one call per task, not per row: a call passing arrays pays for reference
+            # counting (numbers: benchmarks/DESIGN.md, elementwise.py)
             q, bits, s = _scratch()
             _act_inplace(y1[r0 * L:r1 * L], act, q, bits, s)
         return y2.reshape(N, C, L)
@@ -169,18 +201,29 @@ def _build(parallel):
             n0, n1 = t * N // T, (t + 1) * N // T
             for n in range(n0, n1):
                 xr, yr = x2[n], y2[n]
+                if act == RELU:
+                    _bias_row_relu_into(xr, bj, yr)
+                    continue
                 for j in range(J):
                     yr[j] = xr[j] + bj[j]
+            if act == RELU:
+                continue
             q, bits, s = _scratch()
             _act_inplace(y1[n0 * J:n1 * J], act, q, bits, s)
         return y2.reshape(N, C, L)
 
     def act_flat(x1, act, chunk):
-        """act(x) over a 1-D array, one task per chunk of elements."""
-        y1 = x1.copy()
+        """act(x) over a 1-D array, one task per chunk of elements: each task copies its
+        chunk and applies act to it while it is in cache (the copy is parallel too)."""
+        y1 = np.empty_like(x1)
         for t in loop((x1.size + chunk - 1) // chunk):
+            xc, yc = x1[t * chunk:(t + 1) * chunk], y1[t * chunk:(t + 1) * chunk]
+            if act == RELU:  # one pass, no copy first
+                _relu_into(xc, yc)
+                continue
+            yc[:] = xc
             q, bits, s = _scratch()
-            _act_inplace(y1[t * chunk:(t + 1) * chunk], act, q, bits, s)
+            _act_inplace(yc, act, q, bits, s)
         return y1
 
     def act_grad_flat(g1, y1, act, chunk):

@@ -33,7 +33,7 @@ row's start, and rows/toff/orows hold at least r0 + MR, t0 + T, o0 + MR entries.
         B = dy as (pixels, Kp) rows (K padded to a multiple of NR), b_stride = Kp
 
 `fma_chains(n, out)` is the same register blocking with nothing but FMAs in the loop:
-the chip's FMA peak, which benchmarks/machine.py reports as the compute limit.
+the chip's FMA peak, which benchmarks/harness.py reports as the compute limit.
 
 Blocking (chosen at import from the host's vector width, see `host_lanes`): NV = 2
 vectors of `lanes` values per tile row, NR = NV*lanes output channels, MR rows:

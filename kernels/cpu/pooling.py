@@ -9,9 +9,11 @@ The forward kernels (and the average-pooling backward, run in reverse) follow th
 reference's plan, one plane at a time: copy the plane into a padded scratch buffer,
 then run one pass per kernel offset (i, j) over all of the plane's windows at once.
 Why not loop window by window? Pooled planes are small (7-28 columns): a per-window scan
-is a chain of dependent compare/selects (or unpredictable branches), measured 4-5x
-slower than this, and per-row loops are too short to vectorize. The scratch layout makes each (i, j) pass ONE long loop with a constant
-stride, which LLVM vectorizes (AVX: strided loads by permutes, compare, blend):
+is a chain of dependent compare/selects (or unpredictable branches), and per-row loops
+are too short to vectorize; one pass per kernel offset vectorizes instead (numbers:
+benchmarks/DESIGN.md, pooling.py). The scratch layout makes each (i, j) pass ONE long
+loop with a constant stride, which LLVM vectorizes (AVX: strided loads by permutes,
+compare, blend):
 
 * the padded plane has Wp = sw * Wq columns, Wq = Wo + (kw - 1) // sw, so output (oh, ow)
   at flat index o = oh * Wq + ow reads column ow * sw + j of its row: linear in o;
@@ -94,17 +96,19 @@ def _offset_start(i, j, sh, Hq, Wp):
 # ----------------------------------------------------------------------------- max pool
 
 @njit(cache=True, inline="always")
-def _max_offset_pass(xs, s, offset, best, best_at, n):
+def _max_offset_pass(xs, s, offset, best, best_at, new_best, new_at, n):
     # Strict '>' keeps the first max on ties (offsets run in scan order); NaN always takes
     # over, so a NaN propagates and the last NaN wins, as in PyTorch. Written as selects,
-    # not an `if`, so the loop vectorizes. `s` is a literal at the call sites that matter:
-    # a constant stride lets LLVM turn the strided loads into vector permutes.
+    # not an `if`, so the loop vectorizes; and from (best, best_at) into the other pair of
+    # buffers, not in place: LLVM turns an in-place `b = v if take else b` into a
+    # conditional store, which does not vectorize. `s` is a literal at the call sites
+    # that matter: a constant stride lets LLVM turn the strided loads into vector permutes.
     for o in range(n):
         v = xs[o * s]
         b = best[o]
         take = (v > b) | (v != v)
-        best[o] = v if take else b
-        best_at[o] = offset if take else best_at[o]
+        new_best[o] = v if take else b
+        new_at[o] = offset if take else best_at[o]
 
 
 @njit(**_JIT)
@@ -128,23 +132,25 @@ def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, Ho, Wo, y, argmax, n_chunks):
     for chunk in prange(n_chunks):
         scratch = np.empty(sh * Hq * Wp + Wp, dtype=x.dtype)  # + Wp: garbage windows run past
         rows = scratch[:sh * Hq * Wp].reshape(sh * Hq, Wp)
-        best = np.empty(n, dtype=x.dtype)
-        best_at = np.empty(n, dtype=np.int32)
+        best0, best1 = np.empty(n, dtype=x.dtype), np.empty(n, dtype=x.dtype)
+        at0, at1 = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
         for p in range(chunk * P // n_chunks, (chunk + 1) * P // n_chunks):
             _fill_scratch(x, p, sh, ph, pw, Hq, Wp, -np.inf, rows)
             for o in range(n):
-                best[o] = -np.inf
-                best_at[o] = first_real[o]
+                best0[o] = -np.inf
+                at0[o] = first_real[o]
+            best, best_at, other, other_at = best0, at0, best1, at1
             for i in range(kh):
                 for j in range(kw):
                     xs = scratch[_offset_start(i, j, sh, Hq, Wp):]
                     offset = np.int32(i * W + j)
                     if sw == 1:
-                        _max_offset_pass(xs, 1, offset, best, best_at, n)
+                        _max_offset_pass(xs, 1, offset, best, best_at, other, other_at, n)
                     elif sw == 2:
-                        _max_offset_pass(xs, 2, offset, best, best_at, n)
+                        _max_offset_pass(xs, 2, offset, best, best_at, other, other_at, n)
                     else:
-                        _max_offset_pass(xs, sw, offset, best, best_at, n)
+                        _max_offset_pass(xs, sw, offset, best, best_at, other, other_at, n)
+                    best, best_at, other, other_at = other, other_at, best, best_at
             yp, ap = y[p], argmax[p]  # flat (Ho*Wo,) planes
             if Wq == Wo:  # no garbage windows (kw <= sw): one long loop
                 for o in range(n):
@@ -163,7 +169,8 @@ def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, Ho, Wo, y, argmax, n_chunks):
 @njit(**_JIT)
 def _max_pool_bwd(dy, argmax, dx):
     # Flat (P, Ho*Wo) / (P, H*W) planes: argmax indexes dx directly, with no per-element
-    # // and % by W (integer division made this kernel 3-4x slower).
+    # // and % by W (a per-element integer division dominated this loop; numbers:
+    # benchmarks/DESIGN.md, pooling.py).
     P, n_out = dy.shape
     for p in prange(P):
         dx[p, :] = 0

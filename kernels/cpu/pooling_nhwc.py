@@ -6,10 +6,10 @@ channels innermost, every kernel tap is one contiguous vector operation over L l
 whatever the plane size. This is the layout of a channels_last (NHWC) tensor, B = N and
 L = C: these are the pooling kernels of channels_last tensors. An NCHW tensor can be
 brought here by one blocked transpose, (N*C, H*W) -> (H*W, N*C), i.e. B = 1 and
-L = N*C (the *_lanes functions below); measured on 2 Zen 3 cores, the two transposes
-cost more than the lanes save on NCHW planes of 14x14 and larger, so
-`kernels/cpu/pooling.py` keeps its per-plane kernels for NCHW input. Results are
-bitwise those of the reference (tests/kernels/test_pooling_nhwc.py).
+L = N*C (the *_lanes functions below), but the two transposes cost more than the lanes
+save on all but the smallest NCHW planes (numbers: benchmarks/DESIGN.md,
+pooling_nhwc.py), so `kernels/cpu/pooling.py` keeps its per-plane kernels for NCHW
+input. Results are bitwise those of the reference (tests/kernels/test_pooling_nhwc.py).
 
 Semantics are the reference's (kernels/reference/pooling.py): max pooling reads padding
 as -inf, keeps the first maximum in row-major scan order, propagates NaN (the last NaN
@@ -21,7 +21,10 @@ reference's order of kernel offsets.
 
 Optimizations:
 * one vector pass over a block of lanes per kernel tap: compare/select (max) or add (avg);
-  LLVM vectorizes the lane loops (contiguous, no branches);
+  LLVM vectorizes the lane loops (contiguous, no branches); the running max and its
+  argmax go from one pair of small buffers to the other at each tap, never updated in
+  place (LLVM would make `y = v if take else y` a conditional store, which does not
+  vectorize);
 * parallel tasks are (sample, output row, lane block) triples: balanced even when B = 1,
   and each task owns its outputs (no races, results independent of the thread count);
 * the max backward scatters through argmax into the task's own lane block of dx.
@@ -31,7 +34,7 @@ Debugging: NUMBA_DISABLE_JIT=1 runs these as plain Python (slow, same results).
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu.pooling import _avg_divisor
+from kernels.cpu.pooling import _avg_divisor, _output_hw
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
 LANE_BLOCK = 512  # lanes per task: a (kh, W, 512) float32 slab of x stays in L1/L2
@@ -64,6 +67,19 @@ def transpose(a, out):
                 out[q, p] = a[p, q]
 
 
+@njit(cache=True, inline="always")
+def _max_step(xr, idx, ys, as_, yd, ad):
+    """One kernel tap over a lane block: (yd, ad) = the better of (xr, idx) and (ys, as_).
+    Written from one pair of buffers into the other, never in place: LLVM turns an
+    in-place `y = v if take else y` into a conditional store, which does not vectorize."""
+    for lane in range(xr.size):
+        v = xr[lane]
+        best = ys[lane]
+        take = (v > best) | (v != v)  # strict: the first max stays; NaN wins
+        yd[lane] = v if take else best
+        ad[lane] = idx if take else as_[lane]
+
+
 @njit(**_JIT)
 def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L)."""
@@ -71,28 +87,30 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     Ho, Wo = y.shape[1], y.shape[2]
     for task in prange(B * Ho * _n_lane_blocks(L)):
         b, oh, l0, l1 = _row_task(task, Ho, L)
+        n = l1 - l0
+        # ping-pong buffers for the running max and where it was (see _max_step)
+        y0, y1 = np.empty(n, dtype=x.dtype), np.empty(n, dtype=x.dtype)
+        a0, a1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
         for ow in range(Wo):
             w0 = ow * sw - pw
             ws, we = max(w0, 0), min(w0 + kw, W)
+            first = hs * W + ws
+            for lane in range(n):
+                y0[lane] = -np.inf
+                a0[lane] = first
+            ys, as_, yd, ad = y0, a0, y1, a1
+            for h in range(hs, he):
+                for w in range(ws, we):
+                    _max_step(x[b, h, w, l0:l1], h * W + w, ys, as_, yd, ad)
+                    ys, as_, yd, ad = yd, ad, ys, as_
             # Lane loops index views from 0: LLVM then knows the indices are not
             # negative (no wraparound selects) and vectorizes them.
             yr, ar = y[b, oh, ow, l0:l1], argmax[b, oh, ow, l0:l1]
-            first = hs * W + ws
-            for lane in range(l1 - l0):
-                yr[lane] = -np.inf
-                ar[lane] = first
-            for h in range(hs, he):
-                for w in range(ws, we):
-                    xr = x[b, h, w, l0:l1]
-                    idx = h * W + w
-                    for lane in range(l1 - l0):
-                        v = xr[lane]
-                        best = yr[lane]
-                        take = (v > best) | (v != v)  # strict: the first max stays; NaN wins
-                        yr[lane] = v if take else best
-                        ar[lane] = idx if take else ar[lane]
+            for lane in range(n):
+                yr[lane] = ys[lane]
+                ar[lane] = as_[lane]
 
 
 @njit(**_JIT)
@@ -229,3 +247,53 @@ def avg_pool2d_backward_lanes(dy, x_shape, kernel_size, stride, padding, count_i
     avg_pool_bwd(nchw_to_lanes(dy), kernel_size[0], kernel_size[1], stride[0], stride[1],
                  padding[0], padding[1], bool(count_include_pad), dx)
     return lanes_to_nchw(dx, N, C)
+
+
+# ------------------------------------------------ channels_last entry points (N, H, W, C)
+
+def max_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode):
+    """x (N, H, W, C) -> y, argmax (N, Ho, Wo, C); argmax holds flat h*W + w."""
+    N, H, W, C = x.shape
+    Ho, Wo = _output_hw((N, C, H, W), kernel_size, stride, padding, ceil_mode)
+    y = np.empty((N, Ho, Wo, C), dtype=x.dtype)
+    argmax = np.empty((N, Ho, Wo, C), dtype=np.int64)
+    max_pool_fwd(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+                 padding[1], y, argmax)
+    return y, argmax
+
+
+def max_pool2d_backward_nhwc(dy, argmax, x_shape):
+    N, H, W, C = x_shape
+    dx = np.empty((N, H * W, C), dtype=dy.dtype)
+    max_pool_bwd(dy, argmax, dx)
+    return dx.reshape(x_shape)
+
+
+def avg_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    N, H, W, C = x.shape
+    Ho, Wo = _output_hw((N, C, H, W), kernel_size, stride, padding, ceil_mode)
+    y = np.empty((N, Ho, Wo, C), dtype=x.dtype)
+    avg_pool_fwd(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+                 padding[1], bool(count_include_pad), y)
+    return y
+
+
+def avg_pool2d_backward_nhwc(dy, x_shape, kernel_size, stride, padding, ceil_mode,
+                             count_include_pad):
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    avg_pool_bwd(dy, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+                 padding[1], bool(count_include_pad), dx)
+    return dx
+
+
+def global_avg_pool2d_forward_nhwc(x):
+    """x (N, H, W, C) -> (N, C), summed in float64 like the NCHW kernel."""
+    N, H, W, C = x.shape
+    s = x.reshape(N, H * W, C).sum(axis=1, dtype=np.float64)
+    return (s / (H * W)).astype(x.dtype)
+
+
+def global_avg_pool2d_backward_nhwc(dy, x_shape):
+    N, H, W, C = x_shape
+    g = dy / dy.dtype.type(H * W)
+    return np.ascontiguousarray(np.broadcast_to(g[:, None, None, :], x_shape))

@@ -99,3 +99,34 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, dilation, groups):
 
 def conv2d_backward_bias(dy):
     return dy.sum(axis=(0, 2, 3))
+
+
+# ---- channels-last (NHWC) entry points: the same math on (N, H, W, C) arrays ----------
+# The oracle of kernels/cpu/conv2d_nhwc.py and the "numpy" backend's channels_last path:
+# transpose to NCHW, run the functions above, transpose back. Weights stay (K, C, R, S).
+
+def _to_nchw(a):
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+
+def _to_nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def conv2d_forward_nhwc(x, w, b, stride, padding, dilation):
+    return _to_nhwc(conv2d_forward(_to_nchw(x), w, b, stride, padding, dilation, 1))
+
+
+def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
+    N, H, W, C = x_shape
+    return _to_nhwc(conv2d_backward_input(_to_nchw(dy), w, (N, C, H, W), stride, padding,
+                                          dilation, 1))
+
+
+def conv2d_backward_weight_nhwc(dy, x, w_shape, stride, padding, dilation):
+    return conv2d_backward_weight(_to_nchw(dy), _to_nchw(x), w_shape, stride, padding,
+                                  dilation, 1)
+
+
+def conv2d_backward_bias_nhwc(dy):
+    return dy.sum(axis=(0, 1, 2))

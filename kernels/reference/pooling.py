@@ -143,3 +143,50 @@ def global_avg_pool2d_backward(dy, x_shape):
     N, C, H, W = x_shape
     g = dy / dy.dtype.type(H * W)
     return np.ascontiguousarray(np.broadcast_to(g[:, :, None, None], x_shape))
+
+
+# ---- channels-last (NHWC) entry points: the same math on (N, H, W, C) arrays ----------
+# The oracle of kernels/cpu/pooling_nhwc.py's entry points and the "numpy" backend's
+# channels_last path. argmax is laid out like y, (N, Ho, Wo, C), flat h*W + w as above.
+
+def _to_nchw(a):
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+
+def _to_nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def _nchw_shape(x_shape):
+    N, H, W, C = x_shape
+    return (N, C, H, W)
+
+
+def max_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode):
+    y, argmax = max_pool2d_forward(_to_nchw(x), kernel_size, stride, padding, ceil_mode)
+    return _to_nhwc(y), _to_nhwc(argmax)
+
+
+def max_pool2d_backward_nhwc(dy, argmax, x_shape):
+    return _to_nhwc(max_pool2d_backward(_to_nchw(dy), _to_nchw(argmax), _nchw_shape(x_shape)))
+
+
+def avg_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    return _to_nhwc(avg_pool2d_forward(_to_nchw(x), kernel_size, stride, padding, ceil_mode,
+                                       count_include_pad))
+
+
+def avg_pool2d_backward_nhwc(dy, x_shape, kernel_size, stride, padding, ceil_mode,
+                             count_include_pad):
+    return _to_nhwc(avg_pool2d_backward(_to_nchw(dy), _nchw_shape(x_shape), kernel_size,
+                                        stride, padding, ceil_mode, count_include_pad))
+
+
+def global_avg_pool2d_forward_nhwc(x):
+    return x.mean(axis=(1, 2), dtype=x.dtype)
+
+
+def global_avg_pool2d_backward_nhwc(dy, x_shape):
+    N, H, W, C = x_shape
+    g = dy / dy.dtype.type(H * W)
+    return np.ascontiguousarray(np.broadcast_to(g[:, None, None, :], x_shape))

@@ -32,6 +32,9 @@ class DataLoader:
         else from a generator seeded by one draw from minidl's global generator at
         construction (so `minidl.manual_seed` makes it repeatable).
     drop_last: drop the last batch of an epoch if it is smaller than batch_size.
+    sampler: an iterable of dataset indices giving each epoch's order instead (e.g.
+        minidl.distributed.DistributedSampler; mutually exclusive with shuffle). Its
+        state_dict, if it has one, is saved and restored with the loader's.
 
     Yields tuples of minidl Tensors (one per array of the dataset; a dataset whose
     samples are single arrays yields single Tensors). Batches never alias the
@@ -42,7 +45,9 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False,
-                 generator=None, seed=None):
+                 generator=None, seed=None, sampler=None):
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if generator is not None and seed is not None:
@@ -51,6 +56,7 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        self.sampler = sampler
         if generator is None:
             if seed is None and self.shuffle:
                 from ..random import default_generator
@@ -67,7 +73,7 @@ class DataLoader:
 
     # ---- sizes ----------------------------------------------------------------
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         if self.drop_last:
             return n // self.batch_size
         return -(-n // self.batch_size)
@@ -75,7 +81,10 @@ class DataLoader:
     # ---- iteration ------------------------------------------------------------
     def _start_epoch(self):
         n = len(self.dataset)
-        if self.shuffle:
+        if self.sampler is not None:
+            self._epoch_rng_state = None
+            self._order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        elif self.shuffle:
             self._epoch_rng_state = copy.deepcopy(self.generator.bit_generator.state)
             self._order = self.generator.permutation(n)
         else:
@@ -129,6 +138,8 @@ class DataLoader:
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
+            "sampler": (self.sampler.state_dict() if hasattr(self.sampler, "state_dict")
+                        else None),
         }
 
     def load_state_dict(self, state):
@@ -138,6 +149,8 @@ class DataLoader:
                 raise ValueError(f"DataLoader.load_state_dict: saved {key}={state[key]!r} "
                                  f"but this loader has {key}={mine!r}")
         self.epoch = int(state["epoch"])
+        if state.get("sampler") is not None and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])
         if state["in_epoch"]:
             if self.shuffle:
                 # Redraw this epoch's permutation from the state it was drawn from.

@@ -29,7 +29,8 @@ from .dataset import TensorDataset
 from .idx import DataFormatError, load_idx_pair
 
 __all__ = ["mnist", "fashion_mnist", "download", "find_files", "search_dirs",
-           "default_data_dir", "MIRRORS", "FILES", "DatasetNotFoundError", "ChecksumError"]
+           "default_data_dir", "verify_files", "MIRRORS", "FILES", "DatasetNotFoundError",
+           "ChecksumError"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -192,15 +193,114 @@ def find_files(name, train=True, root=None):
 
 # ------------------------------- download ---------------------------------------
 
-def _gzip_contents_match(path, raw_sha256):
+_CHUNK = 1 << 20
+
+
+def raw_size(fname):
+    """Bytes of a known file once decompressed (IDX header + payload)."""
+    stem = fname[:-3] if fname.endswith(".gz") else fname
+    n = _COUNTS[stem.startswith("train")]
+    return 16 + n * 28 * 28 if "images" in stem else 8 + n
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] != b"\x1f\x8b":
-        return False
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _gzip_contents_match(path, raw_sha256, limit):
+    """Whether `path` is a gzip whose contents hash to `raw_sha256`, decompressing in
+    chunks and giving up as soon as more than `limit` bytes come out."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return False
+        f.seek(0)
+        digest, total = hashlib.sha256(), 0
+        try:
+            with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                while chunk := gz.read(_CHUNK):
+                    total += len(chunk)
+                    if total > limit:
+                        return False
+                    digest.update(chunk)
+        except (OSError, EOFError, zlib.error):
+            return False
+    return digest.hexdigest() == raw_sha256
+
+
+# ------------------------------- verification ----------------------------------
+#
+# Files found on disk are checked against the table once: a damaged or substituted
+# file (say, a valid IDX whose labels are all 0) must not train silently. The result is
+# remembered in a small stamp file, keyed by path, size, mtime and inode, so that the
+# hash is computed again only when the file changes.
+
+def _stamp_path():
+    return os.path.join(default_data_dir(), "verified.json")
+
+
+def _file_key(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _read_stamps():
+    import json
     try:
-        return hashlib.sha256(gzip.decompress(raw)).hexdigest() == raw_sha256
-    except (OSError, EOFError, zlib.error):
-        return False
+        with open(_stamp_path()) as f:
+            stamps = json.load(f)
+        return stamps if isinstance(stamps, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamps(stamps):
+    import json
+    try:
+        with atomic_write(_stamp_path(), mode="w") as (f, _):
+            json.dump(stamps, f, indent=0)
+    except OSError:
+        pass  # a read-only cache only costs a hash at the next start
+
+
+def verify_file(name, path):
+    """Raise ChecksumError if `path` (a known file of dataset `name`, gzipped or not)
+    does not hold the published contents. Unknown file names are not checked."""
+    fname = os.path.basename(path)
+    gz_name = fname if fname.endswith(".gz") else fname + ".gz"
+    info = FILES[name].get(gz_name)
+    if info is None:
+        return
+    actual = _sha256_file(path)
+    if actual in (info.sha256, info.raw_sha256):
+        return
+    if fname.endswith(".gz"):
+        if _gzip_contents_match(path, info.raw_sha256, raw_size(gz_name)):
+            return
+    raise ChecksumError(
+        f"{path}: SHA-256 {actual} does not match the published {_DISPLAY[name]} "
+        f"{gz_name} ({info.sha256}, or {info.raw_sha256} decompressed): the file is "
+        f"damaged or is not the real dataset; delete it (it is downloaded again) or "
+        f"replace it")
+
+
+def verify_files(name, paths):
+    """`verify_file` for each path, skipping those verified before and unchanged since."""
+    stamps = _read_stamps()
+    changed = False
+    for path in paths:
+        key = os.path.abspath(path)
+        stamp = _file_key(path)
+        if stamps.get(key) == stamp:
+            continue
+        verify_file(name, path)
+        stamps[key] = stamp
+        changed = True
+    if changed:
+        _write_stamps(stamps)
 
 
 def _fetch(url, dest, info):
@@ -212,23 +312,97 @@ def _fetch(url, dest, info):
     """
     from tqdm.auto import tqdm
 
-    with atomic_write(dest, suffix=".part") as (out, tmp), \
-            urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-        digest = hashlib.sha256()
-        length = response.headers.get("Content-Length")
-        with tqdm(total=int(length) if length else info.size, unit="B", unit_scale=True,
-                  desc=os.path.basename(dest), disable=None, leave=False) as bar:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-        out.flush()
-        actual = digest.hexdigest()
-        if actual != info.sha256 and not _gzip_contents_match(tmp, info.raw_sha256):
-            raise ChecksumError(
-                f"{url}: SHA-256 mismatch: expected {info.sha256} (or a gzip whose "
-                f"contents hash to {info.raw_sha256}), got {actual}; the corrupt "
-                f"download was deleted")
+    cap = max_download_size(info)
+    with atomic_write(dest, suffix=".part") as (out, tmp):
+        _lock_part(out)  # tells remove_stale_parts that this download is alive
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+            digest = hashlib.sha256()
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > cap:
+                raise ChecksumError(f"{url}: the server sends {int(length)} bytes, the "
+                                    f"published file has {info.size}; not downloaded")
+            total = 0
+            with tqdm(total=int(length) if length else info.size, unit="B", unit_scale=True,
+                      desc=os.path.basename(dest), disable=None, leave=False) as bar:
+                while chunk := response.read(min(_CHUNK, cap + 1 - total)):
+                    total += len(chunk)
+                    if total > cap:
+                        raise ChecksumError(f"{url}: more than {cap} bytes, the published file "
+                                            f"has {info.size}; download stopped and deleted")
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            out.flush()
+            actual = digest.hexdigest()
+            fname = os.path.basename(dest)
+            if actual != info.sha256 and not _gzip_contents_match(tmp, info.raw_sha256,
+                                                                  raw_size(fname)):
+                raise ChecksumError(
+                    f"{url}: SHA-256 mismatch: expected {info.sha256} (or a gzip whose "
+                    f"contents hash to {info.raw_sha256}), got {actual}; the corrupt "
+                    f"download was deleted")
+
+
+def max_download_size(info):
+    """The most bytes read for a file published with `info.size` bytes: a little slack
+    for a mirror that re-compressed it (accepted by its contents' hash)."""
+    return info.size + max(info.size // 20, 64 * 1024)
+
+
+# A download's temp file (".NAME.XXXX.part") is locked (flock) by the process writing
+# it; the kernel drops the lock when that process dies, however it dies. A .part that
+# nobody locks and that is older than a few seconds (the moment between creating it
+# and locking it) belongs to a killed process. Without flock (not POSIX), a .part not
+# written to for 4 timeouts is stale: a live download writes every chunk or times out.
+_PART_GRACE_S = 5
+_STALE_PART_S = 4 * _TIMEOUT_S
+
+
+def _lock_part(f):
+    try:
+        import fcntl
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass
+
+
+def _part_is_stale(path, now):
+    age = now - os.stat(path).st_mtime
+    try:
+        import fcntl
+    except ImportError:
+        return age > _STALE_PART_S
+    if age <= _PART_GRACE_S:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True   # nobody holds it: its writer is gone
+    except OSError:
+        return False  # a live download
+    finally:
+        os.close(fd)
+
+
+def remove_stale_parts(directory, now=None):
+    """Delete the download temp files killed processes left in `directory`."""
+    import time
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for n in names:
+        if n.startswith(".") and n.endswith(".part"):
+            path = os.path.join(directory, n)
+            try:
+                if _part_is_stale(path, now):
+                    os.unlink(path)
+                    removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 def _not_found_message(name, train, root, failures=()):
@@ -260,6 +434,37 @@ def download(name, train=True, root=None, mirrors=None):
     _check_name(name)
     mirrors = MIRRORS[name] if mirrors is None else list(mirrors)
     directory = os.path.join(search_dirs(name, root)[0], name)
+    created = _missing_parents(directory)  # removed again if the download fails
+    try:
+        return _download_into(directory, name, train, root, mirrors)
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _missing_parents(directory):
+    """`directory` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(directory)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_empty(directories):
+    for d in directories:  # deepest first; stops at the first one that is not empty
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
+def _download_into(directory, name, train, root, mirrors):
+    remove_stale_parts(directory)
     paths = []
     for stem in _SPLITS[bool(train)]:
         existing = _find_in(directory, stem)
@@ -288,31 +493,36 @@ def download(name, train=True, root=None, mirrors=None):
 
 # ------------------------------- loaders ----------------------------------------
 
-def _load(name, root, train, download_missing, mirrors):
+def _load(name, root, train, download_missing, mirrors, verify=True):
     paths = find_files(name, train, root)
     if paths is None:
         if not download_missing:
             raise DatasetNotFoundError(_not_found_message(name, train, root))
         paths = download(name, train, root, mirrors)
-    images, labels = load_idx_pair(*paths)
     expected = (_COUNTS[bool(train)], 28, 28)
-    if images.shape != expected or images.dtype != np.uint8:
+    # The headers are checked against the expected shapes before any body is read.
+    images, labels = load_idx_pair(*paths, images_shape=expected)
+    if images.dtype != np.uint8:
         raise DataFormatError(f"{paths[0]}: expected {_DISPLAY[name]} images of shape "
                               f"{expected} uint8, got {images.shape} {images.dtype}")
+    if verify:
+        verify_files(name, paths)
     # Divide (rather than multiply by 1/255) to match torchvision's ToTensor exactly.
     x = np.divide(images.reshape(-1, 1, 28, 28), np.float32(255), dtype=np.float32)
     return TensorDataset(x, labels.astype(np.int64))
 
 
-def mnist(root=None, train=True, download=True, mirrors=None):
+def mnist(root=None, train=True, download=True, mirrors=None, verify=True):
     """MNIST as a TensorDataset: images float32 (N, 1, 28, 28) in [0, 1], labels int64.
 
     N is 60000 for train=True, 10000 for train=False. See the module docstring for
-    where the files are looked for.
+    where the files are looked for. With `verify` (the default) the files are checked
+    against the published SHA-256 sums the first time they are used (the result is
+    remembered in <data dir>/verified.json until a file changes).
     """
-    return _load("mnist", root, train, download, mirrors)
+    return _load("mnist", root, train, download, mirrors, verify)
 
 
-def fashion_mnist(root=None, train=True, download=True, mirrors=None):
+def fashion_mnist(root=None, train=True, download=True, mirrors=None, verify=True):
     """Fashion-MNIST, in the same form as `mnist`."""
-    return _load("fashion-mnist", root, train, download, mirrors)
+    return _load("fashion-mnist", root, train, download, mirrors, verify)

@@ -12,6 +12,7 @@ instead of as a confusing reshape error later.
 """
 
 import gzip
+import math
 import os
 import zlib
 
@@ -36,51 +37,108 @@ class DataFormatError(ValueError):
     """A data file exists but its contents are not what they should be."""
 
 
-def _read_bytes(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        # OSError covers BadGzipFile (bad header or CRC); EOFError a cut-off stream.
-        raise DataFormatError(f"{path}: corrupt gzip data ({e}); "
-                              f"delete the file and download it again") from None
+# Deflate cannot expand data by more than about 1032:1; a gzip whose IDX header claims
+# more than this many bytes per compressed byte is refused before decompressing.
+_MAX_GZIP_RATIO = 1100
+_TRAILING_PROBE = 1 << 20  # trailing bytes counted up to this much, then "more than"
 
 
-def read_idx(path):
-    """Read an IDX file (gzipped or raw) into a native-endian, writable ndarray."""
+def _read_exact(f, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_idx(path, expected_shape=None):
+    """Read an IDX file (gzipped or raw) into a native-endian, writable ndarray.
+
+    Bounded work whatever the file holds: the header is read and checked first (against
+    `expected_shape` if given, and for a gzip against what its compressed size can
+    possibly expand to), then exactly the payload it announces is decompressed,
+    streamed into the result array, and at most a little more to detect trailing bytes.
+    A decompression bomb is refused after a few bytes, not after filling memory."""
     path = os.fspath(path)
-    buf = _read_bytes(path)
-    if len(buf) < 4:
-        raise DataFormatError(f"{path}: {len(buf)} bytes is too short for an IDX header")
-    zero0, zero1, code, ndim = buf[0], buf[1], buf[2], buf[3]
+    with open(path, "rb") as raw:
+        file_size = os.fstat(raw.fileno()).st_size
+        gz = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        try:
+            return _read_idx_stream(f, path, gz, file_size, expected_shape)
+        except (OSError, EOFError, zlib.error) as e:
+            if not gz:
+                raise
+            # OSError covers BadGzipFile (bad header or CRC); EOFError a cut-off stream.
+            raise DataFormatError(f"{path}: corrupt gzip data ({e}); "
+                                  f"delete the file and download it again") from None
+
+
+def _read_idx_stream(f, path, gz, file_size, expected_shape):
+    head = _read_exact(f, 4)
+    if len(head) < 4:
+        raise DataFormatError(f"{path}: {len(head)} bytes is too short for an IDX header")
+    zero0, zero1, code, ndim = head
     if zero0 != 0 or zero1 != 0 or code not in IDX_DTYPES or ndim == 0:
         raise DataFormatError(
-            f"{path}: not an IDX file (magic number {buf[:4].hex(' ')}; expected "
+            f"{path}: not an IDX file (magic number {head.hex(' ')}; expected "
             f"00 00 <dtype code in {sorted(hex(c) for c in IDX_DTYPES)}> <ndim >= 1>)")
     header = 4 + 4 * ndim
-    if len(buf) < header:
+    dims = _read_exact(f, 4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DataFormatError(f"{path}: truncated header: expected {header} bytes, "
-                              f"found {len(buf)}")
-    shape = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
+                              f"found {4 + len(dims)}")
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+    if expected_shape is not None and shape != tuple(expected_shape):
+        raise DataFormatError(f"{path}: the header says shape {shape}, expected shape "
+                              f"{tuple(expected_shape)}")
     dtype = IDX_DTYPES[code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(buf) != expected:
-        what = "truncated" if len(buf) < expected else "trailing bytes after the data"
+    payload = math.prod(shape) * dtype.itemsize
+    expected = header + payload
+    if gz and payload > _MAX_GZIP_RATIO * file_size:
+        raise DataFormatError(f"{path}: the header says shape {shape} ({expected} bytes), "
+                              f"more than a gzip of {file_size} bytes can hold: not a "
+                              f"genuine IDX file (decompression bomb?)")
+    if not gz and file_size != expected:
+        what = "truncated" if file_size < expected else "trailing bytes after the data"
         raise DataFormatError(
             f"{path}: {what}: header says shape {shape} of {dtype.str[1:]}, so the "
-            f"(decompressed) file should be {expected} bytes, but it is {len(buf)} bytes")
-    data = np.frombuffer(buf, dtype=dtype, offset=header).reshape(shape)
-    # astype copies: the result is writable and does not pin the decompressed buffer.
-    return data.astype(dtype.newbyteorder("="))
+            f"file should be {expected} bytes, but it is {file_size} bytes")
+    out = np.empty(shape, dtype=dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    got = 0
+    while got < payload:
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    extra = 0 if got < payload else len(f.read(_TRAILING_PROBE))
+    if got < payload or extra:
+        what = "truncated" if got < payload else "trailing bytes after the data"
+        if got < payload:
+            size = f"{header + got}"
+        elif extra < _TRAILING_PROBE:
+            size = f"{expected + extra}"
+        else:
+            size = f"more than {expected + extra}"
+        raise DataFormatError(
+            f"{path}: {what}: header says shape {shape} of {dtype.str[1:]}, so the "
+            f"(decompressed) file should be {expected} bytes, but it is {size} bytes")
+    # astype: native byte order, writable.
+    return out.astype(dtype.newbyteorder("="), copy=not dtype.isnative)
 
 
-def load_idx_pair(images_path, labels_path, num_classes=10):
-    """Read matching image and label IDX files; check counts and label range."""
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
+def load_idx_pair(images_path, labels_path, num_classes=10, images_shape=None):
+    """Read matching image and label IDX files; check counts and label range.
+    `images_shape` (e.g. (60000, 28, 28)): what the images file must hold, checked
+    from its header before its body is read (the labels must then hold as many)."""
+    images = read_idx(images_path, expected_shape=images_shape)
+    labels = read_idx(labels_path, expected_shape=None if images_shape is None
+                      else images_shape[:1])
     names = f"images {os.fspath(images_path)!r}, labels {os.fspath(labels_path)!r}"
     if labels.ndim != 1:
         raise DataFormatError(f"labels file should be 1-D, got shape {labels.shape} ({names})")

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from .figure1 import first_step_reaching, median_range
 
 PERCENTILES = (15, 50, 85)
@@ -98,6 +99,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default=",".join(v.key for v in VARIANTS),
                    help="comma-separated subset of: " + ", ".join(BY_KEY))
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model")
+    p.add_argument("--memory-format", choices=("channels_last", "contiguous"),
+                   default="channels_last",
+                   help="layout of the model's activations (default channels_last: the "
+                        "NHWC kernels, no conversions; the values are the same)")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, each on cores/jobs threads (default: one per "
                         "core; small CNNs use 2 cores better as 2 runs than as 2 threads)")
@@ -110,6 +115,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds an earlier ablation")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under mpirun -n K: BN statistics over the global batch "
+                        "(SyncBatchNorm) instead of each rank's share of it")
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the runs train (cuda: one run at a time on the GPU)")
@@ -141,6 +149,7 @@ def train_one(spec: dict) -> dict:
     process boundary); returns its result dict, also written to result.json."""
     from .. import optim
     from ..data import DataLoader, TensorDataset
+    from ..distributed.launch import data_parallel, local_main_first, on_main
     from ..models import bn_inception_lite
     from ..models.inception import last_inception_preactivation
     from ..random import manual_seed
@@ -148,31 +157,46 @@ def train_one(spec: dict) -> dict:
     from ..train.bn_stats import population_statistics
 
     out = Path(spec["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
     result_path = out / "result.json"
-    if spec["resume"] and result_path.exists():
-        return json.loads(result_path.read_text())
+
+    def finished():  # rank 0 reads the folder; under mpirun every rank gets its answer
+        out.mkdir(parents=True, exist_ok=True)
+        if spec["resume"] and result_path.exists():
+            return json.loads(result_path.read_text())
+    done = on_main(finished)
+    from ..distributed.group import current_group
+    if current_group().size > 1:
+        done = current_group().bcast_object(done, 0, "broadcast of a finished run's result")
+    if done is not None:
+        return done
 
     v = BY_KEY[spec["variant"]]
-    (xtr, ytr), (xte, yte) = (_load_dataset(spec["dataset"], spec["data_root"], t)
-                              for t in (True, False))
+    (xtr, ytr), (xte, yte) = local_main_first(lambda: [
+        _load_dataset(spec["dataset"], spec["data_root"], t) for t in (True, False)])
     manual_seed(spec["seed"])
     model = bn_inception_lite(num_classes=int(ytr.max()) + 1, in_channels=xtr.shape[1],
                               bn=v.bn, activation=v.activation, width=spec["width"])
     device = spec.get("device", "cpu")
     model.to(device)  # before the optimizer
+    if spec.get("memory_format", "channels_last") == "channels_last" and device == "cpu":
+        # Channels-last weights make every convolution's output channels-last, from the
+        # first layer on: the whole network then runs the NHWC kernels.
+        from ..layout import channels_last
+        model.to(memory_format=channels_last)
     wd = spec["weight_decay"] / (BN_WEIGHT_DECAY_DIVISOR if v.bn else 1)
     optimizer = optim.SGD(model.parameters(), lr=spec["lr"], momentum=spec["momentum"],
                           weight_decay=wd)
     scheduler = optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(spec["lr_decay"], spec["steps"],
                               BN_DECAY_SPEEDUP if v.bn else 1))
-    # The same seed gives every variant the same sequence of mini-batches.
-    train_loader = DataLoader(TensorDataset(xtr, ytr), batch_size=spec["batch_size"],
-                              shuffle=True, seed=spec["seed"])
+    recorded = last_inception_preactivation(model)
+    # The same seed gives every variant the same sequence of mini-batches. Under mpirun
+    # -n K: DistributedDataParallel, and this rank's share of each global batch.
+    model, train_loader = data_parallel(model, TensorDataset(xtr, ytr), spec["batch_size"],
+                                        spec["seed"], spec.get("sync_bn", False), "ablation")
     n_eval = min(spec["eval_examples"], len(xte))
     eval_loader = DataLoader(TensorDataset(xte[:n_eval], yte[:n_eval]), batch_size=500)
-    recorder = ActivationRecorder(last_inception_preactivation(model), unit=0,
+    recorder = ActivationRecorder(recorded, unit=0,
                                   percentiles=PERCENTILES, name="preact")
     trainer = Trainer(model, optimizer, train_loader, eval_loader=eval_loader,
                       eval_every=spec["eval_every"], checkpoint_every=spec["checkpoint_every"],
@@ -221,6 +245,9 @@ def train_one(spec: dict) -> dict:
 
 def _write_result(path: Path, result: dict) -> None:
     from .._atomic import atomic_write
+    from ..distributed.launch import is_main
+    if not is_main():
+        return
     with atomic_write(path, mode="w") as (f, _):
         json.dump(result, f)
 
@@ -425,6 +452,8 @@ def _specs(variant_keys, seeds, lr_of, args, out: Path, progress: bool) -> list:
                 "final_examples": args.final_examples,
                 "checkpoint_every": args.checkpoint_every,
                 "bn_stats_batches": args.bn_stats_batches, "width": args.width,
+                "memory_format": args.memory_format,
+                "sync_bn": getattr(args, "sync_bn", False),
                 "resume": args.resume, "progress": progress,
                 "device": getattr(args, "device", "cpu")})
     return specs
@@ -434,19 +463,27 @@ def _parse_variants(text: str) -> list:
     keys = [k.strip() for k in text.split(",") if k.strip()]
     bad = [k for k in keys if k not in BY_KEY]
     if bad or not keys:
-        raise SystemExit(f"minidl ablation: unknown variant(s) {bad or text!r}; choose from "
+        raise UsageError(f"minidl ablation: unknown variant(s) {bad or text!r}; choose from "
                          f"{', '.join(BY_KEY)}")
     return keys
 
 
+def _parse_lr_grid(text: str) -> list:
+    try:
+        grid = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        grid = []
+    if not grid or not all(0 < lr < math.inf for lr in grid):
+        raise UsageError(f"minidl ablation: --lr-grid needs positive rates separated by "
+                         f"commas, got {text!r}")
+    return grid
+
+
 def _lr_search(args, out: Path, jobs: int, progress: bool):
-    grid = sorted({float(x) for x in args.lr_grid.split(",") if x.strip()})
-    if not grid or min(grid) <= 0:
-        raise SystemExit(f"minidl ablation: --lr-grid needs positive rates, got "
-                         f"{args.lr_grid!r}")
+    grid = _parse_lr_grid(args.lr_grid)
     specs = []
     for lr in grid:
-        s = _specs(["inception"], [0], lambda k: lr, args, out, progress)[0]
+        s = _specs(["inception"], [0], lambda k, lr=lr: lr, args, out, progress)[0]
         s["out_dir"] = str(out / "lr-search" / f"lr-{lr:g}")
         specs.append(s)
     results = run_all(specs, jobs)
@@ -462,8 +499,10 @@ def _lr_search(args, out: Path, jobs: int, progress: bool):
         lines.append(f"| {lr:g}{' (chosen)' if lr == best else ''} | "
                      f"{'-' if math.isnan(b) else f'{100 * b:.2f}%'} | "
                      f"{'-' if f is None else f'{100 * f:.2f}%'} | {d if d else '-'} |")
-    (out / "lr_search.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from ..distributed.launch import is_main
+    if is_main():
+        (out / "lr_search.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
     return best, results
 
 
@@ -480,7 +519,20 @@ def run(args) -> dict:
     for name in ("seeds", "steps", "batch_size", "eval_examples", "final_examples",
                  "eval_every", "jobs", "bn_stats_batches"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"minidl ablation: --{name.replace('_', '-')} must be >= 1")
+            raise UsageError(f"minidl ablation: --{name.replace('_', '-')} must be >= 1, "
+                             f"got {getattr(args, name)}")
+    for name in ("base_lr", "momentum", "weight_decay", "lr_decay", "width"):
+        value = getattr(args, name)
+        if value is not None and not (0 <= value < math.inf):
+            raise UsageError(f"minidl ablation: --{name.replace('_', '-')} must be a finite "
+                             f"number >= 0, got {value}")
+    if not args.width > 0:
+        raise UsageError(f"minidl ablation: --width must be > 0, got {args.width}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise UsageError(f"minidl ablation: --checkpoint-every must be >= 0, got "
+                         f"{args.checkpoint_every}")
+    if args.base_lr is None:
+        _parse_lr_grid(args.lr_grid)
     if args.eval_every is None:
         args.eval_every = max(1, args.steps // 20)
     if args.checkpoint_every is None:
@@ -491,13 +543,17 @@ def run(args) -> dict:
         from .figure1 import check_device
         check_device(args, "ablation")
         jobs = 1  # one GPU, and CUDA contexts do not survive a fork: runs take turns
+    from ..distributed.launch import on_main, world
+    if world() > 1:
+        jobs = 1  # under mpirun each run is data-parallel over the ranks, one at a time
     progress = not args.no_progress
     from .run_dir import claim
-    lock = claim(args.out, args.resume, args.overwrite, "ablation")
+    lock = on_main(lambda: claim(args.out, args.resume, args.overwrite, "ablation"))
     try:
         return _run(args, keys, jobs, progress)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _run(args, keys, jobs, progress) -> dict:
@@ -505,10 +561,12 @@ def _run(args, keys, jobs, progress) -> dict:
     t0 = time.perf_counter()
 
     search_results = None
+    from ..distributed.launch import is_main
     if args.base_lr is None:
         args.base_lr, search_results = _lr_search(args, out, jobs, progress)
         if args.base_lr is None:
-            print(f"\ninterrupted: continue with --resume (runs in {out})")
+            if is_main():
+                print(f"\ninterrupted: continue with --resume (runs in {out})")
             return {"interrupted": True}
     base = args.base_lr
     specs = _specs(keys, range(args.seeds), lambda k: base * BY_KEY[k].lr_mult, args, out,
@@ -520,7 +578,9 @@ def _run(args, keys, jobs, progress) -> dict:
                 s["out_dir"] = str(chosen)
     flat = run_all(specs, jobs)
     if any(r["interrupted"] for r in flat):
-        print(f"\ninterrupted: checkpoints saved; continue with --resume (runs in {out})")
+        if is_main():
+            print(f"\ninterrupted: checkpoints saved; continue with --resume (runs in "
+                  f"{out})")
         return {"interrupted": True}
     results = {}
     for s, r in zip(specs, flat):
@@ -538,6 +598,8 @@ def _run(args, keys, jobs, progress) -> dict:
             "lr_decay": args.lr_decay, "width": args.width, "jobs": jobs}
     table = format_table(rows, target, meta)
     table += f"\nWall time of the whole experiment: {wall:.0f} s ({jobs} run(s) at a time).\n"
+    if not is_main():  # rank 0 writes and prints the results
+        return {"meta": meta, "target_acc": target, "rows": rows, "wall_seconds": wall}
     (out / "ablation.md").write_text(table)
     write_csv(rows, out / "ablation.csv")
     write_curves(results, out / "curves.csv")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 PERCENTILES = (15, 50, 85)
+DEFAULT_LR, DEFAULT_MOMENTUM = 0.01, 0.9
 NETWORKS = (("nobn", False, "without BN"), ("bn", True, "with BN"))
 
 
@@ -29,8 +30,12 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
     p.add_argument("--data-root", default=None, help="directory holding the IDX files")
     p.add_argument("--steps", type=int, default=50000)
     p.add_argument("--batch-size", type=int, default=60)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"SGD learning rate (default {DEFAULT_LR}); given with --resume, it "
+                        f"replaces the checkpoint's (and says so)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help=f"SGD momentum (default {DEFAULT_MOMENTUM}); given with --resume, "
+                        f"it replaces the checkpoint's (and says so)")
     p.add_argument("--init-std", type=float, default=0.01,
                    help="weights ~ N(0, std^2), biases 0 (default 0.01)")
     p.add_argument("--seed", type=int, default=0)
@@ -49,10 +54,14 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
                    help="where the networks train (cuda: needs numba-cuda and a GPU)")
     p.add_argument("--out", default="runs/figure1")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoints in --out")
+                   help="continue from the checkpoints in --out (with the checkpoint's "
+                        "learning rate and momentum, unless --lr / --momentum are given)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds an earlier run")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under mpirun -n K: BN statistics over the global batch "
+                        "(SyncBatchNorm) instead of each rank's share of it")
     if quick_flag:
         p.add_argument("--seeds", type=int, default=1,
                        help="repeat with seeds seed..seed+N-1 and report the median and "
@@ -80,6 +89,7 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
     """One network of the experiment with its optimizer, loaders and recorder."""
     from .. import nn, optim
     from ..data import DataLoader, TensorDataset
+    from ..distributed.launch import data_parallel
     from ..models import mlp
     from ..random import manual_seed
     from ..train import ActivationRecorder, Trainer
@@ -88,14 +98,20 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
     model = mlp(bn=bn, init_std=args.init_std)
     device = getattr(args, "device", "cpu")
     model.to(device)  # before the optimizer, as in PyTorch
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    # The same seed for both networks: they see the same sequence of mini-batches.
-    train_loader = DataLoader(TensorDataset(*train), batch_size=args.batch_size, shuffle=True,
-                              seed=args.seed)
+    # --lr / --momentum: None means "not given" (the default for a fresh run, the
+    # checkpoint's value on --resume); given ones override a resumed checkpoint's.
+    given = {k: getattr(args, k, None) for k in ("lr", "momentum")}
+    given = {k: v for k, v in given.items() if v is not None}
+    optimizer = optim.SGD(model.parameters(), lr=given.get("lr", DEFAULT_LR),
+                          momentum=given.get("momentum", DEFAULT_MOMENTUM))
+    # The same seed for both networks: they see the same sequence of mini-batches. Under
+    # mpirun -n K: DistributedDataParallel, and this rank's share of each global batch.
+    sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
+    model, train_loader = data_parallel(model, TensorDataset(*train), args.batch_size,
+                                        args.seed, getattr(args, "sync_bn", False))
     test_loader = DataLoader(TensorDataset(*test), batch_size=2000)
     stats_loader = DataLoader(TensorDataset(*train), batch_size=args.batch_size, shuffle=True,
                               seed=args.seed + 1)
-    sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
     recorder = ActivationRecorder(sigmoids[-1], unit=args.unit, percentiles=PERCENTILES,
                                   name="sigmoid_in")
     return Trainer(model, optimizer, train_loader, eval_loader=test_loader,
@@ -104,7 +120,8 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
                    bn_eval=args.bn_eval if bn else "running",
                    bn_stats_loader=stats_loader if bn else None,
                    bn_stats_batches=args.bn_stats_batches,
-                   progress=not args.no_progress, name=name, device=device)
+                   progress=not args.no_progress, name=name, resume_overrides=given,
+                   device=device)
 
 
 def first_step_reaching(history, target: float):
@@ -129,8 +146,10 @@ def summarize(results: dict, args, dataset_note: str) -> dict:
     target = nobn[-1]["test_acc"]
     summary = {
         "dataset": dataset_note,
-        "protocol": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "momentum": args.momentum, "init_std": args.init_std,
+        "protocol": {"steps": args.steps, "batch_size": args.batch_size,
+                     "lr": results["bn"].get("lr", args.lr),
+                     "momentum": results["bn"].get("momentum", args.momentum),
+                     "init_std": args.init_std,
                      "seed": args.seed, "binarize": args.binarize,
                      "bn_eval": args.bn_eval},
         "networks": {},
@@ -177,7 +196,7 @@ def format_summary(s: dict) -> str:
                  f"{reach if reach is not None else 'never'}")
     lines.append(f"BN network ahead at {s['evaluations_bn_ahead']} of {s['evaluations']} "
                  f"evaluations")
-    for key, net in s["networks"].items():
+    for net in s["networks"].values():
         m0, m1 = net["sigmoid_in_median_first_last"]
         w0, w1 = net["sigmoid_in_spread_first_last"]
         lines.append(f"sigmoid input {net['label']}: median {m0:+.3f} -> {m1:+.3f}, "
@@ -275,19 +294,29 @@ def plot(results: dict, path: Path, title: str, bands: dict | None = None) -> bo
 
 def check_arguments(args, command: str) -> None:
     """Every numeric option, before any data loads: one clear line per mistake."""
+    import math
+
+    from ..errors import UsageError
     minimum = {"steps": 1, "batch_size": 1, "eval_every": 1, "bn_stats_batches": 1,
                "checkpoint_every": 0, "seeds": 1, "unit": 0}
     for name, low in minimum.items():
         value = getattr(args, name, None)
         if value is not None and value < low:
-            raise SystemExit(f"minidl {command}: --{name.replace('_', '-')} must be >= {low}, "
+            raise UsageError(f"minidl {command}: --{name.replace('_', '-')} must be >= {low}, "
                              f"got {value}")
     for name in ("lr", "momentum"):
         value = getattr(args, name, None)
-        if value is not None and not value >= 0:
-            raise SystemExit(f"minidl {command}: --{name} must be >= 0, got {value}")
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise UsageError(f"minidl {command}: --{name} must be >= 0, got {value}")
+    if getattr(args, "init_std", None) is not None and not (
+            args.init_std >= 0 and math.isfinite(args.init_std)):
+        raise UsageError(f"minidl {command}: --init-std must be a finite number >= 0, "
+                         f"got {args.init_std}")
+    if getattr(args, "unit", None) is not None and args.unit >= 100:
+        raise UsageError(f"minidl {command}: --unit must be < 100 (the last hidden layer "
+                         f"has 100 sigmoids), got {args.unit}")
     if getattr(args, "threads", None) is not None and args.threads < 1:
-        raise SystemExit(f"minidl {command}: --threads must be >= 1, got {args.threads}")
+        raise UsageError(f"minidl {command}: --threads must be >= 1, got {args.threads}")
     check_device(args, command)
 
 
@@ -296,23 +325,28 @@ def check_device(args, command: str) -> None:
     if getattr(args, "device", "cpu") == "cuda":
         from .. import cuda
         if not cuda.is_available():
-            raise SystemExit(f"minidl {command}: --device cuda: CUDA is not available: "
+            from ..errors import UsageError
+            raise UsageError(f"minidl {command}: --device cuda: CUDA is not available: "
                              f"{cuda.unavailable_reason()}")
 
 
 def run(args) -> dict:
+    from ..distributed.launch import on_main
     from .run_dir import claim
     check_arguments(args, "figure1")
-    lock = claim(args.out, args.resume, args.overwrite, "figure1")
+    lock = on_main(lambda: claim(args.out, args.resume, args.overwrite, "figure1"))
     try:
         return run_seeds(args) if getattr(args, "seeds", 1) > 1 else run_one(args)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def run_seeds(args) -> dict:
     """`run_one` per seed (in out/seed-K), then the median and range over seeds."""
     import copy
+
+    from ..distributed.launch import is_main
     out = Path(args.out)
     summaries, histories = [], []
     for k in range(args.seeds):
@@ -331,6 +365,8 @@ def run_seeds(args) -> dict:
         steps = [r["step"] for r in histories[0][key]]
         acc = np.array([[r["test_acc"] for r in h[key]] for h in histories])
         bands[key] = (steps, acc.min(0), np.median(acc, 0), acc.max(0))
+    if not is_main():
+        return agg
     first = {key: {"history": histories[0][key]} for key, _, _ in NETWORKS}
     plot(first, out / "figure1.png", f"BN paper Figure 1 on {dataset}: {args.seeds} seeds "
          f"(panel a: median and range; b, c: seed {args.seed})", bands=bands)
@@ -349,9 +385,12 @@ def run_one(args) -> dict:
     if args.threads:
         from ..backend import set_num_threads
         set_num_threads(args.threads)
+    from ..distributed.launch import is_main, local_main_first
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train, test = load_data(args.dataset, args.data_root, args.binarize)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    train, test = local_main_first(lambda: load_data(args.dataset, args.data_root,
+                                                     args.binarize))
     dataset_note = ("MNIST" if args.dataset == "mnist" else "Fashion-MNIST") + \
         (" (binarized)" if args.binarize else "")
     t0 = time.perf_counter()
@@ -359,16 +398,24 @@ def run_one(args) -> dict:
     for key, bn, label in NETWORKS:
         trainer = make_trainer(bn, args, train, test, out / key, f"MLP {label}")
         results[key] = trainer.fit(args.steps, resume=args.resume)
+        group = trainer.optimizer.param_groups[0]
+        results[key].update(lr=group["lr"], momentum=group["momentum"])
         if results[key]["interrupted"]:
-            print(f"\ninterrupted: checkpoint saved in {out / key}; continue with --resume")
+            if is_main():
+                print(f"\ninterrupted: checkpoint saved in {out / key}; continue with "
+                      f"--resume")
             return {"interrupted": True}
     wall = time.perf_counter() - t0
     summary = summarize(results, args, dataset_note)
     summary["wall_seconds"] = wall
+    if not is_main():  # rank 0 writes and prints the results
+        summary["histories"] = {key: results[key]["history"] for key, _, _ in NETWORKS}
+        return summary
     write_csv(results, out / "figure1.csv")
     drew = plot(results, out / "figure1.png",
                 f"BN paper Figure 1 on {dataset_note}: {args.steps} steps, batch "
-                f"{args.batch_size}, SGD lr {args.lr}, momentum {args.momentum}")
+                f"{args.batch_size}, SGD lr {summary['protocol']['lr']}, momentum "
+                f"{summary['protocol']['momentum']}")
     text = format_summary(summary) + f"wall time {wall:.1f} s\n"
     (out / "summary.txt").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

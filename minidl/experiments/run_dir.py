@@ -40,8 +40,9 @@ class RunDirLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise RunDirError(f"minidl {command}: {self.path.parent} is in use by another run "
-                              f"(locked: {self.path}); wait for it or choose another --out")
+            raise RunDirError(
+                f"minidl {command}: {self.path.parent} is in use by another run (locked: "
+                f"{self.path}); wait for it or choose another --out") from None
         self._fd = fd
         return self
 
@@ -53,8 +54,12 @@ class RunDirLock:
 
 def claim(out, resume: bool, overwrite: bool, command: str) -> RunDirLock:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        from ..errors import UsageError
+        raise UsageError(f"minidl {command}: --out {out} is a file, not a folder")
     if resume and overwrite:
-        raise RunDirError(f"minidl {command}: --resume and --overwrite contradict each other")
+        from ..errors import UsageError
+        raise UsageError(f"minidl {command}: --resume and --overwrite contradict each other")
     out.mkdir(parents=True, exist_ok=True)
     lock = RunDirLock(out / ".lock").acquire(command)
     if not resume and not overwrite and holds_a_run(out):

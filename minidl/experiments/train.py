@@ -17,21 +17,25 @@ def add_train_arguments(p) -> None:
 
 
 def run(args) -> dict:
+    from ..distributed.launch import on_main
     from .figure1 import check_arguments
     from .run_dir import claim
     check_arguments(args, "train")
-    lock = claim(args.out, args.resume, args.overwrite, "train")
+    lock = on_main(lambda: claim(args.out, args.resume, args.overwrite, "train"))
     try:
         return _run(args)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _run(args) -> dict:
     if args.threads:
         from ..backend import set_num_threads
         set_num_threads(args.threads)
-    train, test = load_data(args.dataset, args.data_root, args.binarize)
+    from ..distributed.launch import is_main, local_main_first
+    train, test = local_main_first(lambda: load_data(args.dataset, args.data_root,
+                                                     args.binarize))
     out = Path(args.out)
     trainer = make_trainer(args.bn, args, train, test, out,
                            f"MLP {'with' if args.bn else 'without'} BN")
@@ -41,6 +45,8 @@ def _run(args) -> dict:
               "final_test_acc": last.get("test_acc"), "bn_eval": last.get("bn_eval"),
               "steps_per_second": result["steps_per_second"],
               "train_seconds": result["train_seconds"]}
+    if not is_main():
+        return report
     print(json.dumps(report, indent=2))
     if result["interrupted"]:
         print(f"interrupted: checkpoint saved in {out}; continue with --resume")

@@ -13,9 +13,12 @@ live in `minidl.nn`. Each op sits next to its backward in one of these files:
     normalization.py batch_norm                 (backend kernels: kernels/*/batchnorm.py)
     pooling.py     max_pool2d avg_pool2d adaptive_avg_pool2d  (kernels/*/pooling.py)
 
-This module also binds the operators and methods of `Tensor` to these functions.
+Tensor's operators and methods (`a + b`, `x.sum()`) are declared in minidl/tensor.py
+and call these functions through the module reference bound at the end of this file.
 """
-from ..tensor import Tensor
+import sys as _sys
+
+from .. import tensor as _tensor_module
 from ._util import ShapeError
 from .conv import conv2d
 from .dropout import dropout
@@ -28,26 +31,8 @@ from .math import (abs, add, cast, clip, div, eq, exp, ge, gt, le, log, lt, maxi
                    mul, ne, neg, pow, sqrt, sub, where)
 from .reduction import argmax, max, mean, min, sum, var
 from .shape import (cat, concatenate, flatten, getitem, pad, permute, reshape, squeeze, stack,
-                    transpose, unsqueeze)
+                    to_memory_format, transpose, unsqueeze)
 
 
-def _swap(f):
-    return lambda a, b: f(b, a)
-
-
-_METHODS = {
-    "__add__": add, "__radd__": _swap(add), "__sub__": sub, "__rsub__": _swap(sub),
-    "__mul__": mul, "__rmul__": _swap(mul), "__truediv__": div, "__rtruediv__": _swap(div),
-    "__pow__": pow, "__rpow__": _swap(pow), "__matmul__": matmul, "__rmatmul__": _swap(matmul),
-    "__neg__": neg, "__abs__": abs, "__getitem__": getitem,
-    "__eq__": eq, "__ne__": ne, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
-    "exp": exp, "log": log, "sqrt": sqrt, "abs": abs, "clip": clip, "clamp": clip,
-    "sum": sum, "mean": mean, "var": var, "max": max, "min": min, "argmax": argmax,
-    "reshape": reshape, "view": reshape, "flatten": flatten, "permute": permute,
-    "transpose": transpose, "squeeze": squeeze, "unsqueeze": unsqueeze,
-    "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "softmax": softmax,
-    "log_softmax": log_softmax, "matmul": matmul, "maximum": maximum, "pow": pow,
-}
-for _name, _fn in _METHODS.items():
-    setattr(Tensor, _name, _fn)
-Tensor.T = property(lambda self: transpose(self, -2, -1) if self.ndim >= 2 else self)
+# Tensor's operators and methods (declared in minidl/tensor.py) call these functions.
+_tensor_module.F = _sys.modules[__name__]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import layout as mf
 from ._util import ShapeError
 
 
@@ -18,6 +19,26 @@ def pair(v, name: str, op: str) -> tuple:
 
 def contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def dense(a: np.ndarray):
+    """(array, restore): `a` as a C-contiguous array in its own memory order (the NHWC
+    view of a channels_last tensor, else `a` in C order), and the function that lays a
+    kernel result of that shape out like `a` again. Elementwise kernels run through it on
+    either format without a conversion."""
+    if mf.is_channels_last(a):
+        return mf.nhwc(a), mf.from_nhwc
+    return contiguous(a), _same
+
+
+def dense_like(g: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """`g` (shaped like `template`) as the C-contiguous array dense(template) would give:
+    a gradient in another format than its forward's output is converted here, once."""
+    return mf.nhwc(g) if mf.is_channels_last(template) else contiguous(g)
 
 
 def check_float(op: str, **arrays) -> np.dtype:

@@ -35,10 +35,10 @@ def asarray(x, dtype=None):
 
 
 def lift_pair(a, b):
-    if not isinstance(a, Tensor):
-        b = lift(b)
-        return lift(a, b), b
-    return a, lift(b, a)
+    """Both operands as Tensors of one dtype, chosen by PyTorch's promotion rules
+    (see _promotion.py: float32 with int64 stays float32)."""
+    from ._promotion import promote_pair
+    return promote_pair(a, b, lift)
 
 
 def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:

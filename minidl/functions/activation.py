@@ -1,11 +1,10 @@
 """Activations. Each backward is written in terms of the forward's output (relu' = [y > 0],
 sigmoid' = y(1-y), tanh' = 1-y^2), so only the output is saved. The backwards of relu,
 sigmoid and tanh run as the backend's fused `act_backward` kernel: one pass instead of
-NumPy's two or three temporaries (measured 1.6-2.4x faster from (60, 100) to
-(64, 32, 28, 28)). So do the forwards of relu and sigmoid on float arrays (the kernel
-`bias_act_forward` without a bias): on 2 Zen 4 cores 1.0-2.2x faster than np.maximum
-and 1.7-4x faster than scipy's expit, from (60, 100) to (64, 64, 28, 28); np.tanh is
-vectorized in NumPy itself and 2.5-4x faster than the kernel, so it stays."""
+NumPy's two or three temporaries. So do the forwards of relu and sigmoid on float arrays
+(the kernel `bias_act_forward` without a bias), which beat np.maximum and scipy's expit;
+np.tanh is vectorized in NumPy itself and beats the kernel, so it stays (numbers:
+benchmarks/DESIGN.md, activation.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,20 +13,23 @@ from scipy.special import expit
 from ..autograd import record
 from ..backend import backend_for
 from ..tensor import Tensor
-from ._kernel_args import contiguous
+from ._kernel_args import dense, dense_like
 from ._util import lift
 
 
 def _act_backward(a, out, act):
-    def backward(g):
-        return (backend_for(a).act_backward(contiguous(g), out, act),)
+    def backward(g, needs):
+        y, restore = dense(out)
+        return (restore(backend_for(a).act_backward(dense_like(g, out), y, act)),)
     return backward
 
 
 def _forward(a, act, numpy_fn):
-    """act(a.data): the backend's kernel for the float dtypes it takes, else numpy_fn."""
+    """act(a.data): the backend's kernel for the float dtypes it takes, else numpy_fn.
+    The kernel runs over the array's memory in order, so the output keeps its format."""
     if a.data.dtype in (np.float32, np.float64):
-        return backend_for(a).bias_act_forward(contiguous(a.data), None, act)
+        x, restore = dense(a.data)
+        return restore(backend_for(a).bias_act_forward(x, None, act))
     return numpy_fn(a.data)
 
 
@@ -59,7 +61,7 @@ def softmax(a, axis=-1, *, dim=None) -> Tensor:
     axis = axis if dim is None else dim
     out = np.exp(_log_softmax(a.data, axis))
 
-    def backward(g):
+    def backward(g, needs):
         return (out * (g - (g * out).sum(axis=axis, keepdims=True)),)
     return record(out, (a,), backward, "Softmax")
 
@@ -69,6 +71,6 @@ def log_softmax(a, axis=-1, *, dim=None) -> Tensor:
     axis = axis if dim is None else dim
     out = _log_softmax(a.data, axis)
 
-    def backward(g):
+    def backward(g, needs):
         return (g - np.exp(out) * g.sum(axis=axis, keepdims=True),)
     return record(out, (a,), backward, "LogSoftmax")

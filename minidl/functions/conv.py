@@ -2,6 +2,7 @@
 backward-weight, backward-bias)."""
 from __future__ import annotations
 
+from .. import layout as mf
 from ..autograd import record
 from ..backend import backend_for
 from ..tensor import Tensor
@@ -40,19 +41,62 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     check_float(op, input=x.data, weight=weight.data, bias=None if bias is None else bias.data)
 
     K = backend_for(x, weight)
-    xd, wd = contiguous(x.data), contiguous(weight.data)
-    out = K.conv2d_forward(xd, wd, None if bias is None else bias.data, stride, padding,
-                           dilation, groups)
     parents = (x, weight) if bias is None else (x, weight, bias)
+    b = None if bias is None else bias.data
+    if mf.is_channels_last(x.data) or mf.is_channels_last(weight.data):
+        return _conv2d_channels_last(K, x, weight, b, parents, stride, padding, dilation, groups)
+    xd, wd = contiguous(x.data), contiguous(weight.data)
+    out = K.conv2d_forward(xd, wd, b, stride, padding, dilation, groups)
 
-    def backward(g):
+    def backward(g, needs):
         g = contiguous(g)
         # A first layer's input needs no gradient: skip the most expensive kernel.
         gx = (K.conv2d_backward_input(g, wd, x.shape, stride, padding, dilation, groups)
-              if x.requires_grad else None)
+              if needs[0] else None)
         gw = (K.conv2d_backward_weight(g, xd, weight.shape, stride, padding, dilation, groups)
-              if weight.requires_grad else None)
+              if needs[1] else None)
         if bias is None:
             return gx, gw
-        return gx, gw, (K.conv2d_backward_bias(g) if bias.requires_grad else None)
+        return gx, gw, (K.conv2d_backward_bias(g) if needs[2] else None)
+    return record(out, parents, backward, "Conv2d")
+
+
+def _conv2d_channels_last(K, x, weight, b, parents, stride, padding, dilation, groups):
+    """conv2d with a channels_last output (input or weight channels_last): the NHWC
+    kernels read the input's memory as it is and write the output's, no conversion.
+    Weights are handed over in (K, C, R, S) order (the kernels pack them anyway). Grouped
+    convolutions have no NHWC kernels: they run in NCHW and convert."""
+    n, c, h, w = x.shape
+    wd = mf.convert(weight.data, mf.contiguous_format)
+    w_format = mf.format_of(weight.data)
+    x_format = mf.format_of(x.data)
+    if groups != 1:
+        xd = contiguous(mf.convert(x.data, mf.contiguous_format))
+        out = mf.convert(K.conv2d_forward(xd, wd, b, stride, padding, dilation, groups),
+                         mf.channels_last)
+
+        def backward(g, needs):
+            g = mf.convert(g, mf.contiguous_format)
+            gx = (mf.convert(K.conv2d_backward_input(g, wd, x.shape, stride, padding,
+                                                     dilation, groups), x_format)
+                  if needs[0] else None)
+            gw = (mf.convert(K.conv2d_backward_weight(g, xd, weight.shape, stride, padding,
+                                                      dilation, groups), w_format)
+                  if needs[1] else None)
+            gb = K.conv2d_backward_bias(g) if len(needs) > 2 and needs[2] else None
+            return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+        return record(out, parents, backward, "Conv2d")
+
+    xd = mf.nhwc(x.data)  # a view for a channels_last x, else one conversion
+    out = mf.from_nhwc(K.conv2d_forward_nhwc(xd, wd, b, stride, padding, dilation))
+
+    def backward(g, needs):
+        g = mf.nhwc(g)
+        gx = (mf.convert(mf.from_nhwc(K.conv2d_backward_input_nhwc(
+            g, wd, (n, h, w, c), stride, padding, dilation)), x_format) if needs[0] else None)
+        gw = (mf.convert(K.conv2d_backward_weight_nhwc(g, xd, weight.shape, stride, padding,
+                                                       dilation), w_format)
+              if needs[1] else None)
+        gb = K.conv2d_backward_bias_nhwc(g) if len(needs) > 2 and needs[2] else None
+        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
     return record(out, parents, backward, "Conv2d")

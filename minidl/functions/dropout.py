@@ -22,4 +22,4 @@ def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
     if x.device != "cpu":  # the same random numbers as on the CPU, moved to x's device
         from ..cuda import to_device_array
         mask = to_device_array(mask, x.device)
-    return record(x.data * mask, (x,), lambda g: (g * mask,), "Dropout")
+    return record(x.data * mask, (x,), lambda g, needs: (g * mask,), "Dropout")

@@ -25,7 +25,7 @@ def matmul(a, b) -> Tensor:
         raise ShapeError(f"matmul: batch dimensions of {a.shape} and {b.shape} cannot be "
                          f"broadcast together") from None
 
-    def backward(g):
+    def backward(g, needs):
         # Promote 1-D operands to matrices, so one rule covers every case.
         A = a.data[None, :] if a.ndim == 1 else a.data
         B = b.data[:, None] if b.ndim == 1 else b.data
@@ -35,9 +35,9 @@ def matmul(a, b) -> Tensor:
         if a.ndim == 1:
             G = np.expand_dims(G, -2)
         ga = gb = None
-        if a.requires_grad:
+        if needs[0]:
             ga = unbroadcast(G @ np.swapaxes(B, -1, -2), A.shape).reshape(a.shape)
-        if b.requires_grad:
+        if needs[1]:
             gb = unbroadcast(np.swapaxes(A, -1, -2) @ G, B.shape).reshape(b.shape)
         return ga, gb
     return record(out, (a, b), backward, "Matmul")
@@ -56,11 +56,11 @@ def linear(x, weight, bias=None) -> Tensor:
         out += bias.data
     parents = (x, weight) if bias is None else (x, weight, bias)
 
-    def backward(g):
+    def backward(g, needs):
         g2 = g.reshape(-1, g.shape[-1])
-        gx = (g @ weight.data) if x.requires_grad else None
-        gw = (g2.T @ x.data.reshape(-1, x.shape[-1])) if weight.requires_grad else None
+        gx = (g @ weight.data) if needs[0] else None
+        gw = (g2.T @ x.data.reshape(-1, x.shape[-1])) if needs[1] else None
         if bias is None:
             return gx, gw
-        return gx, gw, (g2.sum(axis=0) if bias.requires_grad else None)
+        return gx, gw, (g2.sum(axis=0) if needs[2] else None)
     return record(out, parents, backward, "Linear")

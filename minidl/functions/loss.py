@@ -40,7 +40,7 @@ def cross_entropy(logits, target, reduction: str = "mean") -> Tensor:
     out = losses.mean() if reduction == "mean" else losses.sum() if reduction == "sum" else losses
     out = np.asarray(out, dtype=logits.dtype)
 
-    def backward(g):
+    def backward(g, needs):
         grad = np.exp(logp)
         grad[rows, t] -= 1
         if reduction == "none":
@@ -65,7 +65,7 @@ def _cross_entropy_device(logits, target, reduction):
     out = losses.mean() if reduction == "mean" else losses.sum() if reduction == "sum" \
         else losses
 
-    def backward(g):
+    def backward(g, needs):
         if reduction == "none":
             return (K.cross_entropy_backward(logp, t, g, True, 1.0),)
         return (K.cross_entropy_backward(logp, t, g, False,
@@ -85,7 +85,7 @@ def mse_loss(input, target, reduction: str = "mean") -> Tensor:  # noqa: A002
                   else sq, dtype=a.dtype)
     scale = 2 / diff.size if reduction == "mean" else 2
 
-    def backward(g):
+    def backward(g, needs):
         gd = (g * scale) * diff
-        return gd, -gd
+        return gd, (-gd if needs[1] else None)
     return record(out, (a, b), backward, "MseLoss")

@@ -21,7 +21,7 @@ def add(a, b) -> Tensor:
     a, b, out = _binary("add", np.add, a, b)
     sa, sb = a.shape, b.shape
 
-    def backward(g):
+    def backward(g, needs):
         return unbroadcast(g, sa), unbroadcast(g, sb)
     return record(out, (a, b), backward, "Add")
 
@@ -30,7 +30,7 @@ def sub(a, b) -> Tensor:
     a, b, out = _binary("sub", np.subtract, a, b)
     sa, sb = a.shape, b.shape
 
-    def backward(g):
+    def backward(g, needs):
         return unbroadcast(g, sa), unbroadcast(-g, sb)
     return record(out, (a, b), backward, "Sub")
 
@@ -38,36 +38,40 @@ def sub(a, b) -> Tensor:
 def mul(a, b) -> Tensor:
     a, b, out = _binary("mul", np.multiply, a, b)
 
-    def backward(g):
-        return (unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
-                unbroadcast(g * a.data, b.shape) if b.requires_grad else None)
+    def backward(g, needs):
+        return (unbroadcast(g * b.data, a.shape) if needs[0] else None,
+                unbroadcast(g * a.data, b.shape) if needs[1] else None)
     return record(out, (a, b), backward, "Mul")
 
 
 def div(a, b) -> Tensor:
+    """True division; integer or bool operands give float32 (PyTorch's default dtype)."""
+    a, b = lift_pair(a, b)
+    if a.dtype.kind in "biu":
+        a, b = cast(a, np.float32), cast(b, np.float32)
     a, b, out = _binary("div", np.divide, a, b)
 
-    def backward(g):
+    def backward(g, needs):
         ga = g / b.data
-        gb = -ga * out if b.requires_grad else None  # d(a/b)/db = -(a/b)/b
-        return (unbroadcast(ga, a.shape) if a.requires_grad else None,
+        gb = -ga * out if needs[1] else None  # d(a/b)/db = -(a/b)/b
+        return (unbroadcast(ga, a.shape) if needs[0] else None,
                 None if gb is None else unbroadcast(gb, b.shape))
     return record(out, (a, b), backward, "Div")
 
 
 def neg(a) -> Tensor:
     a = lift(a)
-    return record(-a.data, (a,), lambda g: (-g,), "Neg")
+    return record(-a.data, (a,), lambda g, needs: (-g,), "Neg")
 
 
 def pow(a, b) -> Tensor:  # noqa: A001 - the op's name
     a, b, out = _binary("pow", np.power, a, b)
 
-    def backward(g):
+    def backward(g, needs):
         ga = gb = None
-        if a.requires_grad:
+        if needs[0]:
             ga = unbroadcast(g * b.data * np.power(a.data, b.data - 1), a.shape)
-        if b.requires_grad:
+        if needs[1]:
             # d(a^b)/db = a^b log a; defined as 0 where a^b is 0 (0^b, b > 0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 logs = np.where(out != 0, np.log(np.where(a.data > 0, a.data, 1)), 0)
@@ -79,33 +83,34 @@ def pow(a, b) -> Tensor:  # noqa: A001 - the op's name
 def exp(a) -> Tensor:
     a = lift(a)
     out = np.exp(a.data)
-    return record(out, (a,), lambda g: (g * out,), "Exp")
+    return record(out, (a,), lambda g, needs: (g * out,), "Exp")
 
 
 def log(a) -> Tensor:
     a = lift(a)
-    return record(np.log(a.data), (a,), lambda g: (g / a.data,), "Log")
+    return record(np.log(a.data), (a,), lambda g, needs: (g / a.data,), "Log")
 
 
 def sqrt(a) -> Tensor:
     a = lift(a)
     out = np.sqrt(a.data)
-    return record(out, (a,), lambda g: (g / (2 * out),), "Sqrt")
+    return record(out, (a,), lambda g, needs: (g / (2 * out),), "Sqrt")
 
 
 def abs(a) -> Tensor:  # noqa: A001
     a = lift(a)
-    return record(np.abs(a.data), (a,), lambda g: (g * np.sign(a.data),), "Abs")
+    return record(np.abs(a.data), (a,), lambda g, needs: (g * np.sign(a.data),), "Abs")
 
 
 def maximum(a, b) -> Tensor:
     """Elementwise max; on ties the gradient is split evenly, as in PyTorch."""
     a, b, out = _binary("maximum", np.maximum, a, b)
 
-    def backward(g):
+    def backward(g, needs):
         wa = (a.data > b.data) + 0.5 * (a.data == b.data)
-        return (unbroadcast(g * wa, a.shape).astype(a.dtype, copy=False),
-                unbroadcast(g * (1 - wa), b.shape).astype(b.dtype, copy=False))
+        return (unbroadcast(g * wa, a.shape).astype(a.dtype, copy=False) if needs[0] else None,
+                unbroadcast(g * (1 - wa), b.shape).astype(b.dtype, copy=False) if needs[1]
+                else None)
     return record(out, (a, b), backward, "Maximum")
 
 
@@ -126,10 +131,10 @@ def where(cond, a, b) -> Tensor:
     except ValueError:
         raise broadcast_error("where", a, b) from None
 
-    def backward(g):
+    def backward(g, needs):
         zero = np.zeros((), g.dtype)
-        return (unbroadcast(np.where(cond, g, zero), a.shape),
-                unbroadcast(np.where(cond, zero, g), b.shape))
+        return (unbroadcast(np.where(cond, g, zero), a.shape) if needs[0] else None,
+                unbroadcast(np.where(cond, zero, g), b.shape) if needs[1] else None)
     return record(out, (a, b), backward, "Where")
 
 
@@ -137,7 +142,7 @@ def clip(a, lo=None, hi=None) -> Tensor:
     a = lift(a)
     out = np.clip(a.data, lo, hi)
 
-    def backward(g):
+    def backward(g, needs):
         inside = np.ones_like(a.data, dtype=bool)  # on a's device
         if lo is not None:
             inside &= a.data >= lo
@@ -153,7 +158,7 @@ def cast(a, dtype) -> Tensor:
     if a.dtype == dtype:
         return a
     src = a.dtype
-    return record(a.data.astype(dtype), (a,), lambda g: (g.astype(src),), "Cast")
+    return record(a.data.astype(dtype), (a,), lambda g, needs: (g.astype(src),), "Cast")
 
 
 # Comparisons return plain (non-differentiable) boolean tensors.

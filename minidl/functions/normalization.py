@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import layout as mf
 from ..autograd import no_grad, record
 from ..backend import backend_for
 from ..tensor import Tensor
-from ._kernel_args import check_float, contiguous
+from ._kernel_args import _same, check_float, contiguous
 from ._util import ShapeError
 
 
@@ -49,11 +50,24 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
                          f"input of shape {x.shape}")
 
     K = backend_for(x)
-    xd = contiguous(x.data)
+    if x.ndim == 4 and mf.is_channels_last(x.data):
+        # channels_last: the NHWC memory is an (N*H*W, C) matrix, normalized per column:
+        # the kernels' (N, C) path, which keeps the channels in vector lanes.
+        n, _, h, w = x.shape
+
+        def to_kernel(a):
+            return mf.nhwc(a).reshape(n * h * w, c)
+
+        def from_kernel(a):
+            return mf.from_nhwc(a.reshape(n, h, w, c))
+    else:
+        to_kernel, from_kernel = contiguous, _same
+    xd = to_kernel(x.data)
     gamma = weight.data if weight is not None else np.ones(c, dtype)
     beta = bias.data if bias is not None else np.zeros(c, dtype)
     if use_batch_stats:
         out, mean, var = K.batch_norm_train_forward(xd, gamma, beta, eps)
+        out = from_kernel(out)
         if training and running_mean is not None and running_var is not None:
             _update_running_stats(running_mean, running_var, mean, var, m, momentum)
 
@@ -62,16 +76,18 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     else:
         rm = running_mean.data.astype(dtype, copy=False)
         rv = running_var.data.astype(dtype, copy=False)
-        out = K.batch_norm_eval_forward(xd, gamma, beta, rm, rv, eps)
+        out = from_kernel(K.batch_norm_eval_forward(xd, gamma, beta, rm, rv, eps))
 
         def grads(g):
             return K.batch_norm_eval_backward(g, xd, gamma, rm, rv, eps)
 
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
-    def backward(g):
-        dx, dgamma, dbeta = grads(contiguous(g))
-        out_grads = [dx]
+    def backward(g, needs):
+        # One kernel pass gives all three: dgamma and dbeta are the per-channel sums
+        # that dx is built from anyway.
+        dx, dgamma, dbeta = grads(to_kernel(g))
+        out_grads = [from_kernel(dx)]
         if weight is not None:
             out_grads.append(dgamma)
         if bias is not None:

@@ -1,6 +1,9 @@
 """Pooling ops as tape nodes over the backend's kernels."""
 from __future__ import annotations
 
+import numpy as np
+
+from .. import layout as mf
 from ..autograd import record
 from ..backend import backend_for
 from ..tensor import Tensor
@@ -30,10 +33,19 @@ def _pool_args(op, x, kernel_size, stride, padding):
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode=False) -> Tensor:
     k, s, p = _pool_args("max_pool2d", x, kernel_size, stride, padding)
     K = backend_for(x)
-    out, argmax = K.max_pool2d_forward(contiguous(x.data), k, s, p, bool(ceil_mode))
     shape = x.shape
+    if mf.is_channels_last(x.data):  # channels in vector lanes, output channels_last too
+        n, c, h, w = shape
+        y, argmax = K.max_pool2d_forward_nhwc(mf.nhwc(x.data), k, s, p, bool(ceil_mode))
 
-    def backward(g):
+        def backward(g, needs):
+            return (mf.from_nhwc(K.max_pool2d_backward_nhwc(mf.nhwc(g), argmax,
+                                                            (n, h, w, c))),)
+        return record(mf.from_nhwc(y), (x,), backward, "MaxPool2d")
+
+    out, argmax = K.max_pool2d_forward(contiguous(x.data), k, s, p, bool(ceil_mode))
+
+    def backward(g, needs):
         return (K.max_pool2d_backward(contiguous(g), argmax, shape),)
     return record(out, (x,), backward, "MaxPool2d")
 
@@ -43,10 +55,18 @@ def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode=False,
     k, s, p = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
     K = backend_for(x)
     args = (k, s, p, bool(ceil_mode), bool(count_include_pad))
-    out = K.avg_pool2d_forward(contiguous(x.data), *args)
     shape = x.shape
+    if mf.is_channels_last(x.data):
+        n, c, h, w = shape
+        out = mf.from_nhwc(K.avg_pool2d_forward_nhwc(mf.nhwc(x.data), *args))
 
-    def backward(g):
+        def backward(g, needs):
+            return (mf.from_nhwc(K.avg_pool2d_backward_nhwc(mf.nhwc(g), (n, h, w, c), *args)),)
+        return record(out, (x,), backward, "AvgPool2d")
+
+    out = K.avg_pool2d_forward(contiguous(x.data), *args)
+
+    def backward(g, needs):
         return (K.avg_pool2d_backward(contiguous(g), shape, *args),)
     return record(out, (x,), backward, "AvgPool2d")
 
@@ -57,10 +77,20 @@ def adaptive_avg_pool2d(x: Tensor, output_size=1) -> Tensor:
     if pair(output_size, "output_size", "adaptive_avg_pool2d") != (1, 1):
         raise NotImplementedError("adaptive_avg_pool2d: only output_size=1 is supported")
     K = backend_for(x)
-    n, c = x.shape[:2]
+    n, c, h, w = x.shape
+    if mf.is_channels_last(x.data):
+        y = K.global_avg_pool2d_forward_nhwc(mf.nhwc(x.data))
+        # (N, C, 1, 1) with channels_last strides, as PyTorch gives
+        out = mf.from_nhwc(y.reshape(n, 1, 1, c))
+
+        def backward(g, needs):
+            return (mf.from_nhwc(K.global_avg_pool2d_backward_nhwc(
+                np.ascontiguousarray(g.reshape(n, c)), (n, h, w, c))),)
+        return record(out, (x,), backward, "AdaptiveAvgPool2d")
+
     out = K.global_avg_pool2d_forward(contiguous(x.data)).reshape(n, c, 1, 1)
     shape = x.shape
 
-    def backward(g):
+    def backward(g, needs):
         return (K.global_avg_pool2d_backward(contiguous(g.reshape(n, c)), shape),)
     return record(out, (x,), backward, "AdaptiveAvgPool2d")

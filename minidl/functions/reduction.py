@@ -24,9 +24,9 @@ def sum(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:  # n
     axes = normalize_axis(axis, a.ndim, "sum")
     out = asarray(a.data.sum(axis=axes, keepdims=keepdims))
     if len(axes) == a.ndim:  # a full reduction (the usual loss.sum()): g broadcasts as is
-        return record(out, (a,), lambda g: (np.broadcast_to(g, a.shape),), "Sum")
+        return record(out, (a,), lambda g, needs: (np.broadcast_to(g, a.shape),), "Sum")
 
-    def backward(g):
+    def backward(g, needs):
         return (np.broadcast_to(_expand(g, a.shape, axes, keepdims), a.shape),)
     return record(out, (a,), backward, "Sum")
 
@@ -38,7 +38,7 @@ def mean(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:
     out = asarray(a.data.mean(axis=axes, keepdims=keepdims))
     n = int(np.prod([a.shape[i] for i in axes])) if axes else 1
 
-    def backward(g):
+    def backward(g, needs):
         g = _expand(g, a.shape, axes, keepdims) / a.dtype.type(n)
         return (np.broadcast_to(g, a.shape),)
     return record(out, (a,), backward, "Mean")
@@ -59,7 +59,7 @@ def var(a, axis=None, keepdims=False, correction=1, *, dim=None, keepdim=None,
     with np.errstate(divide="ignore", invalid="ignore"):
         out = asarray((centered * centered).sum(axis=axes, keepdims=keepdims) / denom)
 
-    def backward(g):
+    def backward(g, needs):
         g = _expand(g, a.shape, axes, keepdims)
         return ((2 / denom) * g * centered,)
     return record(out, (a,), backward, "Var")
@@ -74,7 +74,7 @@ def max(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:  # n
     out_k = a.data.max(axis=axes, keepdims=True)
     out = out_k if keepdims else asarray(out_k.squeeze(axis=axes))
 
-    def backward(g):
+    def backward(g, needs):
         mask = a.data == out_k
         g = _expand(g, a.shape, axes, keepdims)
         return (mask * (g / mask.sum(axis=axes, keepdims=True).astype(g.dtype)),)

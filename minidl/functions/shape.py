@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import layout as mf
 from ..autograd import record
 from ..tensor import Tensor
 from ._util import ShapeError, asarray, lift, normalize_axis
@@ -18,7 +19,7 @@ def reshape(a, *shape) -> Tensor:
     except ValueError:
         raise ShapeError(f"reshape: cannot reshape a tensor of shape {a.shape} "
                          f"({a.data.size} elements) into {tuple(shape)}") from None
-    return record(out, (a,), lambda g: (g.reshape(a.shape),), "Reshape")
+    return record(out, (a,), lambda g, needs: (g.reshape(a.shape),), "Reshape")
 
 
 def flatten(a, start_dim=0, end_dim=-1) -> Tensor:
@@ -38,7 +39,7 @@ def permute(a, *dims) -> Tensor:
         raise ShapeError(f"permute: {dims} is not a permutation of the {a.ndim} dims of "
                          f"a tensor of shape {a.shape}")
     inverse = np.argsort([d % a.ndim for d in dims])
-    return record(a.data.transpose(dims), (a,), lambda g: (g.transpose(inverse),), "Permute")
+    return record(a.data.transpose(dims), (a,), lambda g, needs: (g.transpose(inverse),), "Permute")
 
 
 def transpose(a, dim0=-2, dim1=-1) -> Tensor:
@@ -97,7 +98,7 @@ def getitem(a, key) -> Tensor:
         out = out.copy() if isinstance(out, np.ndarray) or out.device != "cpu" \
             else np.asarray(out)
 
-    def backward(g):
+    def backward(g, needs):
         ga = np.zeros_like(a.data, dtype=g.dtype)  # on a's device
         if advanced:
             np.add.at(ga, key, g)  # repeated indices must add up, not overwrite
@@ -112,19 +113,39 @@ def concatenate(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ShapeError("concatenate: needs at least one tensor")
     try:
-        out = np.concatenate([t.data for t in tensors], axis=axis)
+        out = _concatenate([t.data for t in tensors], axis)
     except ValueError:
         shapes = ", ".join(str(t.shape) for t in tensors)
         raise ShapeError(f"concatenate: shapes {shapes} do not fit along axis {axis}") from None
     ax = axis % out.ndim
     bounds = np.cumsum([t.shape[ax] for t in tensors])[:-1]
 
-    def backward(g):
+    def backward(g, needs):
         return tuple(np.split(g, bounds, axis=ax))
     return record(out, tuple(tensors), backward, "Concatenate")
 
 
 cat = concatenate
+
+
+def _concatenate(arrays, axis):
+    """np.concatenate, keeping a channels_last layout when every input has it (NumPy
+    would return C order): the NHWC arrays are joined along their last axis instead."""
+    if arrays and arrays[0].ndim == 4 and all(mf.is_channels_last(a) for a in arrays):
+        nhwc_axis = (0, 3, 1, 2)[axis % 4]
+        return mf.from_nhwc(np.concatenate([mf.nhwc(a) for a in arrays], axis=nhwc_axis))
+    return np.concatenate(arrays, axis=axis)
+
+
+def to_memory_format(a, memory_format) -> Tensor:
+    """`a` laid out in `memory_format` (minidl.channels_last or minidl.contiguous_format);
+    `a` itself when it already is. The gradient goes back in `a`'s format."""
+    a = lift(a)
+    out = mf.convert(a.data, memory_format)
+    if out is a.data:
+        return a
+    src = mf.format_of(a.data)
+    return record(out, (a,), lambda g, needs: (mf.convert(g, src),), "ToMemoryFormat")
 
 
 def stack(tensors, axis=0) -> Tensor:
@@ -136,7 +157,7 @@ def stack(tensors, axis=0) -> Tensor:
     out = np.stack([t.data for t in tensors], axis=axis)
     ax = axis % out.ndim
 
-    def backward(g):
+    def backward(g, needs):
         return tuple(np.take(g, i, axis=ax) for i in range(len(tensors)))
     return record(out, tuple(tensors), backward, "Stack")
 
@@ -150,4 +171,4 @@ def pad(a, pad_width, value=0.0) -> Tensor:
         raise ShapeError(f"pad: negative widths {pad_width} (tensor of shape {a.shape})")
     out = np.pad(a.data, widths, mode="constant", constant_values=value)
     inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(widths, a.shape))
-    return record(out, (a,), lambda g: (g[inner],), "Pad")
+    return record(out, (a,), lambda g, needs: (g[inner],), "Pad")

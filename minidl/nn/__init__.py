@@ -7,7 +7,9 @@ from .modules import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Co
                       MaxPool2d, ModuleList, MSELoss, ReLU, Sequential, Sigmoid, Softmax, Tanh)
 from .parameter import Parameter
 
-__all__ = ["functional", "init", "Module", "RemovableHandle", "Parameter",
-           "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Concat", "Conv2d",
-           "CrossEntropyLoss", "Dropout", "Flatten", "MSELoss", "Identity", "Linear", "LogSoftmax", "MaxPool2d", "ModuleList",
-           "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh"]
+__all__ = [
+    "functional", "init", "Module", "RemovableHandle", "Parameter", "AdaptiveAvgPool2d",
+    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Concat", "Conv2d", "CrossEntropyLoss",
+    "Dropout", "Flatten", "MSELoss", "Identity", "Linear", "LogSoftmax", "MaxPool2d",
+    "ModuleList", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
+]

@@ -4,8 +4,9 @@ Assigning a Parameter, a Module or (via `register_buffer`) a Tensor as an attrib
 registers it in an ordered dict (`_parameters`, `_modules`, `_buffers`), which is what
 `parameters()`, `state_dict()`, `train()` and `to()` walk. Unlike PyTorch, each value is
 ALSO stored as a plain instance attribute, so `self.weight` in a forward pass is an
-ordinary attribute lookup rather than a trip through `__getattr__` (7 ns vs ~370 ns;
-forward passes read attributes a lot). `__setattr__`/`__delattr__` keep the two in step.
+ordinary attribute lookup rather than a much slower trip through `__getattr__`
+(forward passes read attributes a lot; numbers: benchmarks/DESIGN.md, module.py).
+`__setattr__`/`__delattr__` keep the two in step.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from .. import layout as _mf
 from ..tensor import Tensor
 from .parameter import Parameter
 
@@ -279,11 +281,20 @@ class Module:
         return self
 
     # ---- dtype -----------------------------------------------------------------
-    def to(self, target) -> "Module":
+    def to(self, target=None, *, memory_format=None) -> "Module":
         """`to(dtype)` converts floating parameters, their gradients and floating buffers
         in place: the Parameter objects stay the same (an optimizer built before still
-        holds them), only their arrays change. `to("cuda")` / `to("cpu")` move them the
-        same way (create the optimizer after the move, as in PyTorch)."""
+        holds them), only their arrays change. `to(memory_format=minidl.channels_last)`
+        lays out the 4-D parameters (convolution weights) channels-last, which makes a
+        convolution's output channels-last even for a one-channel input. `to("cuda")` /
+        `to("cpu")` move them the same way (create the optimizer after the move, as in
+        PyTorch)."""
+        if memory_format is not None:
+            for t in list(self.parameters()) + list(self.buffers()):
+                if t.data.ndim == 4:
+                    t.data = _mf.convert(t.data, memory_format)
+                    if t.grad is not None:
+                        t.grad = Tensor._wrap(_mf.convert(t.grad.data, memory_format))
         if isinstance(target, str) and target.partition(":")[0] in ("cpu", "cuda"):
             from ..cuda import canonical, to_device_array
             dev = canonical(target)
@@ -292,6 +303,8 @@ class Module:
                     t.data, t.device = to_device_array(t.data, dev), dev
                     if t.grad is not None:
                         t.grad = Tensor._wrap(to_device_array(t.grad.data, dev))
+            return self
+        if target is None:
             return self
         try:
             dtype = np.dtype(target)
@@ -341,22 +354,38 @@ class Module:
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy `state_dict` values into the existing arrays (in place, so optimizers
-        keep their references). Mis-shaped entries always raise; missing and unexpected
-        keys raise when `strict`. Returns (missing_keys, unexpected_keys)."""
+        keep their references). Mis-shaped entries and values that do not convert to
+        the entry's dtype always raise; missing and unexpected keys raise when `strict`.
+        Every entry is checked and converted before the first one is copied: a failed
+        load leaves the module as it was. Returns (missing_keys, unexpected_keys)."""
         own = OrderedDict(self._state_items())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
-        mis_shaped, values = [], []
+        mis_shaped, values, bad_values = [], [], []
         for name, t in own.items():
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            value = value.numpy() if isinstance(value, Tensor) else value
-            value = value.to_host() if hasattr(value, "to_host") else np.asarray(value)
+            try:
+                value = value.data if isinstance(value, Tensor) else value
+                value = value.to_host() if hasattr(value, "to_host") else np.asarray(value)
+            except (ValueError, TypeError) as e:
+                bad_values.append(f"{name!r} ({e})")
+                continue
             if value.shape != t.data.shape:
                 mis_shaped.append((name, t.data.shape, value.shape))
-            else:
-                values.append((t, value))
+                continue
+            target = t.data.dtype
+            if value.dtype.hasobject or (np.iscomplexobj(value)
+                                         and not np.issubdtype(target, np.complexfloating)):
+                bad_values.append(f"{name!r} (dtype {value.dtype} does not convert to "
+                                  f"{target})")
+                continue
+            try:
+                values.append((t, value.astype(target, copy=False)))
+            except (ValueError, TypeError) as e:
+                bad_values.append(f"{name!r} (dtype {value.dtype} does not convert to "
+                                  f"{target}: {e})")
         errors = []
         if strict and missing:
             errors.append("missing keys: " + ", ".join(repr(k) for k in missing))
@@ -365,6 +394,8 @@ class Module:
         if mis_shaped:
             errors.append("mis-shaped keys: " + ", ".join(
                 f"{k!r} (expected shape {exp}, got {got})" for k, exp, got in mis_shaped))
+        if bad_values:
+            errors.append("values that do not convert: " + ", ".join(bad_values))
         if errors:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n  "
                                + "\n  ".join(errors))

@@ -55,18 +55,29 @@ class DivergenceError(FloatingPointError):
 
 
 class _Forever:
-    """Batches from a DataLoader across epochs; its state is the loader's state."""
+    """Batches from a DataLoader across epochs; its state is the loader's state. A
+    sampler with `set_epoch` (DistributedSampler) is told each new epoch's number."""
 
     def __init__(self, loader):
         self.loader, self._it = loader, None
 
+    def _start(self):
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            st = self.loader.state_dict()
+            if not st["in_epoch"]:
+                sampler.set_epoch(st["epoch"])
+            elif st["position"] >= len(self.loader):  # saved right after an epoch's end
+                sampler.set_epoch(st["epoch"] + 1)
+        self._it = iter(self.loader)
+
     def next(self):
         if self._it is None:
-            self._it = iter(self.loader)
+            self._start()
         try:
             return next(self._it)
         except StopIteration:
-            self._it = iter(self.loader)
+            self._start()
             return next(self._it)
 
     def state_dict(self):
@@ -109,14 +120,29 @@ class Trainer:
     statistics over `bn_stats_batches` batches of `bn_stats_loader`), recorder
     percentiles, one JSON line appended to `out_dir/metrics.jsonl`. Every
     `checkpoint_every` steps (and at the end, and on Ctrl-C) an atomic checkpoint
-    `out_dir/checkpoint.npz`; `fit(..., resume=True)` continues from it exactly."""
+    `out_dir/checkpoint.npz`; `fit(..., resume=True)` continues from it exactly: the
+    logged `train_loss` of a resumed run averages over the whole logging window, steps
+    before the restart included, so its metrics equal an uninterrupted run's.
+
+    `resume_overrides`, e.g. {"lr": 0.001}: optimizer options the user gave anew for a
+    resumed run. A checkpoint restores the optimizer's options as saved; these are then
+    set in every parameter group, and each one that differs from the checkpoint's is
+    announced on stdout ("resuming with lr 0.001 (the checkpoint had 0.01)"). Options
+    not listed keep the checkpoint's values (the usual case: resume changes nothing).
+
+    In an initialized minidl.distributed group (model wrapped in DistributedDataParallel,
+    loader with a DistributedSampler) every rank runs the same loop: the reported loss
+    is the mean over the global batch, a stop request on any rank stops all at the same
+    step, only rank 0 writes metrics and checkpoints and shows the progress bar, and
+    resume loads rank 0's checkpoint and broadcasts it."""
 
     def __init__(self, model, optimizer, train_loader, *, eval_loader=None,
                  loss_fn=F.cross_entropy, eval_every: int = 1000,
                  checkpoint_every: int | None = 5000, out_dir=None, recorders=(),
                  bn_eval: str = "running", bn_stats_loader=None, bn_stats_batches: int = 50,
                  scheduler=None, progress: bool = True, progress_position: int | None = None,
-                 name: str = "train", device: str = "cpu"):
+                 name: str = "train", resume_overrides: dict | None = None,
+                 device: str = "cpu"):
         if bn_eval not in BN_EVAL_MODES:
             raise ValueError(f"Trainer: bn_eval must be one of {BN_EVAL_MODES}, got {bn_eval!r}")
         if bn_eval == "population" and bn_stats_loader is None:
@@ -137,6 +163,17 @@ class Trainer:
         self.history: list[dict] = []
         self.train_seconds = 0.0
         self._last_checkpoint = None  # (step, path) of the last checkpoint written or loaded
+        from ..distributed.group import current_group
+        self._group = current_group()
+        self.is_main = self._group.rank == 0
+        self.resume_overrides = dict(resume_overrides or {})
+        for key in self.resume_overrides:
+            if key == "params" or any(key not in g for g in optimizer.param_groups):
+                raise ValueError(f"Trainer: resume_overrides names {key!r}, which is not an "
+                                 f"option of {type(optimizer).__name__}")
+        # Training losses since the last logged row (the logging window); checkpointed,
+        # so that a resumed run logs the same averages as an uninterrupted one.
+        self._loss_sum, self._loss_count = 0.0, 0
 
     # ---- paths and persistence ----------------------------------------------
     @property
@@ -147,10 +184,18 @@ class Trainer:
     def metrics_path(self) -> Path | None:
         return None if self.out_dir is None else self.out_dir / "metrics.jsonl"
 
+    def _inner_model(self):
+        """The model a checkpoint holds: DistributedDataParallel's wrapped module, so
+        a checkpoint does not depend on how many processes wrote it."""
+        from ..distributed.ddp import DistributedDataParallel
+        m = self.model
+        return m.module if isinstance(m, DistributedDataParallel) else m
+
     def state_dict(self) -> dict:
         return {
             "step": self.step,
-            "model": self.model.state_dict(),
+            "world_size": self._group.size,
+            "model": self._inner_model().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "loader": self.batches.state_dict(),
@@ -158,11 +203,17 @@ class Trainer:
             "history": self.history,
             "recorders": [r.history for r in self.recorders],
             "train_seconds": self.train_seconds,
+            "loss_window": [self._loss_sum, self._loss_count],
         }
 
     def load_state_dict(self, state: dict) -> None:
+        saved = int(state.get("world_size", 1))
+        if saved != self._group.size:
+            raise ValueError(f"{self.name}: the checkpoint was written by a run of {saved} "
+                             f"process(es) and this run has {self._group.size}; resume it "
+                             f"with the same number of ranks (mpirun -n {saved})")
         self.step = int(state["step"])
-        self.model.load_state_dict(state["model"])
+        self._inner_model().load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -172,22 +223,49 @@ class Trainer:
         for rec, hist in zip(self.recorders, state["recorders"]):
             rec.history = [dict(row) for row in hist]
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        # Checkpoints from before the window was saved start an empty window.
+        window = state.get("loss_window") or (0.0, 0)
+        self._loss_sum, self._loss_count = float(window[0]), int(window[1])
+
+    def _apply_resume_overrides(self) -> list:
+        """Set the user's new optimizer options over the checkpoint's; returns the
+        messages for the ones that changed."""
+        messages = []
+        for key, value in self.resume_overrides.items():
+            saved = sorted({g[key] for g in self.optimizer.param_groups}, key=repr)
+            for g in self.optimizer.param_groups:
+                g[key] = value
+            if saved != [value]:
+                had = saved[0] if len(saved) == 1 else saved
+                messages.append(f"{self.name}: resuming at step {self.step} with {key} "
+                                f"{value} (the checkpoint had {had})")
+        return messages
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is not None:
+        """Write the checkpoint atomically (rank 0 only). If that fails (a full disk, a
+        read-only folder), the file keeps the previous checkpoint and the OSError says which."""
+        if self.checkpoint_path is None or not self.is_main:
+            return
+        try:
             save(self.state_dict(), self.checkpoint_path)
-            self._last_checkpoint = (self.step, self.checkpoint_path)
+        except OSError as e:
+            kept = ("no earlier checkpoint was written" if self._last_checkpoint is None else
+                    f"it still holds the checkpoint of step {self._last_checkpoint[0]}")
+            reason = e.strerror or str(e)
+            raise OSError(e.errno, f"{reason}: could not write the checkpoint of step "
+                                   f"{self.step}; {kept}", str(self.checkpoint_path)) from e
+        self._last_checkpoint = (self.step, self.checkpoint_path)
 
     def _rewrite_metrics(self) -> None:
         """Metrics as of the checkpoint: lines a crashed run wrote after it are dropped."""
-        if self.metrics_path is None:
+        if self.metrics_path is None or not self.is_main:
             return
         with atomic_write(self.metrics_path, mode="w") as (f, _):
             for row in self.history:
                 f.write(json.dumps(row) + "\n")
 
     def _append_metrics(self, row: dict) -> None:
-        if self.metrics_path is not None:
+        if self.metrics_path is not None and self.is_main:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
@@ -239,31 +317,36 @@ class Trainer:
     def fit(self, steps: int, resume: bool = False) -> dict:
         """Train until `steps` total steps. Returns a summary dict; `interrupted` is True
         if Ctrl-C stopped it (a checkpoint was written first)."""
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            self.load_state_dict(load(self.checkpoint_path))
+        state = self._checkpoint_to_resume() if resume else None
+        if state is not None:
+            self.load_state_dict(state)
             self._last_checkpoint = (self.step, self.checkpoint_path)
             self._rewrite_metrics()
+            for message in self._apply_resume_overrides():
+                print(message, flush=True)
         elif self.metrics_path is not None:
             self._rewrite_metrics()  # a fresh run starts a fresh metrics file
         self.model.train()
         bar = None
-        if self.progress:
+        if self.progress and self.is_main:
             from tqdm.auto import tqdm
             bar = tqdm(total=steps, initial=self.step, desc=self.name, unit="step",
                        dynamic_ncols=True, leave=True, position=self.progress_position)
         interrupted = False
-        loss_sum, loss_count = 0.0, 0
         last_acc = self.history[-1].get("test_acc") if self.history else None
         with _StopRequest() as stop:
             t_start = time.perf_counter()
+            agreed_stop = False
             while self.step < steps:
-                if stop.requested:
+                if stop.requested if self._group.size == 1 else agreed_stop:
                     interrupted = True
                     break
                 t0 = time.perf_counter()
                 loss = self.train_step()
+                if self._group.size > 1:
+                    loss, agreed_stop = self._agree(loss, stop.requested)
                 self.train_seconds += time.perf_counter() - t0
                 self.step += 1
                 if not math.isfinite(loss):
@@ -272,13 +355,13 @@ class Trainer:
                     if bar is not None:
                         bar.close()
                     raise DivergenceError(self.name, loss, self.step, self._last_checkpoint)
-                loss_sum += loss
-                loss_count += 1
+                self._loss_sum += loss
+                self._loss_count += 1
                 if self.step % self.eval_every == 0 or self.step == steps:
                     row = self.evaluate()
-                    row["train_loss"] = loss_sum / loss_count
+                    row["train_loss"] = self._loss_sum / self._loss_count
                     row["train_seconds"] = self.train_seconds
-                    loss_sum, loss_count = 0.0, 0
+                    self._loss_sum, self._loss_count = 0.0, 0
                     self.history.append(row)
                     self._append_metrics(row)
                     last_acc = row.get("test_acc", last_acc)
@@ -299,6 +382,25 @@ class Trainer:
         return {"name": self.name, "steps": self.step, "interrupted": interrupted,
                 "wall_seconds": wall, "train_seconds": self.train_seconds,
                 "steps_per_second": self.step_rate(), "history": self.history}
+
+    def _checkpoint_to_resume(self):
+        """The checkpoint's state, read by rank 0 and broadcast to the others; None
+        when there is none."""
+        path = self.checkpoint_path
+        if self._group.size == 1:
+            return load(path) if path is not None and path.exists() else None
+        state = None
+        if self.is_main and path is not None and path.exists():
+            state = load(path)
+        return self._group.bcast_object(state, 0, f"{self.name}: broadcast of rank 0's "
+                                        f"checkpoint")
+
+    def _agree(self, loss: float, stop: bool):
+        """(mean loss over the ranks' equal shares = the global batch's loss, whether any
+        rank was asked to stop): the same on every rank, so all take the same branch."""
+        v = np.array([loss, 1.0 if stop else 0.0])
+        self._group.allreduce_(v, what=f"{self.name}: all_reduce of the loss")
+        return float(v[0] / self._group.size), bool(v[1] > 0)
 
     def step_rate(self) -> float:
         return self.step / self.train_seconds if self.train_seconds > 0 else float("nan")

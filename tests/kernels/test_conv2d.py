@@ -270,6 +270,7 @@ def test_matches_torch(backend, case):
     got = all_passes(cpu if backend == "cpu" else ref, case)
     names = ("y", "dx", "dw", "db") if case["b"] is not None else ("y", "dx", "dw")
     for name, g, e in zip(names, got, want):
+        assert g.shape == e.shape, name
         assert_close(g, e.astype(g.dtype))
 
 

@@ -92,3 +92,32 @@ def test_results_do_not_depend_on_the_thread_count():
         numba.set_num_threads(prev)
     for u, v in zip(*out):
         np.testing.assert_array_equal(u, v)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases())
+def test_channels_last_entry_points_match_the_reference_entry_points(case):
+    """The (N, H, W, C) entry points the channels_last ops call, cpu against reference
+    (whose NHWC entry points transpose around the NCHW oracle), bitwise."""
+    x, k, s, p, ceil, include_pad, rng = case
+    from kernels import cpu
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y0, a0 = ref.max_pool2d_forward_nhwc(xh, k, s, p, ceil)
+    y1, a1 = cpu.max_pool2d_forward_nhwc(xh, k, s, p, ceil)
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(a1, a0)
+    dy = rng.standard_normal(y0.shape).astype(x.dtype)
+    # (the reference's max backward adds overlapping windows in float64: not bitwise)
+    tol = 1e-6 if x.dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(cpu.max_pool2d_backward_nhwc(dy, a1, xh.shape),
+                               ref.max_pool2d_backward_nhwc(dy, a0, xh.shape), rtol=tol, atol=tol)
+    args = (k, s, p, ceil, include_pad)
+    np.testing.assert_array_equal(cpu.avg_pool2d_forward_nhwc(xh, *args),
+                                  ref.avg_pool2d_forward_nhwc(xh, *args))
+    np.testing.assert_array_equal(cpu.avg_pool2d_backward_nhwc(dy, xh.shape, *args),
+                                  ref.avg_pool2d_backward_nhwc(dy, xh.shape, *args))
+    np.testing.assert_allclose(cpu.global_avg_pool2d_forward_nhwc(xh),
+                               ref.global_avg_pool2d_forward_nhwc(xh), rtol=tol, atol=tol)
+    g = rng.standard_normal(x.shape[:2]).astype(x.dtype)
+    np.testing.assert_array_equal(cpu.global_avg_pool2d_backward_nhwc(g, xh.shape),
+                                  ref.global_avg_pool2d_backward_nhwc(g, xh.shape))

@@ -8,6 +8,8 @@ from .linear import Identity, Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
-__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Concat", "Conv2d",
-           "CrossEntropyLoss", "Dropout", "Flatten", "MSELoss", "Identity", "Linear", "LogSoftmax", "MaxPool2d", "ModuleList",
-           "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh"]
+__all__ = [
+    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Concat", "Conv2d",
+    "CrossEntropyLoss", "Dropout", "Flatten", "MSELoss", "Identity", "Linear", "LogSoftmax",
+    "MaxPool2d", "ModuleList", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
+]

@@ -9,12 +9,27 @@ from ..module import Module, factory_dtype
 from ..parameter import Parameter
 
 
-def _pair(v, name: str) -> tuple:
-    if isinstance(v, (int, np.integer)):
-        return (int(v), int(v))
-    t = tuple(int(i) for i in v)
-    if len(t) != 2:
-        raise ValueError(f"Conv2d: {name} must be an int or a pair of ints, got {v!r}")
+def _pair(v, name: str, minimum: int = 0, owner: str = "Conv2d") -> tuple:
+    """(a, b) from an int or a pair of ints, each >= minimum; else a ValueError naming
+    the argument (raised when the layer is built, not deep in a kernel at forward)."""
+    if isinstance(v, (bool, np.bool_)):
+        t = None
+    elif isinstance(v, (int, np.integer)):
+        t = (int(v), int(v))
+    else:
+        try:
+            t = tuple(v)
+        except TypeError:
+            t = None
+        if t is not None and (len(t) != 2 or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+                for i in t)):
+            t = None
+    if t is None:
+        raise ValueError(f"{owner}: {name} must be an int or a pair of ints, got {v!r}")
+    t = tuple(int(i) for i in t)
+    if min(t) < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {v!r}")
     return t
 
 
@@ -25,6 +40,10 @@ class Conv2d(Module):
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  device=None, dtype=None):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("groups", groups)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Conv2d: {name} must be a positive int, got {value!r}")
         if groups <= 0 or in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must both be divisible by groups ({groups})")
@@ -40,10 +59,10 @@ class Conv2d(Module):
             padding = 0
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
         self.groups = groups
         self.padding_mode = padding_mode
         dtype = factory_dtype(device, dtype, "Conv2d")

@@ -3,6 +3,19 @@ from __future__ import annotations
 
 from .. import functional as F
 from ..module import Module
+from .conv import _pair
+
+
+def _check_window(owner: str, kernel_size, stride, padding) -> None:
+    """PyTorch's rules, checked when the layer is built: kernel and stride >= 1,
+    0 <= padding <= kernel // 2 (a window must overlap the input)."""
+    k = _pair(kernel_size, "kernel_size", 1, owner)
+    if stride is not None:
+        _pair(stride, "stride", 1, owner)
+    p = _pair(padding, "padding", 0, owner)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{owner}: padding must be at most half the kernel size, got "
+                         f"padding={padding!r} for kernel_size={kernel_size!r}")
 
 
 class MaxPool2d(Module):
@@ -13,6 +26,7 @@ class MaxPool2d(Module):
             raise NotImplementedError(f"MaxPool2d: dilation={dilation!r} is not supported")
         if return_indices:
             raise NotImplementedError("MaxPool2d: return_indices=True is not supported")
+        _check_window("MaxPool2d", kernel_size, stride, padding)
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding = padding
@@ -34,6 +48,7 @@ class AvgPool2d(Module):
         super().__init__()
         if divisor_override is not None:
             raise NotImplementedError("AvgPool2d: divisor_override is not supported")
+        _check_window("AvgPool2d", kernel_size, stride, padding)
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding = padding
