@@ -173,7 +173,7 @@ def train_rows(quick: bool, repeat: int) -> list:
                     bn=bn).to("cuda")
         opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         x, y = minidl.tensor(xs, device="cuda"), minidl.tensor(ys, device="cuda")
-        t = timeit(lambda: _minidl_step(model, opt, x, y), repeat)
+        t = timeit(lambda m=model, o=opt, xx=x, yy=y: _minidl_step(m, o, xx, yy), repeat)
         row = {"step": f"Figure 1 MLP{' + BN' if bn else ''}, batch {batch}", "ms": t * 1e3}
         if torch:
             layers, w_in = [], feat
@@ -187,7 +187,7 @@ def train_rows(quick: bool, repeat: int) -> list:
             topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
             tx, ty = torch.tensor(xs, device="cuda"), torch.tensor(ys, device="cuda")
 
-            def tstep():
+            def tstep(tm=tm, topt=topt, tx=tx, ty=ty):
                 topt.zero_grad()
                 loss = torch.nn.functional.cross_entropy(tm(tx), ty)
                 loss.backward()

@@ -375,7 +375,8 @@ def test_pooling_kernels(rng, k, s, p, ceil):
               ref.avg_pool2d_backward(dy, x.shape, k, s, p, ceil, cip))
     close(kc.global_avg_pool2d_forward(dev(x)), ref.global_avg_pool2d_forward(x))
     g = rng.standard_normal((2, 2))
-    close(kc.global_avg_pool2d_backward(dev(g), x.shape), ref.global_avg_pool2d_backward(g, x.shape))
+    close(kc.global_avg_pool2d_backward(dev(g), x.shape),
+          ref.global_avg_pool2d_backward(g, x.shape))
 
 
 def _cnn_steps(device, opt_name):
