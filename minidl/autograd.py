@@ -137,7 +137,7 @@ def _accumulate_leaf(leaf, g: np.ndarray, shared: bool) -> None:
     if g.ndim == 4 and layout.is_channels_last(g) != layout.is_channels_last(leaf.data):
         g, shared = layout.convert(g, layout.format_of(leaf.data)), False
     if leaf.grad is None:
-        leaf.grad = Tensor._wrap(g.copy() if shared else g)
+        leaf.grad = Tensor._wrap(g.copy(order="K") if shared else g)  # K: keeps the layout
     else:
         acc = leaf.grad.data
         if acc.flags.writeable and acc.base is None:

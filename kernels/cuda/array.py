@@ -261,7 +261,7 @@ class CudaArray(np.lib.mixins.NDArrayOperatorsMixin):
     def ravel(self):
         return self.reshape(-1)
 
-    def copy(self) -> "CudaArray":
+    def copy(self, order="K") -> "CudaArray":
         return self.astype(self.dtype)
 
     def astype(self, dtype, copy=True, **_) -> "CudaArray":
