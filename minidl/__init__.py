@@ -11,7 +11,8 @@ from . import _malloc
 
 _malloc.tune()
 
-from . import data, functions, nn, optim
+from . import cuda, data, functions, nn, optim
+from .cuda import device
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import get_backend, get_num_threads, set_backend, set_num_threads
 from .functions import (ShapeError, abs, add, argmax, cat, clip, concatenate, cross_entropy,

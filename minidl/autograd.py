@@ -137,7 +137,7 @@ def _accumulate_leaf(leaf, g: np.ndarray, shared: bool) -> None:
     if g.ndim == 4 and layout.is_channels_last(g) != layout.is_channels_last(leaf.data):
         g, shared = layout.convert(g, layout.format_of(leaf.data)), False
     if leaf.grad is None:
-        leaf.grad = Tensor._wrap(np.array(g, copy=True) if shared else g)
+        leaf.grad = Tensor._wrap(g.copy(order="K") if shared else g)  # K: keeps the layout
     else:
         acc = leaf.grad.data
         if acc.flags.writeable and acc.base is None:
@@ -171,7 +171,12 @@ def _seed_gradient(root, grad) -> np.ndarray:
             raise RuntimeError(f"backward: grad can be implied only for a scalar output, got "
                                f"shape {root.shape}; pass grad= of that shape")
         return np.ones_like(root.data)
-    grad = np.asarray(getattr(grad, "data", grad), dtype=root.data.dtype)
+    grad = getattr(grad, "data", grad)
+    if root.device != "cpu":  # the seed gradient goes where the output is
+        from .cuda import to_device_array
+        grad = to_device_array(grad, root.device).astype(root.data.dtype, copy=False)
+    else:
+        grad = np.asarray(grad, dtype=root.data.dtype)
     if grad.shape != root.shape:
         raise ValueError(f"backward: grad has shape {grad.shape} but the output has shape "
                          f"{root.shape}")

@@ -4,7 +4,7 @@ kernels/README.md; the ops in `minidl.functions` call `backend_for(x).<kernel>(.
 
     "numba"  minidl.kernels.cpu        parallel Numba kernels (default)
     "numpy"  minidl.kernels.reference  the readable NumPy references
-    "cuda"   (arrives with the CUDA issue)
+    "cuda"   minidl.kernels.cuda       not a global backend: chosen for tensors on device "cuda"
 """
 from __future__ import annotations
 
@@ -21,11 +21,16 @@ class BackendError(ValueError):
     pass
 
 
+class DeviceMismatchError(RuntimeError):
+    """An op got tensors on two devices."""
+
+
 def set_backend(name: str) -> None:
     """Choose the implementation of conv2d, batch_norm, pooling and fused activations."""
     global _current
     if name == "cuda":
-        raise BackendError("set_backend: the 'cuda' backend is not implemented yet")
+        raise BackendError("set_backend: the device of the tensors picks the CUDA kernels; "
+                           "move the model and data with .to('cuda') instead")
     if name not in _MODULES:
         raise BackendError(f"set_backend: unknown backend {name!r}; choose one of "
                            f"{sorted(_MODULES)}")
@@ -46,9 +51,22 @@ def kernels(name: str | None = None):
 
 
 def backend_for(*tensors):
-    """Kernels for these tensors. All are on the CPU for now; this is where the device
-    of the inputs will pick the CUDA kernels."""
-    return kernels()
+    """Kernels for these tensors, chosen by their device: the current CPU backend, or
+    minidl.kernels.cuda (kernels/cuda) for GPU tensors. Tensors on different devices raise
+    an error naming both."""
+    dev = tensors[0].device
+    for t in tensors:
+        if t.device != dev:
+            raise DeviceMismatchError(f"expected all tensors to be on the same device, but "
+                                      f"found at least two devices, {dev} and {t.device}")
+    if dev == "cpu":
+        return kernels()
+    mod = _loaded.get("cuda")
+    if mod is None:
+        from .cuda import require
+        require()
+        mod = _loaded["cuda"] = importlib.import_module("minidl.kernels.cuda")
+    return mod
 
 
 def set_num_threads(n: int) -> None:

@@ -65,6 +65,10 @@ def add_arguments(p) -> None:
     p.add_argument("--suite", choices=("kernels", "train", "all"), default="all",
                    help="kernels: machine limits and every kernel vs NumPy and PyTorch; "
                         "train: training steps vs PyTorch and start-up time; all: both")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: the CUDA kernels and training steps against PyTorch CUDA "
+                        "(benchmarks/cuda.py; the other options but --quick, --json and "
+                        "--markdown do not apply)")
     p.add_argument("--only", metavar="LIST", default=None,
                    help="kernel families of the suite among conv2d, batch_norm, pooling, "
                         "matmul (default: all)")
@@ -133,6 +137,14 @@ def _fail(msg) -> int:
 
 
 def run(args) -> int:
+    if getattr(args, "device", "cpu") == "cuda":
+        from . import cuda
+        if not cuda.is_available():
+            from .errors import UsageError
+            raise UsageError(f"minidl bench: --device cuda: CUDA is not available: "
+                             f"{cuda.unavailable_reason()}")
+        from minidl.benchmarks import cuda as cuda_bench
+        return cuda_bench.main_with(args.quick, args.json, args.markdown)
     if args.threads is not None and args.threads < 1:
         from .errors import UsageError
         raise UsageError(f"minidl bench: --threads must be >= 1, got {args.threads}")

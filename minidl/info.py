@@ -33,11 +33,9 @@ def threading_layer() -> str:
 
 
 def cuda_status() -> str:
-    try:
-        from numba import cuda
-        return "available" if cuda.is_available() else "not available"
-    except Exception as e:  # no numba-cuda, no driver
-        return f"not available ({type(e).__name__})"
+    """Whether `--device cuda` can run, and why not (minidl/cuda.py)."""
+    from . import cuda
+    return cuda.status()
 
 
 def mpi_status() -> str:

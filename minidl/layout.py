@@ -70,7 +70,9 @@ def is_channels_last(a: np.ndarray) -> bool:
     """True if `a` (N, C, H, W) lies in memory as a C-contiguous (N, H, W, C) array and
     should be treated as channels_last. Where both layouts are the same memory (C == 1, or
     H == W == 1), the exact strides decide, as they do in PyTorch."""
-    if a.ndim != 4 or not a.transpose(0, 2, 3, 1).flags.c_contiguous:
+    if a.ndim != 4 or not isinstance(a, np.ndarray):  # GPU arrays are always NCHW
+        return False
+    if not a.transpose(0, 2, 3, 1).flags.c_contiguous:
         return False
     if not a.flags.c_contiguous:
         return True

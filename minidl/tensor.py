@@ -43,8 +43,22 @@ class Tensor:
     # Makes `ndarray * Tensor` call Tensor.__rmul__ instead of NumPy's broadcasting.
     __array_priority__ = 1000
 
-    def __init__(self, data, requires_grad: bool = False, dtype=None, device: str = "cpu"):
-        self.data = _as_array(data, dtype)
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device=None):
+        """`device` None: where `data` is (NumPy and Python data: "cpu")."""
+        src_device = getattr(data, "device", "cpu")
+        if (device is None or device == "cpu") and src_device == "cpu":
+            self.data = _as_array(data, dtype)
+            device = "cpu"
+        else:  # a GPU tensor, or GPU data (see minidl/cuda.py)
+            from .cuda import canonical, to_device_array
+            device = canonical(src_device if device is None else device)
+            src = data.data if isinstance(data, Tensor) else data
+            if getattr(src, "device", "cpu") == "cpu":
+                self.data = to_device_array(_as_array(src, dtype), device)
+            elif src.device == device and (dtype is None or np.dtype(dtype) == src.dtype):
+                self.data = src  # shared, as NumPy data is shared on the CPU
+            else:
+                self.data = to_device_array(_as_array(src.to_host(), dtype), device)
         self.grad = None
         self._node = None
         self.device = device
@@ -53,10 +67,14 @@ class Tensor:
             self.requires_grad_(True)
 
     @classmethod
-    def _wrap(cls, data: np.ndarray, device: str = "cpu") -> "Tensor":
-        """Fast constructor for op outputs: no conversion, no checks."""
+    def _wrap(cls, data: np.ndarray, device: str | None = None) -> "Tensor":
+        """Fast constructor for op outputs: no conversion, no checks. The device is the
+        data's (NumPy arrays say "cpu", minidl.kernels.cuda's CudaArray "cuda")."""
         t = cls.__new__(cls)
-        t.data, t.grad, t._node, t.device, t.requires_grad = data, None, None, device, False
+        t.data, t.grad, t._node, t.requires_grad = data, None, None, False
+        if device is None:  # the type test is cheaper than ndarray.device
+            device = "cpu" if type(data) is np.ndarray else data.device
+        t.device = device
         return t
 
     # ---- data side -----------------------------------------------------------
@@ -87,9 +105,12 @@ class Tensor:
         if self.requires_grad:
             # Same rule as PyTorch: the array would silently escape the graph.
             raise RuntimeError("numpy(): call .detach().numpy() on a tensor that requires grad")
-        return self.data
+        return self.data if self.device == "cpu" else self.data.to_host()
 
     def __array__(self, dtype=None, copy=None):
+        if self.device != "cpu":
+            raise TypeError(f"can't convert a {self.device} tensor to a NumPy array "
+                            f"implicitly; use .cpu() or .numpy() to copy it to the host")
         if dtype is not None and dtype != self.data.dtype:
             return self.data.astype(dtype)
         return self.data.copy() if copy else self.data
@@ -129,13 +150,17 @@ class Tensor:
         self.grad = None
 
     def to(self, target=None, *, memory_format=None) -> "Tensor":
-        """`to("cpu")`, `to(dtype)` and/or `to(memory_format=minidl.channels_last)`.
+        """`to("cuda")`, `to("cpu")`, `to(dtype)` and/or
+        `to(memory_format=minidl.channels_last)`.
         A dtype or layout change is a differentiable op; an unchanged tensor is returned
         as is."""
         out = self
-        if isinstance(target, str):
-            if target != "cpu":
-                raise ValueError(f"to(): device {target!r} is not available (only 'cpu' so far)")
+        if isinstance(target, str):  # a device: differentiable copies, see minidl/cuda.py
+            if target != self.device:
+                from .cuda import canonical, move
+                target = canonical(target)
+                if target != self.device:
+                    out = move(self, target)
         elif target is not None:
             out = F.cast(out, target)
         if memory_format is not None:
@@ -150,6 +175,12 @@ class Tensor:
         """Whether the elements lie in memory in `memory_format`'s order without gaps."""
         return _mf.is_contiguous(self.data, memory_format)
 
+    def cuda(self) -> "Tensor":
+        return self.to("cuda")
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
     def float(self) -> "Tensor":
         return self.to(float32)
 
@@ -157,8 +188,9 @@ class Tensor:
         return self.to(float64)
 
     def __repr__(self) -> str:
-        body = np.array2string(self.data, separator=", ", prefix="tensor(", threshold=100)
-        extra = ""
+        host = self.data if self.device == "cpu" else self.data.to_host()
+        body = np.array2string(host, separator=", ", prefix="tensor(", threshold=100)
+        extra = "" if self.device == "cpu" else f", device='{self.device}'"
         if self.data.dtype not in (float32, int64):
             extra += f", dtype={self.data.dtype}"
         if self._node is not None:
@@ -237,9 +269,10 @@ autograd.Tensor = Tensor  # the tape wraps op outputs as Tensors
 
 # ---- creation helpers ---------------------------------------------------------
 
-def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
-    """A new tensor holding `data` (copied from Python lists; arrays are wrapped as is)."""
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
+    """A new tensor holding `data` (copied from Python lists; arrays are wrapped as is),
+    on `device` ("cpu" or "cuda")."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
 
 
 def _shape(shape) -> tuple:

@@ -119,6 +119,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="under mpirun -n K: BN statistics over the global batch "
                         "(SyncBatchNorm) instead of each rank's share of it")
     p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the runs train (cuda: one run at a time on the GPU)")
 
 
 # ---------------------------------------------------------------- one training run
@@ -174,7 +176,9 @@ def train_one(spec: dict) -> dict:
     manual_seed(spec["seed"])
     model = bn_inception_lite(num_classes=int(ytr.max()) + 1, in_channels=xtr.shape[1],
                               bn=v.bn, activation=v.activation, width=spec["width"])
-    if spec.get("memory_format", "channels_last") == "channels_last":
+    device = spec.get("device", "cpu")
+    model.to(device)  # before the optimizer
+    if spec.get("memory_format", "channels_last") == "channels_last" and device == "cpu":
         # Channels-last weights make every convolution's output channels-last, from the
         # first layer on: the whole network then runs the NHWC kernels.
         from ..layout import channels_last
@@ -198,7 +202,7 @@ def train_one(spec: dict) -> dict:
                       eval_every=spec["eval_every"], checkpoint_every=spec["checkpoint_every"],
                       out_dir=out, recorders=[recorder], scheduler=scheduler,
                       progress=spec["progress"], progress_position=spec.get("position"),
-                      name=f"{v.key} seed {spec['seed']}")
+                      name=f"{v.key} seed {spec['seed']}", device=device)
     result = {"variant": v.key, "label": v.label, "seed": spec["seed"], "lr": spec["lr"],
               "weight_decay": wd, "bn": v.bn, "activation": v.activation,
               "diverged_at": None, "interrupted": False}
@@ -222,14 +226,15 @@ def train_one(spec: dict) -> dict:
     n_final = len(xte) if spec["final_examples"] is None else min(spec["final_examples"],
                                                                     len(xte))
     test_loader = DataLoader(TensorDataset(xte[:n_final], yte[:n_final]), batch_size=500)
-    acc_running, _ = accuracy_and_loss(model, test_loader)
+    acc_running, _ = accuracy_and_loss(model, test_loader, device=device)
     acc_pop = None
     if v.bn:
         stats_loader = DataLoader(TensorDataset(xtr, ytr), batch_size=spec["batch_size"],
                                   shuffle=True, seed=spec["seed"] + 1)
-        batches = (xb for _, (xb, _) in zip(range(spec["bn_stats_batches"]), stats_loader))
+        batches = (xb.to(device) for _, (xb, _) in zip(range(spec["bn_stats_batches"]),
+                                                       stats_loader))
         with population_statistics(model, batches):
-            acc_pop, _ = accuracy_and_loss(model, test_loader)
+            acc_pop, _ = accuracy_and_loss(model, test_loader, device=device)
     result.update(history=fit["history"], steps=fit["steps"],
                   train_seconds=fit["train_seconds"], steps_per_second=fit["steps_per_second"],
                   final_test_acc=acc_running, final_test_acc_population=acc_pop,
@@ -449,7 +454,8 @@ def _specs(variant_keys, seeds, lr_of, args, out: Path, progress: bool) -> list:
                 "bn_stats_batches": args.bn_stats_batches, "width": args.width,
                 "memory_format": args.memory_format,
                 "sync_bn": getattr(args, "sync_bn", False),
-                "resume": args.resume, "progress": progress})
+                "resume": args.resume, "progress": progress,
+                "device": getattr(args, "device", "cpu")})
     return specs
 
 
@@ -533,6 +539,10 @@ def run(args) -> dict:
         args.checkpoint_every = args.eval_every
     keys = _parse_variants(args.variants)
     jobs = args.jobs or (os.cpu_count() or 1)
+    if getattr(args, "device", "cpu") == "cuda":
+        from .figure1 import check_device
+        check_device(args, "ablation")
+        jobs = 1  # one GPU, and CUDA contexts do not survive a fork: runs take turns
     from ..distributed.launch import on_main, world
     if world() > 1:
         jobs = 1  # under mpirun each run is data-parallel over the ranks, one at a time

@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser, quick_flag: bool = True) -> None:
     p.add_argument("--unit", type=int, default=0,
                    help="which sigmoid of the last hidden layer to record")
     p.add_argument("--threads", type=int, default=None, help="Numba threads")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the networks train (cuda: needs numba-cuda and a GPU)")
     p.add_argument("--out", default="runs/figure1")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out (with the checkpoint's "
@@ -94,6 +96,8 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
 
     manual_seed(args.seed)
     model = mlp(bn=bn, init_std=args.init_std)
+    device = getattr(args, "device", "cpu")
+    model.to(device)  # before the optimizer, as in PyTorch
     # --lr / --momentum: None means "not given" (the default for a fresh run, the
     # checkpoint's value on --resume); given ones override a resumed checkpoint's.
     given = {k: getattr(args, k, None) for k in ("lr", "momentum")}
@@ -116,7 +120,8 @@ def make_trainer(bn: bool, args, train, test, out_dir: Path, name: str):
                    bn_eval=args.bn_eval if bn else "running",
                    bn_stats_loader=stats_loader if bn else None,
                    bn_stats_batches=args.bn_stats_batches,
-                   progress=not args.no_progress, name=name, resume_overrides=given)
+                   progress=not args.no_progress, name=name, resume_overrides=given,
+                   device=device)
 
 
 def first_step_reaching(history, target: float):
@@ -312,6 +317,17 @@ def check_arguments(args, command: str) -> None:
                          f"has 100 sigmoids), got {args.unit}")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise UsageError(f"minidl {command}: --threads must be >= 1, got {args.threads}")
+    check_device(args, command)
+
+
+def check_device(args, command: str) -> None:
+    """`--device cuda` without numba-cuda or a GPU: one clear line, before any work."""
+    if getattr(args, "device", "cpu") == "cuda":
+        from .. import cuda
+        if not cuda.is_available():
+            from ..errors import UsageError
+            raise UsageError(f"minidl {command}: --device cuda: CUDA is not available: "
+                             f"{cuda.unavailable_reason()}")
 
 
 def run(args) -> dict:

@@ -26,6 +26,14 @@ def lift(x, like: Tensor | None = None) -> Tensor:
     return Tensor._wrap(arr)
 
 
+def asarray(x, dtype=None):
+    """np.asarray for op results (a NumPy scalar becomes a 0-d array); device arrays
+    (kernels/cuda) stay where they are."""
+    if x.device == "cpu":
+        return np.asarray(x, dtype=dtype)
+    return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+
+
 def lift_pair(a, b):
     """Both operands as Tensors of one dtype, chosen by PyTorch's promotion rules
     (see _promotion.py: float32 with int64 stays float32)."""

@@ -19,4 +19,7 @@ def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
     else:
         keep = default_generator().random(x.shape, dtype=x.dtype.type) >= p
         mask = keep.astype(x.dtype) * x.dtype.type(1 / (1 - p))
+    if x.device != "cpu":  # the same random numbers as on the CPU, moved to x's device
+        from ..cuda import to_device_array
+        mask = to_device_array(mask, x.device)
     return record(x.data * mask, (x,), lambda g, needs: (g * mask,), "Dropout")

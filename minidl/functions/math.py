@@ -120,7 +120,11 @@ def minimum(a, b) -> Tensor:
 
 def where(cond, a, b) -> Tensor:
     """`a` where `cond` is true, else `b`; `cond` is a boolean array or tensor."""
-    cond = np.asarray(getattr(cond, "data", cond), dtype=bool)
+    cond = getattr(cond, "data", cond)
+    if getattr(cond, "device", "cpu") == "cpu":
+        cond = np.asarray(cond, dtype=bool)
+    elif cond.dtype != bool:  # a GPU condition stays on the GPU
+        cond = cond.astype(bool)
     a, b = lift_pair(a, b)
     try:
         out = np.where(cond, a.data, b.data)
@@ -139,7 +143,7 @@ def clip(a, lo=None, hi=None) -> Tensor:
     out = np.clip(a.data, lo, hi)
 
     def backward(g, needs):
-        inside = np.ones(a.shape, bool)
+        inside = np.ones_like(a.data, dtype=bool)  # on a's device
         if lo is not None:
             inside &= a.data >= lo
         if hi is not None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..autograd import record
 from ..tensor import Tensor
-from ._util import lift, normalize_axis, pick_axis
+from ._util import asarray, lift, normalize_axis, pick_axis
 
 
 def _expand(g, shape, axes, keepdims):
@@ -22,7 +22,7 @@ def sum(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:  # n
     a = lift(a)
     axis, keepdims = pick_axis(axis, dim, keepdims, keepdim)
     axes = normalize_axis(axis, a.ndim, "sum")
-    out = np.asarray(a.data.sum(axis=axes, keepdims=keepdims))
+    out = asarray(a.data.sum(axis=axes, keepdims=keepdims))
     if len(axes) == a.ndim:  # a full reduction (the usual loss.sum()): g broadcasts as is
         return record(out, (a,), lambda g, needs: (np.broadcast_to(g, a.shape),), "Sum")
 
@@ -35,7 +35,7 @@ def mean(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:
     a = lift(a)
     axis, keepdims = pick_axis(axis, dim, keepdims, keepdim)
     axes = normalize_axis(axis, a.ndim, "mean")
-    out = np.asarray(a.data.mean(axis=axes, keepdims=keepdims))
+    out = asarray(a.data.mean(axis=axes, keepdims=keepdims))
     n = int(np.prod([a.shape[i] for i in axes])) if axes else 1
 
     def backward(g, needs):
@@ -57,7 +57,7 @@ def var(a, axis=None, keepdims=False, correction=1, *, dim=None, keepdim=None,
     centered = a.data - a.data.mean(axis=axes, keepdims=True)
     denom = a.dtype.type(builtins.max(n - correction, 0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.asarray((centered * centered).sum(axis=axes, keepdims=keepdims) / denom)
+        out = asarray((centered * centered).sum(axis=axes, keepdims=keepdims) / denom)
 
     def backward(g, needs):
         g = _expand(g, a.shape, axes, keepdims)
@@ -72,7 +72,7 @@ def max(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:  # n
     axis, keepdims = pick_axis(axis, dim, keepdims, keepdim)
     axes = normalize_axis(axis, a.ndim, "max")
     out_k = a.data.max(axis=axes, keepdims=True)
-    out = out_k if keepdims else np.asarray(out_k.squeeze(axis=axes))
+    out = out_k if keepdims else asarray(out_k.squeeze(axis=axes))
 
     def backward(g, needs):
         mask = a.data == out_k
@@ -89,4 +89,4 @@ def min(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:  # n
 def argmax(a, axis=None, keepdims=False, *, dim=None, keepdim=None) -> Tensor:
     a = lift(a)
     axis, keepdims = pick_axis(axis, dim, keepdims, keepdim)
-    return Tensor._wrap(np.asarray(np.argmax(a.data, axis=axis, keepdims=keepdims)))
+    return Tensor._wrap(asarray(np.argmax(a.data, axis=axis, keepdims=keepdims)))

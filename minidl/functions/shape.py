@@ -7,7 +7,7 @@ import numpy as np
 from .. import layout as mf
 from ..autograd import record
 from ..tensor import Tensor
-from ._util import ShapeError, lift, normalize_axis
+from ._util import ShapeError, asarray, lift, normalize_axis
 
 
 def reshape(a, *shape) -> Tensor:
@@ -95,16 +95,17 @@ def getitem(a, key) -> Tensor:
         raise IndexError(f"getitem: {e} (tensor of shape {a.shape})") from None
     advanced = _is_advanced(key)
     if not advanced:
-        out = out.copy() if isinstance(out, np.ndarray) else np.asarray(out)
+        out = out.copy() if isinstance(out, np.ndarray) or out.device != "cpu" \
+            else np.asarray(out)
 
     def backward(g, needs):
-        ga = np.zeros(a.shape, dtype=g.dtype)
+        ga = np.zeros_like(a.data, dtype=g.dtype)  # on a's device
         if advanced:
             np.add.at(ga, key, g)  # repeated indices must add up, not overwrite
         else:
             ga[key] = g
         return (ga,)
-    return record(np.asarray(out), (a,), backward, "Getitem")
+    return record(asarray(out), (a,), backward, "Getitem")
 
 
 def concatenate(tensors, axis=0) -> Tensor:

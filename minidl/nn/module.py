@@ -43,9 +43,10 @@ class RemovableHandle:
 
 def factory_dtype(device, dtype, owner: str) -> np.dtype:
     """The dtype a layer creates its parameters in. `device` is accepted (PyTorch's
-    layers take it before dtype) but only the CPU exists so far."""
+    layers take it before dtype); layers are built on the CPU, then moved with .to()."""
     if device not in (None, "cpu"):
-        raise ValueError(f"{owner}: device {device!r} is not available (only 'cpu' so far)")
+        raise ValueError(f"{owner}: device={device!r} in a layer's constructor is not "
+                         f"supported; build it on the CPU and move it with .to({device!r})")
     dtype = np.dtype(np.float32 if dtype is None else dtype)
     if dtype.kind != "f":
         raise ValueError(f"{owner}: parameters must be floating point, got dtype {dtype}")
@@ -285,15 +286,25 @@ class Module:
         in place: the Parameter objects stay the same (an optimizer built before still
         holds them), only their arrays change. `to(memory_format=minidl.channels_last)`
         lays out the 4-D parameters (convolution weights) channels-last, which makes a
-        convolution's output channels-last even for a one-channel input. `to("cpu")` is
-        a no-op."""
+        convolution's output channels-last even for a one-channel input. `to("cuda")` /
+        `to("cpu")` move them the same way (create the optimizer after the move, as in
+        PyTorch)."""
         if memory_format is not None:
             for t in list(self.parameters()) + list(self.buffers()):
                 if t.data.ndim == 4:
                     t.data = _mf.convert(t.data, memory_format)
                     if t.grad is not None:
                         t.grad = Tensor._wrap(_mf.convert(t.grad.data, memory_format))
-        if target is None or isinstance(target, str) and target in ("cpu",):
+        if isinstance(target, str) and target.partition(":")[0] in ("cpu", "cuda"):
+            from ..cuda import canonical, to_device_array
+            dev = canonical(target)
+            for t in list(self.parameters()) + list(self.buffers()):
+                if t.device != dev:
+                    t.data, t.device = to_device_array(t.data, dev), dev
+                    if t.grad is not None:
+                        t.grad = Tensor._wrap(to_device_array(t.grad.data, dev))
+            return self
+        if target is None:
             return self
         try:
             dtype = np.dtype(target)
@@ -315,7 +326,10 @@ class Module:
         return self.to(np.float64)
 
     def cpu(self) -> "Module":
-        return self
+        return self.to("cpu")
+
+    def cuda(self) -> "Module":
+        return self.to("cuda")
 
     # ---- state -----------------------------------------------------------------
     def _state_items(self, prefix: str = ""):
@@ -335,7 +349,8 @@ class Module:
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of the parameter and buffer arrays as NumPy arrays, keyed by dotted
         names ("features.0.weight"): they save straight into an .npz."""
-        return OrderedDict((name, t.data.copy()) for name, t in self._state_items())
+        return OrderedDict((name, t.data.copy() if t.device == "cpu" else t.data.to_host())
+                           for name, t in self._state_items())
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy `state_dict` values into the existing arrays (in place, so optimizers
@@ -352,7 +367,8 @@ class Module:
                 continue
             value = state_dict[name]
             try:
-                value = np.asarray(value.data if isinstance(value, Tensor) else value)
+                value = value.data if isinstance(value, Tensor) else value
+                value = value.to_host() if hasattr(value, "to_host") else np.asarray(value)
             except (ValueError, TypeError) as e:
                 bad_values.append(f"{name!r} ({e})")
                 continue

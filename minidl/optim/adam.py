@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..backend import backend_for
 from .optimizer import Optimizer
 
 
@@ -56,6 +57,12 @@ class Adam(Optimizer):
                     st["max_exp_avg_sq"] = np.zeros_like(p.data)
             st["step"] += 1
             step = st["step"]
+            if p.device != "cpu":  # one fused kernel (kernels/cuda/optim.py)
+                backend_for(p).adam_step(
+                    p.data, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"),
+                    lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
+                    1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
+                continue
             if weight_decay != 0:
                 if decoupled:
                     p.data *= 1 - lr * weight_decay

@@ -101,7 +101,8 @@ class Optimizer:
             for p in group["params"]:
                 s = self.state.get(p)
                 if s:
-                    state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                    state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else
+                                               v.to_host() if hasattr(v, "to_host") else v)
                                            for k, v in s.items()}
         return {"state": state, "param_groups": groups}
 
@@ -130,12 +131,17 @@ class Optimizer:
             for name, value in saved.items():
                 if isinstance(value, Tensor):
                     value = value.data
+                if hasattr(value, "to_host"):  # saved from a GPU optimizer
+                    value = value.to_host()
                 if isinstance(value, np.ndarray) and value.ndim > 0:
                     if value.shape != p.data.shape:
                         raise ValueError(f"{type(self).__name__}.load_state_dict: state "
                                          f"{name!r} of parameter {key} has shape {value.shape}, "
                                          f"the parameter has shape {p.data.shape}")
                     value = value.astype(p.data.dtype, copy=True)
+                    if p.device != "cpu":  # state lives with its parameter
+                        from ..cuda import to_device_array
+                        value = to_device_array(value, p.device)
                 elif isinstance(value, (np.ndarray, np.generic)):
                     value = value.item()  # a 0-d array, e.g. the step count
                 entry[name] = value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import backend_for
 from .optimizer import Optimizer
 
 
@@ -46,6 +47,11 @@ class RMSprop(Optimizer):
                 if centered:
                     st["grad_avg"] = np.zeros_like(p.data)
             st["step"] += 1
+            if p.device != "cpu":  # one fused kernel (kernels/cuda/optim.py)
+                backend_for(p).rmsprop_step(p.data, g, st["square_avg"], st.get("grad_avg"),
+                                            st.get("momentum_buffer"), lr, alpha, eps,
+                                            weight_decay, momentum, centered)
+                continue
             if weight_decay != 0:
                 g = g + weight_decay * p.data
             s = st["square_avg"]

@@ -1,6 +1,9 @@
 """Stochastic gradient descent with PyTorch's exact update rule."""
 from __future__ import annotations
 
+import numpy as np
+
+from ..backend import backend_for
 from .optimizer import Optimizer
 
 
@@ -39,6 +42,15 @@ class SGD(Optimizer):
         for p in group["params"]:
             grad = p.grad
             if grad is None:
+                continue
+            if p.device != "cpu":  # one fused kernel (kernels/cuda/optim.py)
+                st = state.get(p)
+                buf = None if st is None else st["momentum_buffer"]
+                if momentum != 0 and buf is None:
+                    buf = np.empty_like(p.data)
+                    state[p] = {"momentum_buffer": buf}
+                backend_for(p).sgd_step(p.data, grad.data, buf, lr, momentum, dampening,
+                                        weight_decay, nesterov, st is None)
                 continue
             d_p = grad.data
             if weight_decay != 0:

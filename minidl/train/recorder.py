@@ -36,8 +36,8 @@ class ActivationRecorder:
 
     def _hook(self, module, inputs, output):
         if self.recording:
-            x = (inputs[0] if self.source == "input" else output).data
-            if self.unit is None:
+            x = (inputs[0] if self.source == "input" else output).detach().numpy()
+            if self.unit is None:  # (.numpy(): a host copy when it is on the GPU)
                 self._chunks.append(np.array(x, dtype=np.float64).ravel())
                 return
             if x.ndim < 2 or self.unit >= x.shape[1]:

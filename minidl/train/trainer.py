@@ -21,17 +21,19 @@ from .bn_stats import population_statistics
 BN_EVAL_MODES = ("running", "population")
 
 
-def accuracy_and_loss(model, loader, loss_fn=F.cross_entropy) -> tuple[float, float]:
-    """Classification accuracy and mean loss of `model` over `loader`, in eval mode."""
+def accuracy_and_loss(model, loader, loss_fn=F.cross_entropy,
+                      device: str = "cpu") -> tuple[float, float]:
+    """Classification accuracy and mean loss of `model` over `loader`, in eval mode
+    (batches are moved to `device`; the predictions come back to the host)."""
     was_training = model.training
     model.eval()
     correct = total = 0
     loss_sum = 0.0
     with no_grad():
         for x, y in loader:
-            logits = model(x)
-            loss_sum += float(loss_fn(logits, y, reduction="sum").data)
-            correct += int((logits.data.argmax(axis=1) == y.data).sum())
+            logits = model(x.to(device))
+            loss_sum += float(loss_fn(logits, y.to(device), reduction="sum").data)
+            correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
             total += len(y.data)
     model.train(was_training)
     if total == 0:
@@ -139,13 +141,15 @@ class Trainer:
                  checkpoint_every: int | None = 5000, out_dir=None, recorders=(),
                  bn_eval: str = "running", bn_stats_loader=None, bn_stats_batches: int = 50,
                  scheduler=None, progress: bool = True, progress_position: int | None = None,
-                 name: str = "train", resume_overrides: dict | None = None):
+                 name: str = "train", resume_overrides: dict | None = None,
+                 device: str = "cpu"):
         if bn_eval not in BN_EVAL_MODES:
             raise ValueError(f"Trainer: bn_eval must be one of {BN_EVAL_MODES}, got {bn_eval!r}")
         if bn_eval == "population" and bn_stats_loader is None:
             raise ValueError("Trainer: bn_eval='population' needs bn_stats_loader (training "
                              "batches, with their own shuffling)")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.device = device  # where the batches go; the model must already be there
         self.batches = _Forever(train_loader)
         self.eval_loader, self.loss_fn = eval_loader, loss_fn
         self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
@@ -270,7 +274,7 @@ class Trainer:
         it = iter(self.bn_stats_loader)
         for _ in range(self.bn_stats_batches):
             try:
-                yield next(it)[0]
+                yield next(it)[0].to(self.device)
             except StopIteration:
                 return
 
@@ -283,9 +287,11 @@ class Trainer:
         try:
             if self.bn_eval == "population":
                 with population_statistics(self.model, self._stats_batches()):
-                    acc, loss = accuracy_and_loss(self.model, self.eval_loader, self.loss_fn)
+                    acc, loss = accuracy_and_loss(self.model, self.eval_loader, self.loss_fn,
+                                                  self.device)
             else:
-                acc, loss = accuracy_and_loss(self.model, self.eval_loader, self.loss_fn)
+                acc, loss = accuracy_and_loss(self.model, self.eval_loader, self.loss_fn,
+                                              self.device)
         finally:
             for rec in self.recorders:
                 rec.__exit__(None, None, None)
@@ -298,6 +304,8 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------
     def train_step(self) -> float:
         x, y = self.batches.next()
+        if self.device != "cpu":
+            x, y = x.to(self.device), y.to(self.device)
         loss = self.loss_fn(self.model(x), y)
         self.optimizer.zero_grad()
         loss.backward()

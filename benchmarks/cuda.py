@@ -1,0 +1,274 @@
+"""GPU benchmarks behind `minidl bench --device cuda`: minidl's CUDA kernels and training
+steps against PyTorch CUDA on the same GPU, with the GPU's device-to-device copy rate
+as the memory-bandwidth yardstick.
+
+    python -m minidl.benchmarks.cuda [--quick] [--json FILE] [--markdown FILE]
+
+Kernels: batch norm training forward/backward and eval forward, max/avg/global pooling
+forward/backward (GB/s of compulsory traffic and % of the measured copy rate), conv2d
+forward/backward (GFLOP/s, and % of PyTorch/cuDNN), the GEMM. Training steps: the
+Figure 1 MLP (784-100-100-100-10, with and without BN, batch 60, SGD momentum) and a
+small BN CNN, minidl vs PyTorch. --quick: tiny shapes and 2 repeats, which also run on
+numba-cuda's simulator (NUMBA_ENABLE_CUDASIM=1) to check the harness.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def _sync():
+    from numba import cuda
+    cuda.synchronize()
+
+
+def timeit(fn, repeat: int, warmup: int = 1, sync=_sync) -> float:
+    """Median seconds of fn() over `repeat` runs, the device synchronized around each."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _torch_cuda():
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch
+    except Exception:
+        pass
+    return None
+
+
+def copy_bandwidth(n: int, repeat: int) -> float:
+    """GB/s of a device-to-device copy of n float32 (read + write)."""
+    from numba import cuda
+    a = cuda.device_array(n, np.float32)
+    b = cuda.device_array(n, np.float32)
+    t = timeit(lambda: b.copy_to_device(a), repeat)
+    return 2 * 4 * n / t / 1e9
+
+
+def kernel_rows(quick: bool, repeat: int) -> list:
+    import minidl.kernels.cuda as kc
+    from minidl.kernels.cuda.array import CudaArray
+    torch = _torch_cuda()
+    rng = np.random.default_rng(0)
+    shape = (2, 3, 6, 6) if quick else (64, 64, 28, 28)
+    x = rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    dx_ = CudaArray.from_host(x)
+    g = CudaArray.from_host(np.ones(c, np.float32))
+    b = CudaArray.from_host(np.zeros(c, np.float32))
+    dy = CudaArray.from_host(rng.standard_normal(shape).astype(np.float32))
+    nbytes = x.nbytes
+    rows = []
+
+    def add(name, seconds, traffic=None, flops=None, torch_seconds=None):
+        row = {"kernel": name, "shape": list(shape), "ms": seconds * 1e3}
+        if traffic:
+            row["GB/s"] = traffic / seconds / 1e9
+        if flops:
+            row["GFLOP/s"] = flops / seconds / 1e9
+        if torch_seconds:
+            row["torch_ms"] = torch_seconds * 1e3
+            row["vs_torch"] = torch_seconds / seconds
+        rows.append(row)
+
+    y, mean, var = kc.batch_norm_train_forward(dx_, g, b, 1e-5)
+    tt = None
+    if torch:
+        tx = torch.tensor(x, device="cuda")
+        tw = torch.ones(c, device="cuda")
+        tb = torch.zeros(c, device="cuda")
+        tt = timeit(lambda: torch.nn.functional.batch_norm(tx, None, None, tw, tb, True),
+                    repeat, sync=torch.cuda.synchronize)
+    add("batch_norm_train_forward", timeit(lambda: kc.batch_norm_train_forward(dx_, g, b, 1e-5),
+                                           repeat), traffic=3 * nbytes, torch_seconds=tt)
+    add("batch_norm_train_backward",
+        timeit(lambda: kc.batch_norm_train_backward(dy, dx_, g, mean, var, 1e-5), repeat),
+        traffic=5 * nbytes)
+    add("batch_norm_eval_forward",
+        timeit(lambda: kc.batch_norm_eval_forward(dx_, g, b, mean, var, 1e-5), repeat),
+        traffic=2 * nbytes)
+    yp, arg = kc.max_pool2d_forward(dx_, (2, 2), (2, 2), (0, 0), False)
+    tt = None
+    if torch:
+        tt = timeit(lambda: torch.nn.functional.max_pool2d(tx, 2), repeat,
+                    sync=torch.cuda.synchronize)
+    add("max_pool2d_forward 2x2", timeit(lambda: kc.max_pool2d_forward(
+        dx_, (2, 2), (2, 2), (0, 0), False), repeat), traffic=nbytes * (1 + 0.25 + 0.5),
+        torch_seconds=tt)
+    dyp = CudaArray.from_host(np.ones(yp.shape, np.float32))
+    add("max_pool2d_backward 2x2", timeit(lambda: kc.max_pool2d_backward(dyp, arg, shape),
+                                          repeat), traffic=nbytes * (1 + 0.25 + 0.5))
+    add("avg_pool2d_forward 3x3 s1 p1", timeit(lambda: kc.avg_pool2d_forward(
+        dx_, (3, 3), (1, 1), (1, 1), False, True), repeat), traffic=2 * nbytes)
+    add("avg_pool2d_backward 3x3 s1 p1", timeit(lambda: kc.avg_pool2d_backward(
+        dy, shape, (3, 3), (1, 1), (1, 1), False, True), repeat), traffic=2 * nbytes)
+    add("global_avg_pool2d_forward", timeit(lambda: kc.global_avg_pool2d_forward(dx_), repeat),
+        traffic=nbytes)
+
+    k = 4 if quick else 64
+    w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    dw = CudaArray.from_host(w)
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    flops = 2 * shape[0] * k * shape[2] * shape[3] * c * 9
+    tt = None
+    if torch:
+        tw4 = torch.tensor(w, device="cuda")
+        tt = timeit(lambda: torch.nn.functional.conv2d(tx, tw4, padding=1), repeat,
+                    sync=torch.cuda.synchronize)
+    add("conv2d_forward 3x3", timeit(lambda: kc.conv2d_forward(dx_, dw, None, *args), repeat),
+        flops=flops, torch_seconds=tt)
+    yconv = kc.conv2d_forward(dx_, dw, None, *args)
+    add("conv2d_backward_input 3x3",
+        timeit(lambda: kc.conv2d_backward_input(yconv, dw, shape, *args), repeat), flops=flops)
+    add("conv2d_backward_weight 3x3",
+        timeit(lambda: kc.conv2d_backward_weight(yconv, dx_, w.shape, *args), repeat),
+        flops=flops)
+    m = 8 if quick else 1024
+    a = CudaArray.from_host(rng.standard_normal((m, m)).astype(np.float32))
+    tt = None
+    if torch:
+        ta = torch.randn(m, m, device="cuda")
+        tt = timeit(lambda: ta @ ta, repeat, sync=torch.cuda.synchronize)
+    add(f"matmul {m}x{m}", timeit(lambda: a @ a, repeat), flops=2 * m ** 3, torch_seconds=tt)
+    return rows
+
+
+def _minidl_step(model, opt, x, y):
+    import minidl
+    opt.zero_grad()
+    loss = minidl.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def train_rows(quick: bool, repeat: int) -> list:
+    import minidl
+    from minidl import nn, optim
+    from minidl.models import mlp
+    torch = _torch_cuda()
+    rng = np.random.default_rng(0)
+    rows = []
+    batch, width = (4, (6, 5)) if quick else (60, (100, 100, 100))
+    feat = 10 if quick else 784
+    xs = rng.standard_normal((batch, feat)).astype(np.float32)
+    ys = rng.integers(0, 10 if not quick else 3, batch)
+    for bn in (False, True):
+        model = mlp(in_features=feat, hidden=width, num_classes=10 if not quick else 3,
+                    bn=bn).to("cuda")
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x, y = minidl.tensor(xs, device="cuda"), minidl.tensor(ys, device="cuda")
+        t = timeit(lambda m=model, o=opt, xx=x, yy=y: _minidl_step(m, o, xx, yy), repeat)
+        row = {"step": f"Figure 1 MLP{' + BN' if bn else ''}, batch {batch}", "ms": t * 1e3}
+        if torch:
+            layers, w_in = [], feat
+            for h in width:
+                layers += [torch.nn.Linear(w_in, h, bias=not bn)]
+                layers += [torch.nn.BatchNorm1d(h)] if bn else []
+                layers += [torch.nn.Sigmoid()]
+                w_in = h
+            layers.append(torch.nn.Linear(w_in, 10 if not quick else 3))
+            tm = torch.nn.Sequential(*layers).cuda()
+            topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+            tx, ty = torch.tensor(xs, device="cuda"), torch.tensor(ys, device="cuda")
+
+            def tstep(tm=tm, topt=topt, tx=tx, ty=ty):
+                topt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(tm(tx), ty)
+                loss.backward()
+                topt.step()
+            row["torch_ms"] = timeit(tstep, repeat, sync=torch.cuda.synchronize) * 1e3
+            row["vs_torch"] = row["torch_ms"] / row["ms"]
+        rows.append(row)
+    n, hw = (2, 6) if quick else (32, 28)
+    cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1, bias=False),
+                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10)).to("cuda")
+    opt = optim.SGD(cnn.parameters(), lr=0.01, momentum=0.9)
+    xc = minidl.tensor(rng.standard_normal((n, 1, hw, hw)).astype(np.float32), device="cuda")
+    yc = minidl.tensor(rng.integers(0, 10, n), device="cuda")
+    rows.append({"step": f"BN CNN, batch {n}, {hw}x{hw}",
+                 "ms": timeit(lambda: _minidl_step(cnn, opt, xc, yc), repeat) * 1e3})
+    stats = minidl.cuda.memory_stats()
+    rows.append({"step": "caching allocator", "driver_allocations": stats["driver_allocations"],
+                 "cached_MB": stats["cached_bytes"] / 2 ** 20})
+    return rows
+
+
+def _f(value, spec=".3f", suffix="") -> str:
+    return "" if value is None else format(value, spec) + suffix
+
+
+def markdown(result: dict) -> str:
+    copy = result["copy_GBps"]
+    lines = [f"# minidl CUDA benchmarks ({result['device']})", "",
+             f"device-to-device copy: {copy:.0f} GB/s", "",
+             "| kernel | ms | GB/s | % of copy | GFLOP/s | torch ms | torch/minidl |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["kernels"]:
+        gb = r.get("GB/s")
+        lines.append(" | ".join([
+            f"| {r['kernel']}", _f(r["ms"]), _f(gb, ".0f"),
+            _f(None if gb is None else 100 * gb / copy, ".0f", "%"),
+            _f(r.get("GFLOP/s"), ".0f"), _f(r.get("torch_ms")), _f(r.get("vs_torch"), ".2f")])
+            + " |")
+    lines += ["", "| training step | ms | torch ms | torch/minidl |", "|---|---|---|---|"]
+    for r in result["train"]:
+        if "ms" in r:
+            lines.append(f"| {r['step']} | {_f(r['ms'])} | {_f(r.get('torch_ms'))} | "
+                         f"{_f(r.get('vs_torch'), '.2f')} |")
+        else:
+            lines.append(f"| {r['step']}: {r['driver_allocations']} driver allocations, "
+                         f"{r['cached_MB']:.1f} MiB cached | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main_with(quick=False, json_path=None, markdown_path=None) -> int:
+    import minidl
+    if not minidl.cuda.is_available():
+        print(f"minidl bench: --device cuda: CUDA is not available: "
+              f"{minidl.cuda.unavailable_reason()}", file=sys.stderr)
+        return 2
+    repeat = 2 if quick else 20
+    result = {"device": minidl.cuda.status(),
+              "copy_GBps": copy_bandwidth(1024 if quick else 1 << 26, repeat),
+              "kernels": kernel_rows(quick, repeat), "train": train_rows(quick, repeat)}
+    text = markdown(result)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(text)
+    print(text)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minidl.benchmarks.cuda", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    a = p.parse_args(argv)
+    return main_with(a.quick, a.json, a.markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""The CUDA backend (kernels/cuda, minidl/cuda.py) against kernels/reference, NumPy and
+the CPU backend. Without a GPU these run on numba-cuda's simulator (each CUDA thread a
+Python thread), so every shape is tiny. On a GPU machine run them on the hardware with
+NUMBA_ENABLE_CUDASIM=0 (benchmarks/cuda_check.sh)."""
+import os
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # read when numba.cuda is first imported
+
+import numpy as np
+import pytest
+
+import minidl.kernels.reference as ref
+import minidl
+from minidl import nn, optim
+from minidl.models import mlp
+
+pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (pip install "
+                                         "'minidl[cuda]')")
+if not minidl.cuda.is_available():
+    pytest.skip(f"CUDA unusable: {minidl.cuda.unavailable_reason()}", allow_module_level=True)
+
+from minidl.kernels import cuda as kc  # noqa: E402
+from minidl.kernels.cuda.array import ALLOCATOR, CudaArray, DeviceMismatchError  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_simulator_threads():
+    """The simulator runs each CUDA thread as a Python thread and meets them at every
+    syncthreads(): a short GIL switch interval makes those barriers 2-3x cheaper."""
+    import sys
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(old)
+
+
+def dev(a):
+    return CudaArray.from_host(np.asarray(a))
+
+
+def close(got, want, tol=1e-12):
+    got = got.to_host() if isinstance(got, CudaArray) else np.asarray(got)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+# ---- devices ------------------------------------------------------------------------
+
+def test_device_api_and_host_copies():
+    assert minidl.cuda.is_available() and minidl.cuda.unavailable_reason() is None
+    assert minidl.device("cuda:0") == "cuda" and repr(minidl.device("cuda")) == \
+        "device(type='cuda')"
+    with pytest.raises(ValueError, match="only one GPU"):
+        minidl.device("cuda:1")
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        minidl.device("tpu")
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = minidl.tensor(a, device="cuda")
+    assert t.device == "cuda" and isinstance(t.data, CudaArray) and t.shape == (2, 3)
+    assert t.dtype == np.float32
+    np.testing.assert_array_equal(t.numpy(), a)
+    back = t.cpu()
+    assert back.device == "cpu" and isinstance(back.data, np.ndarray)
+    np.testing.assert_array_equal(back.data, a)
+    assert t.sum().item() == 15.0
+    assert t.to("cuda") is t and back.cuda().device == "cuda"
+    assert "device='cuda'" in repr(t)
+    with pytest.raises(TypeError, match="cpu"):
+        np.asarray(t)  # implicit host copies are refused, as in PyTorch
+
+
+def test_to_is_differentiable_both_ways():
+    x = minidl.tensor([[1.0, -2.0], [3.0, 4.0]], dtype=np.float64, requires_grad=True)
+    y = (x.to("cuda") * 3.0).relu().sum()
+    assert y.device == "cuda"
+    y.backward()
+    assert x.grad.device == "cpu"
+    np.testing.assert_array_equal(x.grad.data, [[3.0, 0.0], [3.0, 3.0]])
+
+
+def test_mixing_devices_names_both():
+    a = minidl.tensor(np.ones((2, 3), np.float32), device="cuda")
+    b = minidl.tensor(np.ones((2, 3), np.float32))
+    for op in (lambda: a + b, lambda: b * a, lambda: a @ b.T, lambda: b @ a.T):
+        with pytest.raises(RuntimeError, match="cuda and cpu"):
+            op()
+    bn = nn.BatchNorm1d(3)  # parameters on the CPU, input on the GPU
+    with pytest.raises(RuntimeError, match="cuda and cpu|cpu and cuda"):
+        bn(a)
+    # a 0-dim CPU value mixes with a GPU tensor, as in PyTorch
+    close((a * minidl.tensor(2.0)).data, np.full((2, 3), 2.0))
+
+
+# ---- kernels against NumPy / minidl.kernels.reference ----------------------------------------
+
+@pytest.mark.parametrize("sa,sb", [((3, 5), (3, 5)), ((3, 5), (5,)), ((4, 1, 3), (2, 1)),
+                                   ((1,), (2, 3)), ((), (3,))])
+def test_elementwise_broadcasting(rng, sa, sb):
+    a = rng.standard_normal(sa) + 2.5
+    b = rng.standard_normal(sb) + 2.5
+    da, db = dev(a), dev(b)
+    for f in (np.add, np.subtract, np.multiply, np.divide, np.maximum, np.minimum,
+              np.power, np.greater, np.equal):
+        close(f(da, db), f(a, b))
+    close(da * 0.5 - 1, a * 0.5 - 1)
+    for v in (2.5, 2, True):
+        close(da > v, a > v)
+        close(v <= da, v <= a)
+    ints = np.arange(6).reshape(2, 3)
+    close(dev(ints) > 2.5, ints > 2.5)
+    close(dev(ints) / 4, ints / 4)
+    close(dev(ints) * 2, ints * 2)
+    assert (dev(ints) * 2).dtype == ints.dtype
+    close(2.0 / db, 2.0 / b)
+    for f in (np.exp, np.log, np.sqrt, np.negative, np.abs, np.tanh, np.sign):
+        close(f(da), f(a))
+    c = da.copy()
+    c += db if np.broadcast_shapes(sa, sb) == sa else 1.0
+    close(c, a + (b if np.broadcast_shapes(sa, sb) == sa else 1.0))
+    assert (da * np.float32(2)).dtype == a.dtype
+    assert dev(a.astype(np.float32)).__mul__(0.5).dtype == np.float32
+
+
+def test_elementwise_bad_shapes_raise():
+    with pytest.raises(ValueError):
+        dev(np.ones((2, 3))) + dev(np.ones((4,)))
+    with pytest.raises(DeviceMismatchError, match="cuda and cpu"):
+        dev(np.ones(3)) + np.ones(3)
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 5), 1), ((2, 3, 4), (0, 2)), ((1, 5), 0),
+                                        ((21,), None)])
+def test_reductions(rng, shape, axis):
+    a = rng.standard_normal(shape)
+    d = dev(a)
+    for keep in (False, True):
+        close(d.sum(axis=axis, keepdims=keep), a.sum(axis=axis, keepdims=keep))
+        close(d.mean(axis=axis, keepdims=keep), a.mean(axis=axis, keepdims=keep))
+        close(d.max(axis=axis, keepdims=keep), a.max(axis=axis, keepdims=keep))
+        close(d.min(axis=axis, keepdims=keep), a.min(axis=axis, keepdims=keep))
+    assert dev(a > 0).sum().item() == (a > 0).sum()
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (6, 0, 2)])
+def test_matmul_tiled(rng, m, k, n):
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        a = rng.standard_normal((m, k)).astype(dt)
+        b = rng.standard_normal((k, n)).astype(dt)
+        close(dev(a) @ dev(b), a @ b, tol)
+        close(dev(a).T @ dev(a), a.T @ a, tol)
+    a = rng.standard_normal((m, k))
+    v = rng.standard_normal(k)
+    close(dev(a) @ dev(v), a @ v)
+    with pytest.raises(ValueError, match="do not fit"):
+        dev(a) @ dev(np.ones((k + 1, 2)))
+
+
+def test_argmax_on_device(rng):
+    a = rng.standard_normal((4, 5))
+    t = minidl.tensor(a, device="cuda")
+    got = minidl.argmax(t, axis=1)
+    assert got.device == "cuda"
+    np.testing.assert_array_equal(got.numpy(), a.argmax(axis=1))
+
+
+def test_transpose_broadcast_to(rng):
+    a = rng.standard_normal((2, 3, 4))
+    close(dev(a).transpose(2, 0, 1), a.transpose(2, 0, 1))
+    close(np.broadcast_to(dev(a[:1]), (5, 3, 4)), np.broadcast_to(a[:1], (5, 3, 4)))
+    close(np.expand_dims(dev(a), 1), np.expand_dims(a, 1))
+    close(dev(a)[1], a[1])
+
+
+@pytest.mark.parametrize("act", ["identity", "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 2, 2)])
+def test_bias_act_and_backward(rng, act, shape):
+    x = rng.standard_normal(shape)
+    b = rng.standard_normal(shape[1])
+    for bias in (None, b):
+        close(kc.bias_act_forward(dev(x), None if bias is None else dev(bias), act),
+              ref.bias_act_forward(x, bias, act))
+    y = ref.bias_act_forward(x, None, act)
+    dy = rng.standard_normal(shape)
+    close(kc.act_backward(dev(dy), dev(y), act), ref.act_backward(dy, y, act))
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (1 + 1, 5), (3, 2, 3, 2), (2, 3, 1, 1)])
+def test_batchnorm_kernels(rng, shape):
+    c = shape[1]
+    x = rng.standard_normal(shape) * 3 + 5
+    g, b = rng.standard_normal(c), rng.standard_normal(c)
+    dy = rng.standard_normal(shape)
+    y, mean, var = kc.batch_norm_train_forward(dev(x), dev(g), dev(b), 1e-5)
+    ry, rmean, rvar = ref.batch_norm_train_forward(x, g, b, 1e-5)
+    close(y, ry, 1e-9)
+    close(mean, rmean, 1e-9)
+    close(var, rvar, 1e-9)
+    for got, want in zip(kc.batch_norm_train_backward(dev(dy), dev(x), dev(g), mean, var, 1e-5),
+                         ref.batch_norm_train_backward(dy, x, g, rmean, rvar, 1e-5)):
+        close(got, want, 1e-9)
+    rm, rv = rng.standard_normal(c), rng.random(c) + 0.5
+    close(kc.batch_norm_eval_forward(dev(x), dev(g), dev(b), dev(rm), dev(rv), 1e-5),
+          ref.batch_norm_eval_forward(x, g, b, rm, rv, 1e-5), 1e-9)
+    for got, want in zip(kc.batch_norm_eval_backward(dev(dy), dev(x), dev(g), dev(rm), dev(rv),
+                                                     1e-5),
+                         ref.batch_norm_eval_backward(dy, x, g, rm, rv, 1e-5)):
+        close(got, want, 1e-9)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_matches_cpu(rng, reduction):
+    logits = rng.standard_normal((5, 4)) * 3
+    target = np.array([0, 3, 1, 1, 2])
+    outs = []
+    for device in ("cpu", "cuda"):
+        x = minidl.tensor(logits, device=device, requires_grad=True)
+        t = minidl.tensor(target, device=device)
+        loss = minidl.cross_entropy(x, t, reduction=reduction)
+        (loss.sum() if reduction == "none" else loss).backward()
+        outs.append((loss.detach().numpy(),
+                     x.grad.numpy()))
+    close(outs[1][0], outs[0][0])
+    close(outs[1][1], outs[0][1])
+    torch = pytest.importorskip("torch")
+    want = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(target),
+                                             reduction=reduction).numpy()
+    close(outs[1][0], want)
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        minidl.cross_entropy(minidl.tensor(logits, device="cuda"),
+                             minidl.tensor([0, 4, 1, 1, 2], device="cuda"))
+
+
+def test_batchnorm_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((4, 3, 2, 2))
+    g = rng.standard_normal(3)
+    y, _, _ = kc.batch_norm_train_forward(dev(x), dev(g), dev(np.zeros(3)), 1e-5)
+    want = torch.nn.functional.batch_norm(torch.tensor(x), None, None, torch.tensor(g),
+                                          torch.zeros(3, dtype=torch.float64), True)
+    close(y, want.numpy(), 1e-9)
+
+
+# ---- training on the GPU equals training on the CPU ------------------------------------
+
+def _mlp_steps(device, bn, opt_name, steps=2, dtype=np.float64):
+    minidl.manual_seed(0)
+    model = mlp(in_features=5, hidden=(4, 3), num_classes=3, bn=bn,
+                                  activation="sigmoid", init_std=0.5)
+    model.to(dtype).to(device)
+    make = {"sgd": lambda ps: optim.SGD(ps, lr=0.5, momentum=0.9, weight_decay=1e-3),
+            "nesterov": lambda ps: optim.SGD(ps, lr=0.5, momentum=0.9, nesterov=True),
+            "adam": lambda ps: optim.Adam(ps, lr=0.05),
+            "adamw_amsgrad": lambda ps: optim.AdamW(ps, lr=0.05, amsgrad=True),
+            "rmsprop": lambda ps: optim.RMSprop(ps, lr=0.01),
+            "rmsprop_centered": lambda ps: optim.RMSprop(ps, lr=0.01, centered=True,
+                                                         momentum=0.5, weight_decay=1e-2)}
+    opt = make[opt_name](model.parameters())
+    rng = np.random.default_rng(7)
+    losses = []
+    for _ in range(steps):
+        x = minidl.tensor(rng.standard_normal((4, 5)).astype(dtype), device=device)
+        y = minidl.tensor(rng.integers(0, 3, 4), device=device)
+        opt.zero_grad()
+        loss = minidl.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model, opt, losses
+
+
+@pytest.mark.parametrize("bn,opt_name", [(False, "sgd"), (True, "sgd"), (True, "adam"),
+                                         (False, "rmsprop"), (False, "nesterov"),
+                                         (False, "adamw_amsgrad"), (True, "rmsprop_centered")])
+def test_mlp_training_steps_match_cpu(bn, opt_name):
+    cm, copt, closs = _mlp_steps("cpu", bn, opt_name)
+    gm, gopt, gloss = _mlp_steps("cuda", bn, opt_name)
+    np.testing.assert_allclose(gloss, closs, rtol=1e-10)
+    for (name, a), (_, b) in zip(cm.state_dict().items(), gm.state_dict().items()):
+        assert isinstance(b, np.ndarray), name  # a GPU state_dict holds host arrays
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)
+    for p in gm.parameters():
+        assert p.device == "cuda" and p.grad.device == "cuda"
+        for v in gopt.state[p].values():
+            assert not isinstance(v, np.ndarray)  # optimizer state lives with its param
+    if bn:
+        bufs = [b for b in gm.buffers() if b.dtype.kind == "f"]
+        assert bufs and all(b.device == "cuda" for b in bufs)
+
+
+def test_mlp_float32_training_close_to_cpu():
+    _, _, closs = _mlp_steps("cpu", True, "sgd", dtype=np.float32)
+    _, _, gloss = _mlp_steps("cuda", True, "sgd", dtype=np.float32)
+    np.testing.assert_allclose(gloss, closs, rtol=1e-5)
+
+
+def test_checkpoints_move_between_devices():
+    gm, gopt, _ = _mlp_steps("cuda", True, "sgd", steps=1)
+    sd = gm.state_dict()
+    fresh_cpu = mlp(in_features=5, hidden=(4, 3), num_classes=3, bn=True)
+    fresh_cpu.to(np.float64).load_state_dict(sd)
+    fresh_gpu = mlp(in_features=5, hidden=(4, 3), num_classes=3, bn=True)
+    fresh_gpu.to(np.float64).to("cuda").load_state_dict(sd)
+    x = np.random.default_rng(3).standard_normal((5, 5))
+    fresh_cpu.eval(), fresh_gpu.eval(), gm.eval()
+    with minidl.no_grad():
+        want = gm(minidl.tensor(x, device="cuda")).numpy()
+        np.testing.assert_allclose(fresh_cpu(minidl.tensor(x)).numpy(), want, rtol=1e-12)
+        np.testing.assert_allclose(fresh_gpu(minidl.tensor(x, device="cuda")).numpy(), want,
+                                   rtol=1e-12)
+    osd = gopt.state_dict()
+    assert all(isinstance(v, np.ndarray) for s in osd["state"].values() for v in s.values()
+               if not np.isscalar(v))
+    opt2 = optim.SGD(fresh_gpu.parameters(), lr=0.5, momentum=0.9)
+    opt2.load_state_dict(osd)
+    assert all(v.device == "cuda" for s in opt2.state.values() for v in s.values())
+
+
+def test_second_identical_step_allocates_nothing_from_the_driver():
+    model, opt, _ = _mlp_steps("cuda", True, "sgd", steps=1)
+    rng = np.random.default_rng(1)
+    x = minidl.tensor(rng.standard_normal((4, 5)), device="cuda")
+    y = minidl.tensor(rng.integers(0, 3, 4), device="cuda")
+
+    def step():
+        opt.zero_grad()
+        loss = minidl.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    step()
+    before = ALLOCATOR.driver_allocations
+    step()
+    assert ALLOCATOR.driver_allocations == before
+    assert minidl.cuda.memory_stats()["cached_bytes"] > 0
+
+
+@pytest.mark.parametrize("shape,wshape,stride,padding,dilation,groups", [
+    ((2, 3, 5, 4), (4, 3, 3, 2), (1, 1), (1, 0), (1, 1), 1),
+    ((1, 4, 6, 5), (2, 2, 3, 3), (2, 1), (1, 2), (1, 2), 2),
+    ((1, 1, 3, 3), (1, 1, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+])
+def test_conv2d_kernels(rng, shape, wshape, stride, padding, dilation, groups):
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal(wshape)
+    b = rng.standard_normal(wshape[0])
+    args = (stride, padding, dilation, groups)
+    y = ref.conv2d_forward(x, w, b, *args)
+    close(kc.conv2d_forward(dev(x), dev(w), dev(b), *args), y, 1e-10)
+    close(kc.conv2d_forward(dev(x), dev(w), None, *args), ref.conv2d_forward(x, w, None, *args),
+          1e-10)
+    dy = rng.standard_normal(y.shape)
+    close(kc.conv2d_backward_input(dev(dy), dev(w), shape, *args),
+          ref.conv2d_backward_input(dy, w, shape, *args), 1e-10)
+    close(kc.conv2d_backward_weight(dev(dy), dev(x), wshape, *args),
+          ref.conv2d_backward_weight(dy, x, wshape, *args), 1e-10)
+    close(kc.conv2d_backward_bias(dev(dy)), ref.conv2d_backward_bias(dy), 1e-10)
+
+
+@pytest.mark.parametrize("k,s,p,ceil", [((2, 2), (2, 2), (0, 0), False),
+                                        ((3, 2), (2, 1), (1, 1), True),
+                                        ((3, 3), (1, 1), (1, 1), False)])
+def test_pooling_kernels(rng, k, s, p, ceil):
+    x = rng.standard_normal((2, 2, 5, 4))
+    x[0, 0, 1, 1] = x[0, 0, 1, 2]  # a tie: the first maximum wins
+    y, arg = ref.max_pool2d_forward(x, k, s, p, ceil)
+    gy, garg = kc.max_pool2d_forward(dev(x), k, s, p, ceil)
+    close(gy, y)
+    np.testing.assert_array_equal(garg.to_host(), arg)
+    dy = rng.standard_normal(y.shape)
+    close(kc.max_pool2d_backward(dev(dy), garg, x.shape), ref.max_pool2d_backward(dy, arg, x.shape))
+    for cip in (True, False):
+        ya = ref.avg_pool2d_forward(x, k, s, p, ceil, cip)
+        close(kc.avg_pool2d_forward(dev(x), k, s, p, ceil, cip), ya)
+        close(kc.avg_pool2d_backward(dev(dy), x.shape, k, s, p, ceil, cip),
+              ref.avg_pool2d_backward(dy, x.shape, k, s, p, ceil, cip))
+    close(kc.global_avg_pool2d_forward(dev(x)), ref.global_avg_pool2d_forward(x))
+    g = rng.standard_normal((2, 2))
+    close(kc.global_avg_pool2d_backward(dev(g), x.shape),
+          ref.global_avg_pool2d_backward(g, x.shape))
+
+
+def _cnn_steps(device, opt_name):
+    minidl.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3),
+                          nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 2),
+                          nn.AvgPool2d(2, stride=1, padding=1), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3))
+    model.to(np.float64).to(device)
+    opt = optim.Adam(model.parameters(), lr=0.05) if opt_name == "adam" else \
+        optim.RMSprop(model.parameters(), lr=0.01, momentum=0.5)
+    rng = np.random.default_rng(5)
+    losses = []
+    for _ in range(2):
+        x = minidl.tensor(rng.standard_normal((2, 2, 4, 4)), device=device)
+        y = minidl.tensor(rng.integers(0, 3, 2), device=device)
+        opt.zero_grad()
+        loss = minidl.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model, losses
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "rmsprop"])
+def test_cnn_training_steps_match_cpu(opt_name):
+    cm, closs = _cnn_steps("cpu", opt_name)
+    gm, gloss = _cnn_steps("cuda", opt_name)
+    np.testing.assert_allclose(gloss, closs, rtol=1e-10)
+    for (name, a), (_, b) in zip(cm.state_dict().items(), gm.state_dict().items()):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+# ---- the command line and the trainer ----------------------------------------------------
+
+def test_trainer_on_cuda_evaluates_checkpoints_and_resumes(tmp_path):
+    from minidl.data import DataLoader, TensorDataset
+    from minidl.train import Trainer
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+
+    def make():
+        minidl.manual_seed(0)
+        model = mlp(in_features=5, hidden=(4,), num_classes=3, bn=True).to("cuda")
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return Trainer(model, opt, DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True,
+                                              seed=0),
+                       eval_loader=DataLoader(TensorDataset(x, y), batch_size=6),
+                       eval_every=2, checkpoint_every=2, out_dir=tmp_path, progress=False,
+                       bn_eval="population", bn_stats_batches=2,
+                       bn_stats_loader=DataLoader(TensorDataset(x, y), batch_size=4,
+                                                  shuffle=True, seed=1),
+                       device="cuda")
+    first = make().fit(2)
+    assert 0 <= first["history"][-1]["test_acc"] <= 1
+    assert first["history"][-1]["bn_eval"] == "population"
+    resumed = make().fit(3, resume=True)
+    assert resumed["steps"] == 3
+    assert all(p.device == "cuda" for p in make().model.parameters())
+
+
+def test_device_cuda_without_cuda_is_one_clear_line(monkeypatch, tmp_path, capsys):
+    from minidl.cli import main
+    monkeypatch.setattr(minidl.cuda, "_probe", (False, "numba-cuda is not installed", False))
+    for argv in (["figure1", "--device", "cuda", "--out", str(tmp_path / "f")],
+                 ["train", "--device", "cuda", "--out", str(tmp_path / "t")],
+                 ["ablation", "--device", "cuda", "--out", str(tmp_path / "a"), "--quick"]):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code
+        assert rc == 2, argv
+        err = capsys.readouterr().err
+        assert "--device cuda: CUDA is not available: numba-cuda is not installed" in err
+        assert len(err.strip().splitlines()) == 1, err
+    try:
+        rc = main(["bench", "--device", "cuda", "--quick"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    assert "CUDA is not available: numba-cuda is not installed" in capsys.readouterr().err
+    with pytest.raises(minidl.cuda.CudaUnavailableError, match="not installed"):
+        minidl.tensor([1.0], device="cuda")
+    assert "not available (numba-cuda is not installed)" in minidl.cuda.status()
+
+
+@pytest.mark.slow
+def test_bench_device_cuda_quick_runs(capsys):
+    from minidl.cli import main
+    assert main(["bench", "--device", "cuda", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "batch_norm_train_forward" in out and "Figure 1 MLP + BN" in out
+
+
+def test_shape_ops_and_their_gradients_match_cpu(rng):
+    a = rng.standard_normal((2, 3, 4))
+    results = []
+    for device in ("cpu", "cuda"):
+        x = minidl.tensor(a, device=device, requires_grad=True)
+        parts = [x[:, 1:], (x[:, :2, None, 1].squeeze(2).unsqueeze(1).transpose(1, 2)
+                            .permute(0, 2, 1) * minidl.ones(1, dtype=np.float64).to(device))]
+        cat = minidl.cat([parts[0].reshape(2, -1), parts[1].reshape(2, -1)], axis=1)
+        st = minidl.stack([cat, cat * 2], axis=1)
+        padded = minidl.pad(st, ((0, 0), (1, 0), (2, 1)))
+        y = (padded.softmax(axis=-1) * minidl.arange(padded.shape[-1], dtype=np.float64)
+             .to(device)).sum() + x.var() + x.max(axis=1).sum() + x.mean(axis=(0, 2)).sum()
+        y = y + minidl.nn.functional.dropout(x, 0.0).sum()
+        y.backward()
+        results.append((y.item(), x.grad.numpy()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+
+
+def test_inception_step_matches_cpu():
+    from minidl.models import bn_inception_lite
+    out = {}
+    for device in ("cpu", "cuda"):
+        minidl.manual_seed(0)
+        m = bn_inception_lite(num_classes=3, in_channels=1, width=0.1).to(np.float64)
+        m.to(device)
+        opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        x = minidl.tensor(np.random.default_rng(0).standard_normal((2, 1, 8, 8)), device=device)
+        loss = minidl.cross_entropy(m(x), minidl.tensor([0, 2], device=device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out[device] = (loss.item(), m.state_dict())
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-12)
+    for k, v in out["cpu"][1].items():
+        np.testing.assert_allclose(out["cuda"][1][k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_parameter_of_a_gpu_tensor_shares_its_data():
+    t = minidl.tensor(np.ones(3, np.float32), device="cuda")
+    p = nn.Parameter(t)
+    assert p.device == "cuda" and p.data is t.data
+    assert minidl.tensor(t).data is t.data
+    c = minidl.tensor(t, device="cpu")
+    assert c.device == "cpu" and isinstance(c.data, np.ndarray)
+    with pytest.raises(ValueError, match=r"move it with \.to\('cuda'\)"):
+        nn.Linear(2, 3, device="cuda")
+
+
+def test_where_clip_pow_abs_match_cpu(rng):
+    a = rng.standard_normal((3, 4))
+    b = rng.random(4) + 0.5
+    results = []
+    for device in ("cpu", "cuda"):
+        x = minidl.tensor(a, device=device, requires_grad=True)
+        e = minidl.tensor(b, device=device, requires_grad=True)
+        y = (minidl.where(x > 0, x * 2, e) + x.clip(-0.5, 0.5) + x.abs() ** e
+             + minidl.maximum(x, e) + minidl.minimum(x, 0.1) + (x * x + 1).log()
+             + (x * x + 1).sqrt() + x.tanh() + x.sigmoid() + x.log_softmax(axis=0)
+             + x.softmax(axis=1) + (x / e) - e)
+        loss = y.sum() + minidl.mse_loss(x, x.detach() * 0.5)
+        loss.backward()
+        results.append((loss.item(), x.grad.numpy(), e.grad.numpy()))
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
