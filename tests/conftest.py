@@ -2,6 +2,11 @@ import os
 
 # Before anything (torch included) loads an OpenMP runtime: see kernels/__init__.py.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The CUDA backend's tests run on numba-cuda's simulator unless told otherwise (on a GPU:
+# NUMBA_ENABLE_CUDASIM=0, see benchmarks/cuda_check.sh). numba.cuda reads the variable
+# when it is first imported, which any test may do (`minidl info` asks for CUDA's status),
+# so it is set here, before every test module.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import numpy as np
 import pytest
