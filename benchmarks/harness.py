@@ -322,7 +322,7 @@ def torch_available() -> bool:
 def child_env() -> dict:
     """The environment of a torch child: the repo importable, torch's own default OpenMP
     wait policy and OpenBLAS thread timeout (minidl sets PASSIVE for Numba, which costs
-    torch time per call, and OPENBLAS_THREAD_TIMEOUT=4 for itself), and the
+    torch time per call, and OPENBLAS_THREAD_TIMEOUT=18 for itself), and the
     malloc thresholds minidl sets for itself (minidl/_malloc.py; without them glibc hands
     large freed blocks back to the OS and every call page-faults its output back in).
     The variables are glibc's equivalent of minidl's mallopt calls, read at start-up."""

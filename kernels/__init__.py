@@ -15,10 +15,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # (~0.1 s) after every multithreaded call before they sleep, and while they spin every
 # parallel Numba kernel on the same cores runs slower (a training step that calls BLAS
 # once, in a Linear layer or a 1x1 convolution, pays this for all of its kernels).
-# 2^4 cycles makes them sleep at once; a BLAS call then pays a thread wake-up instead,
-# which costs less over a whole training step (numbers: benchmarks/DESIGN.md,
-# kernels/__init__.py). OpenBLAS reads the variable when it loads, i.e. when NumPy is
+# 2^18 cycles (~70 us) lets them sleep before the Numba kernels that follow a BLAS call
+# run, yet keeps them awake between back-to-back BLAS calls (an MLP step); a shorter
+# timeout makes every BLAS call pay a thread wake-up, a longer one taxes the kernels
+# (numbers: benchmarks/DESIGN.md, kernels/__init__.py). OpenBLAS reads the variable when it loads, i.e. when NumPy is
 # first imported: `import minidl` before NumPy, or set it yourself. A user's own setting
 # wins.
 BLAS_THREAD_TIMEOUT_APPLIED = "OPENBLAS_THREAD_TIMEOUT" in os.environ or "numpy" not in sys.modules
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")

@@ -68,7 +68,7 @@ def blas_thread_policy() -> str:
     if kernels.BLAS_THREAD_TIMEOUT_APPLIED:
         return f"workers spin 2^{value} cycles after a call (OPENBLAS_THREAD_TIMEOUT={value})"
     return ("OpenBLAS default (workers spin ~0.1 s and slow Numba kernels): NumPy was "
-            "imported before minidl; set OPENBLAS_THREAD_TIMEOUT=4 or import minidl first")
+            "imported before minidl; set OPENBLAS_THREAD_TIMEOUT=18 or import minidl first")
 
 
 def collect() -> dict:

@@ -18,7 +18,7 @@ def test_importing_minidl_first_applies_the_policy():
     code = ("import minidl, os, minidl.info as i; "
             "print(os.environ['OPENBLAS_THREAD_TIMEOUT']); print(i.blas_thread_policy())")
     value, policy = _run(code).splitlines()
-    assert value == "4" and "2^4 cycles" in policy
+    assert value == "18" and "2^18 cycles" in policy
 
 
 def test_numpy_imported_first_is_reported_and_a_user_setting_wins():
