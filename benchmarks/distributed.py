@@ -4,7 +4,7 @@
     python -m minidl.benchmarks.distributed [--steps 200] [--ranks 1,2] [--json FILE] [--quick]
 
 For the paper's BN MLP (784-100-100-100-10, global batch 60) and the small BN CNN of
-benchmarks/train_step.py (global batch 64), with SyncBatchNorm (the paper's batch is the
+benchmarks/cases.py (global batch 64), with SyncBatchNorm (the paper's batch is the
 global batch) inside DistributedDataParallel, float32, SGD with momentum, random data:
 
 1. Measured: `mpirun -n K` (K in --ranks) runs the steps; reported are steps/s and
@@ -56,7 +56,7 @@ def _worker(steps: int, warmup: int, out: Path) -> None:
 
     import minidl as md
     import minidl.distributed as dist
-    from minidl.benchmarks.train_step import minidl_model
+    from minidl.benchmarks.cases import minidl_model
     from minidl import nn, optim
 
     dist.init_process_group()
@@ -122,7 +122,7 @@ def _model_and_data(kind, b, seed=0):
     import numpy as np
 
     import minidl as md
-    from minidl.benchmarks.train_step import minidl_model
+    from minidl.benchmarks.cases import minidl_model
     from minidl import optim
     md.manual_seed(seed)
     model = minidl_model(kind)
