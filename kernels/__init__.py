@@ -18,8 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # 2^18 cycles (~70 us) lets them sleep before the Numba kernels that follow a BLAS call
 # run, yet keeps them awake between back-to-back BLAS calls (an MLP step); a shorter
 # timeout makes every BLAS call pay a thread wake-up, a longer one taxes the kernels
-# (numbers: benchmarks/DESIGN.md, kernels/__init__.py). OpenBLAS reads the variable when it loads, i.e. when NumPy is
-# first imported: `import minidl` before NumPy, or set it yourself. A user's own setting
-# wins.
-BLAS_THREAD_TIMEOUT_APPLIED = "OPENBLAS_THREAD_TIMEOUT" in os.environ or "numpy" not in sys.modules
+# (numbers: benchmarks/DESIGN.md, kernels/__init__.py). OpenBLAS reads the variable when
+# it loads, i.e. when NumPy is first imported: `import minidl` before NumPy, or set it
+# yourself. A user's own setting wins.
+BLAS_THREAD_TIMEOUT_APPLIED = ("OPENBLAS_THREAD_TIMEOUT" in os.environ
+                               or "numpy" not in sys.modules)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
