@@ -22,6 +22,7 @@ def table_rows(out):
     return [line for line in lines if line.startswith("| ") and not line.startswith("| variant")]
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_tiny_ablation_writes_every_output_and_resumes(tmp_path, capsys):
     out = tmp_path / "abl"
@@ -64,6 +65,7 @@ def test_tiny_ablation_writes_every_output_and_resumes(tmp_path, capsys):
     assert list(csv.DictReader(open(out / "ablation.csv"))) == rows
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_divergence_is_a_result_and_the_search_picks_a_rate(tmp_path, capsys):
     out = tmp_path / "abl"
@@ -114,6 +116,7 @@ def test_bad_arguments_give_one_clear_line(tmp_path, extra, message, capsys):
     assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_channels_last_and_contiguous_runs_train_alike(tmp_path):
     """The default channels_last layout changes where the values lie, not what they are:

@@ -39,6 +39,7 @@ def quick_run(tmp_path_factory):
     return json.loads(js.read_text()), md.read_text(), res.stdout
 
 
+@pytest.mark.slow
 def test_json_machine_and_limits(quick_run):
     result, _, _ = quick_run
     assert result["schema"] == harness.SCHEMA == "minidl-bench/2" and result["quick"] is True
@@ -56,6 +57,7 @@ def test_json_machine_and_limits(quick_run):
     assert positive(result["wall_seconds"]["total"])
 
 
+@pytest.mark.slow
 def test_json_kernel_rows(quick_run):
     rows = quick_run[0]["kernels"]
     assert {r["kernel"] for r in rows} == set(cases.FAMILIES)
@@ -88,6 +90,7 @@ def test_json_kernel_rows(quick_run):
     assert first and "backward_input" not in {r["pass"] for r in first}
 
 
+@pytest.mark.slow
 def test_json_training_rows(quick_run):
     rows = quick_run[0]["train"]
     assert [r["case"] for r in rows] == [name for name, _, _ in cases.TRAIN_CASES]
@@ -100,6 +103,7 @@ def test_json_training_rows(quick_run):
             assert r["torch_threads"] in (1, quick_run[0]["threads"])
 
 
+@pytest.mark.slow
 def test_markdown_has_a_row_per_kernel_and_case(quick_run):
     result, md, stdout = quick_run
     assert md.startswith("# minidl benchmark") and md in stdout  # printed as well
@@ -122,6 +126,7 @@ def test_markdown_has_a_row_per_kernel_and_case(quick_run):
     assert len(tables) >= 3 and all(len(set(t)) == 1 for t in tables), tables
 
 
+@pytest.mark.slow
 def test_markdown_without_torch(quick_run):
     """The report of a machine without torch: dashes, not errors."""
     result = json.loads(json.dumps(quick_run[0]))

@@ -36,6 +36,7 @@ def bench_json(tmp_path, *argv):
     return result
 
 
+@pytest.mark.slow
 def test_conv2d_single_shape_with_every_option(tmp_path, capsys):
     r = bench_json(tmp_path, "conv2d", "--input", "2,4,7,9", "--out-channels", "6",
                    "--kernel", "3", "--stride", "2", "--padding", "2", "--groups", "2",
@@ -51,6 +52,7 @@ def test_conv2d_single_shape_with_every_option(tmp_path, capsys):
     assert "| conv2d | (2, 4, 7, 9)->6 k3 s2 p2 g2 d2 | forward |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_other_single_shape_commands(tmp_path):
     only_numba = ["--backend", "numba"]  # no torch child: quicker
     bn = bench_json(tmp_path, "batch_norm", "--input", "3,5", "--pass", "bwd", *only_numba)

@@ -1,8 +1,10 @@
 """The `minidl` command, as a user (and CI) runs it."""
+import pytest
 import subprocess
 import sys
 
 
+@pytest.mark.slow
 def test_python_m_minidl_info():
     out = subprocess.run([sys.executable, "-m", "minidl", "info"], capture_output=True,
                          text=True, timeout=120)

@@ -95,6 +95,7 @@ def test_missing_data_is_one_line_exit_1_and_leaves_no_folder(cli, tmp_path):
     assert not root.exists()  # the failed download left no empty dataset folder
 
 
+@pytest.mark.slow
 def test_debug_flag_and_env_show_the_traceback(cli, tmp_path):
     args = ("train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"), "--out",
             str(tmp_path / "o"), "--no-progress", "--steps", "2", "--overwrite")
@@ -111,6 +112,7 @@ def _idx(arr):
     return bytes([0, 0, 8, arr.ndim]) + np.array(arr.shape, ">u4").tobytes() + arr.tobytes()
 
 
+@pytest.mark.slow
 def test_corrupt_data_is_one_line_naming_the_file(cli, tmp_path):
     root = tmp_path / "data" / "mnist"
     root.mkdir(parents=True)
@@ -132,6 +134,7 @@ def test_corrupt_data_is_one_line_naming_the_file(cli, tmp_path):
     assert "train-images-idx3-ubyte.gz" in line and "corrupt gzip" in line
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_on_resume_is_one_line(cli, tmp_path):
     out = tmp_path / "o"
     out.mkdir()

@@ -267,6 +267,7 @@ def _mlp_steps(device, bn, opt_name, steps=2, dtype=np.float64):
     return model, opt, losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn,opt_name", [(False, "sgd"), (True, "sgd"), (True, "adam"),
                                          (False, "rmsprop"), (False, "nesterov"),
                                          (False, "adamw_amsgrad"), (True, "rmsprop_centered")])
@@ -286,12 +287,14 @@ def test_mlp_training_steps_match_cpu(bn, opt_name):
         assert bufs and all(b.device == "cuda" for b in bufs)
 
 
+@pytest.mark.slow
 def test_mlp_float32_training_close_to_cpu():
     _, _, closs = _mlp_steps("cpu", True, "sgd", dtype=np.float32)
     _, _, gloss = _mlp_steps("cuda", True, "sgd", dtype=np.float32)
     np.testing.assert_allclose(gloss, closs, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_devices():
     gm, gopt, _ = _mlp_steps("cuda", True, "sgd", steps=1)
     sd = gm.state_dict()
@@ -314,6 +317,7 @@ def test_checkpoints_move_between_devices():
     assert all(v.device == "cuda" for s in opt2.state.values() for v in s.values())
 
 
+@pytest.mark.slow
 def test_second_identical_step_allocates_nothing_from_the_driver():
     model, opt, _ = _mlp_steps("cuda", True, "sgd", steps=1)
     rng = np.random.default_rng(1)
@@ -401,6 +405,7 @@ def _cnn_steps(device, opt_name):
     return model, losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt_name", ["adam", "rmsprop"])
 def test_cnn_training_steps_match_cpu(opt_name):
     cm, closs = _cnn_steps("cpu", opt_name)
@@ -412,6 +417,7 @@ def test_cnn_training_steps_match_cpu(opt_name):
 
 # ---- the command line and the trainer ----------------------------------------------------
 
+@pytest.mark.slow
 def test_trainer_on_cuda_evaluates_checkpoints_and_resumes(tmp_path):
     from minidl.data import DataLoader, TensorDataset
     from minidl.train import Trainer
@@ -472,6 +478,7 @@ def test_bench_device_cuda_quick_runs(capsys):
     assert "batch_norm_train_forward" in out and "Figure 1 MLP + BN" in out
 
 
+@pytest.mark.slow
 def test_shape_ops_and_their_gradients_match_cpu(rng):
     a = rng.standard_normal((2, 3, 4))
     results = []
@@ -491,6 +498,7 @@ def test_shape_ops_and_their_gradients_match_cpu(rng):
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_inception_step_matches_cpu():
     from minidl.models import bn_inception_lite
     out = {}
@@ -521,6 +529,7 @@ def test_parameter_of_a_gpu_tensor_shares_its_data():
         nn.Linear(2, 3, device="cuda")
 
 
+@pytest.mark.slow
 def test_where_clip_pow_abs_match_cpu(rng):
     a = rng.standard_normal((3, 4))
     b = rng.random(4) + 0.5

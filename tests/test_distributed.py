@@ -281,6 +281,7 @@ def one_process(name):
     return model.state_dict()
 
 
+@pytest.mark.slow
 @needs_mpi
 @pytest.mark.parametrize("name", ["mlp", "mlp_bn", "cnn_bn"])
 def test_two_ranks_equal_one_process(two_ranks, name):
@@ -296,6 +297,7 @@ def test_two_ranks_equal_one_process(two_ranks, name):
         np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-10, err_msg=key)
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_no_sync_accumulates_then_averages(two_ranks):
     out, _ = two_ranks
@@ -304,6 +306,7 @@ def test_no_sync_accumulates_then_averages(two_ranks):
         np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-10, err_msg=key)
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_per_rank_batch_norm_is_not_global_batch_norm(two_ranks):
     """Documented difference: without SyncBatchNorm each rank normalizes its own half."""
@@ -313,6 +316,7 @@ def test_per_rank_batch_norm_is_not_global_batch_norm(two_ranks):
     assert max(np.abs(got[k] - ref[k]).max() for k in ref if "weight" in k) > 1e-6
 
 
+@pytest.mark.slow
 @needs_mpi
 def test_sampler_covers_every_example_once_per_epoch_across_ranks(two_ranks):
     _, report = two_ranks
@@ -339,6 +343,7 @@ needs_data = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-m
                                 reason="apt-get install -y dataset-fashion-mnist")
 
 
+@pytest.mark.slow
 @needs_mpi
 @needs_data
 def test_killed_rank_stops_the_others_and_resume_equals_uninterrupted(tmp_path):
@@ -363,6 +368,7 @@ def test_killed_rank_stops_the_others_and_resume_equals_uninterrupted(tmp_path):
     assert [json.loads(x)["step"] for x in lines] == [4, 8, 12]
 
 
+@pytest.mark.slow
 @needs_mpi
 @needs_data
 def test_hung_rank_makes_the_others_time_out_with_a_clear_error(tmp_path):
@@ -398,6 +404,7 @@ def _max_model_difference(a_path, b_path):
      "0.02", "--eval-examples", "50", "--final-examples", "50", "--bn-stats-batches", "2",
      "--width", "0.25", "--jobs", "1", "--sync-bn", "--no-progress"]], ids=["figure1",
                                                                           "ablation"])
+@pytest.mark.slow
 def test_cli_two_ranks_follow_one_process(tmp_path, command):
     """float32 end to end: equal up to rounding, and only rank 0 wrote (one summary)."""
     from minidl.cli import main

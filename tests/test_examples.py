@@ -45,6 +45,7 @@ def test_custom_kernel():
     assert "numba kernels == numpy reference: ok" in out and "gradcheck(softplus): ok" in out
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_fashion_cnn_resume_is_exact(tmp_path):
     straight = run("fashion_cnn.py", "--quick", "--steps", 6, "--checkpoint-every", 3,
@@ -66,6 +67,7 @@ def test_fashion_cnn_resume_without_checkpoint_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "no checkpoint at" in r.stderr
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_visualize(tmp_path):
     out = run("visualize.py", "--quick", "--bn", "--steps", 6, "--every", 2, "--out", tmp_path)
@@ -80,6 +82,7 @@ def test_visualize(tmp_path):
         assert "needs matplotlib" in out
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_mnist_bn_example_still_runs():
     out = run("mnist_bn.py", "--dataset", "fashion-mnist", "--steps", 4, "--eval-every", 2)

@@ -28,6 +28,7 @@ def run(out, *extra, wait=True):
     return proc
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     run(tmp_path / "full")
 
@@ -54,6 +55,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert [r["test_acc"] for r in a["history"]] == [r["test_acc"] for r in b["history"]]
 
 
+@pytest.mark.slow
 def test_example_script_runs(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "..", "examples", "mnist_bn.py")
     out = subprocess.run([sys.executable, script, "--dataset", "fashion-mnist", "--steps", "200",

@@ -192,6 +192,7 @@ def test_figure1_quick_on_real_data(tmp_path):
     assert (out / "bn" / "checkpoint.npz").exists()
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_train_cli_population_statistics_and_resume(tmp_path, capsys):
     from minidl.cli import main

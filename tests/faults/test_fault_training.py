@@ -73,6 +73,7 @@ def reference(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_loses_nothing(tmp_path, reference):
     out = tmp_path / "run"
     rng = random.Random(1234)
@@ -103,6 +104,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path, reference):
     assert_same_run(reference, out)
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, reference):
     out = tmp_path / "run"
     proc = spawn(out, env={"MIDSAVE": "37"})
