@@ -30,8 +30,7 @@ import numpy as np
 from ..autograd import record
 from ..backend import backend_for
 from ..functions import ShapeError
-from .. import layout as mf
-from ..functions._kernel_args import _same, check_float, contiguous
+from ..functions._kernel_args import channel_columns, check_float
 from ..functions.normalization import _update_running_stats
 from ..nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, _BatchNorm
 from ..tensor import Tensor
@@ -49,17 +48,7 @@ def sync_batch_norm(x: Tensor, running_mean, running_var, weight, bias, momentum
     c = x.shape[1]
     dtype = check_float(op, input=x.data, weight=None if weight is None else weight.data,
                         bias=None if bias is None else bias.data)
-    if x.ndim == 4 and mf.is_channels_last(x.data):
-        # channels_last: the NHWC memory as an (N*H*W, C) matrix, as F.batch_norm does.
-        nb, _, h, w = x.shape
-
-        def to_kernel(a):
-            return mf.nhwc(a).reshape(nb * h * w, c)
-
-        def from_kernel(a):
-            return mf.from_nhwc(a.reshape(nb, h, w, c))
-    else:
-        to_kernel, from_kernel = contiguous, _same
+    to_kernel, from_kernel = channel_columns(x.data)  # as F.batch_norm does
     xd = to_kernel(x.data)
     n_local = xd.size // max(c, 1)
     K = backend_for(x)

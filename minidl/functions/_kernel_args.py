@@ -35,6 +35,23 @@ def dense(a: np.ndarray):
     return contiguous(a), _same
 
 
+def channel_columns(a: np.ndarray):
+    """(to_kernel, from_kernel) for per-channel kernels (batch norm) on `a` (N, C[, H, W]):
+    a channels_last tensor's NHWC memory is an (N*H*W, C) matrix, normalized per column by
+    the kernels' (N, C) path with the channels in vector lanes; any other array goes as
+    C-contiguous (N, C[, H, W])."""
+    if a.ndim == 4 and mf.is_channels_last(a):
+        n, c, h, w = a.shape
+
+        def to_kernel(t):
+            return mf.nhwc(t).reshape(n * h * w, c)
+
+        def from_kernel(t):
+            return mf.from_nhwc(t.reshape(n, h, w, c))
+        return to_kernel, from_kernel
+    return contiguous, _same
+
+
 def dense_like(g: np.ndarray, template: np.ndarray) -> np.ndarray:
     """`g` (shaped like `template`) as the C-contiguous array dense(template) would give:
     a gradient in another format than its forward's output is converted here, once."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import layout as mf
 from ..autograd import no_grad, record
 from ..backend import backend_for
 from ..tensor import Tensor
-from ._kernel_args import _same, check_float, contiguous
+from ._kernel_args import channel_columns, check_float
 from ._util import ShapeError
 
 
@@ -50,18 +49,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
                          f"input of shape {x.shape}")
 
     K = backend_for(x)
-    if x.ndim == 4 and mf.is_channels_last(x.data):
-        # channels_last: the NHWC memory is an (N*H*W, C) matrix, normalized per column:
-        # the kernels' (N, C) path, which keeps the channels in vector lanes.
-        n, _, h, w = x.shape
-
-        def to_kernel(a):
-            return mf.nhwc(a).reshape(n * h * w, c)
-
-        def from_kernel(a):
-            return mf.from_nhwc(a.reshape(n, h, w, c))
-    else:
-        to_kernel, from_kernel = contiguous, _same
+    to_kernel, from_kernel = channel_columns(x.data)  # channels_last: (N*H*W, C) rows
     xd = to_kernel(x.data)
     gamma = weight.data if weight is not None else np.ones(c, dtype)
     beta = bias.data if bias is not None else np.zeros(c, dtype)
