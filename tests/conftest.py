@@ -20,5 +20,21 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 @pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Dataset lookup with no $MINIDL_DATA, an empty home, no system dataset dirs and no
+    proxies (the data and fault tests)."""
+    from minidl.data import datasets as ds
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MINIDL_DATA", raising=False)
+    monkeypatch.setattr(ds, "SYSTEM_DIRS", {})
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -48,18 +48,6 @@ def write(path, data):
     return path
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """No $MINIDL_DATA, an empty home, no system dataset dirs, no proxies."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("MINIDL_DATA", raising=False)
-    monkeypatch.setattr(ds, "SYSTEM_DIRS", {})
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    return home
 
 
 # ---- real Fashion-MNIST (read once per session) -----------------------------------

@@ -24,17 +24,6 @@ BOMB_BYTES = 200 * 2 ** 20
 PEAK_LIMIT = 8 * 2 ** 20  # far below the bomb's size
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("MINIDL_DATA", raising=False)
-    monkeypatch.setattr(ds, "SYSTEM_DIRS", {})
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    return home
 
 
 def idx_header(shape, code=0x08):
