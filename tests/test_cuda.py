@@ -206,6 +206,67 @@ def test_batchnorm_kernels(rng, shape):
         close(got, want, 1e-9)
 
 
+def test_parameters_converted_on_the_fly_are_not_overwritten(rng):
+    """float32 x with float64 (host) gamma, beta and statistics: each is converted into a
+    temporary, and every temporary must live until its kernel has run (a temporary freed
+    early hands its buffer to the next conversion, so gamma would read beta's values)."""
+    x = (rng.standard_normal((4, 3, 2, 2)) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    g, b = rng.standard_normal(3) + 2, rng.standard_normal(3)
+    rm, rv = rng.standard_normal(3), rng.random(3) + 0.5
+    y, mean, var = kc.batch_norm_train_forward(dev(x), g, b, 1e-5)
+    ry, rmean, rvar = ref.batch_norm_train_forward(x, g.astype(np.float32),
+                                                   b.astype(np.float32), 1e-5)
+    close(y, ry, 1e-5)
+    for got, want in zip(kc.batch_norm_train_backward(dy, dev(x), g, mean, var, 1e-5),
+                         ref.batch_norm_train_backward(dy, x, g.astype(np.float32), rmean,
+                                                       rvar, 1e-5)):
+        close(got, want, 1e-4)
+    close(kc.batch_norm_eval_forward(dev(x), g, b, rm, rv, 1e-5),
+          ref.batch_norm_eval_forward(x, g, b, rm, rv, 1e-5), 1e-5)
+    p, grad = dev(np.ones(5, np.float32)), rng.standard_normal(5)
+    kc.sgd_step(p, grad, None, 0.5, 0.0, 0.0, 0.0, False, True)
+    close(p, 1 - 0.5 * grad.astype(np.float32), 1e-6)
+
+
+def test_where_with_operands_made_on_the_fly():
+    c = dev(np.array([True, False, True]))
+    close(np.where(c, 1.0, 2.0), [1.0, 2.0, 1.0])
+    close(np.where(c, dev(np.array([1, 2, 3], np.int32)), 7.5), [1.0, 7.5, 3.0])
+    close(np.where(dev(np.array([[True], [False]])), dev(np.arange(3.0)), -1.0),
+          [[0.0, 1.0, 2.0], [-1.0, -1.0, -1.0]])
+
+
+def test_simulated_threads_of_a_block_share_one_shared_array():
+    """The simulator creates a block's shared arrays lazily, on the first call from each
+    source line. Without the lock that kernels/cuda/_simulator.py adds, threads arriving
+    together could each create their own array, and a block reduction would mix them
+    (batch norm and sums failed about one run in ten)."""
+    import sys
+    import threading
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # unpatched, about one round in three goes wrong
+    try:
+        for _ in range(100):
+            shared, barrier, got = FakeCUDAShared(0), threading.Barrier(8), []
+
+            def thread(shared=shared, barrier=barrier, got=got):
+                barrier.wait()
+                got.append(shared.array(4, np.float64))
+
+            threads = [threading.Thread(target=thread) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert len(got) == 8 and all(a is got[0] for a in got)
+    finally:
+        sys.setswitchinterval(interval)
+    a = np.arange(1.0, 65.0).reshape(8, 8)
+    close(dev(a).sum(axis=1), a.sum(axis=1))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_cross_entropy_matches_cpu(rng, reduction):
     logits = rng.standard_normal((5, 4)) * 3

@@ -25,6 +25,10 @@ from .array import ALLOCATOR, CudaArray, DeviceMismatchError, mismatch  # noqa: 
 
 
 def _dev(a, dtype=None) -> CudaArray:
+    """`a` as a CudaArray of `dtype` (a converted copy if it differs). Keep the result in
+    a variable for as long as a kernel uses its `._dev`: a temporary's buffer goes back
+    to the caching allocator as soon as the CudaArray dies, and `_dev(g)._dev` would hand
+    the kernel memory that the next allocation reuses."""
     if isinstance(a, CudaArray):
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
     return CudaArray.from_host(np.asarray(a, dtype=dtype))
@@ -42,8 +46,8 @@ def bias_act_forward(x, b, act):
     y = CudaArray(x.shape, x.dtype)
     if y.size:
         n, c, inner = _ncl(x) if x.ndim >= 2 else (1, 1, 1)
-        bb = _dev(b, x.dtype)._dev if b is not None else x._dev
-        _act.bias_act_forward[grid1d(y.size)](x._dev, bb, max(inner, 1), max(c, 1),
+        bb = _dev(b, x.dtype) if b is not None else x
+        _act.bias_act_forward[grid1d(y.size)](x._dev, bb._dev, max(inner, 1), max(c, 1),
                                               b is not None, _act.ACTS[act], y._dev)
     return y
 
@@ -51,7 +55,8 @@ def bias_act_forward(x, b, act):
 def act_backward(dy, y, act):
     dx = CudaArray(y.shape, y.dtype)
     if dx.size:
-        _act.act_backward[grid1d(dx.size)](_dev(dy, y.dtype)._dev, y._dev, _act.ACTS[act],
+        dy = _dev(dy, y.dtype)
+        _act.act_backward[grid1d(dx.size)](dy._dev, y._dev, _act.ACTS[act],
                                            dx._dev)
     return dx
 
@@ -66,8 +71,8 @@ def batch_norm_train_forward(x, gamma, beta, eps):
     n, c, L = _ncl(x)
     y = CudaArray(x.shape, x.dtype)
     mean, var = CudaArray((c,), x.dtype), CudaArray((c,), x.dtype)
-    _bn.bn_train_forward[_bn_blocks(c)](x._dev, _dev(gamma, x.dtype)._dev,
-                                        _dev(beta, x.dtype)._dev, n, c, L, float(eps),
+    gamma, beta = _dev(gamma, x.dtype), _dev(beta, x.dtype)
+    _bn.bn_train_forward[_bn_blocks(c)](x._dev, gamma._dev, beta._dev, n, c, L, float(eps),
                                         y._dev, mean._dev, var._dev)
     return y, mean, var
 
@@ -76,8 +81,8 @@ def _bn_backward(dy, x, gamma, mean, var, eps, training):
     n, c, L = _ncl(x)
     dx = CudaArray(x.shape, x.dtype)
     dgamma, dbeta = CudaArray((c,), x.dtype), CudaArray((c,), x.dtype)
-    _bn.bn_backward[_bn_blocks(c)](_dev(dy, x.dtype)._dev, x._dev, _dev(gamma, x.dtype)._dev,
-                                   _dev(mean, x.dtype)._dev, _dev(var, x.dtype)._dev, n, c, L,
+    dy, gamma, mean, var = (_dev(a, x.dtype) for a in (dy, gamma, mean, var))
+    _bn.bn_backward[_bn_blocks(c)](dy._dev, x._dev, gamma._dev, mean._dev, var._dev, n, c, L,
                                    float(eps), training, dx._dev, dgamma._dev, dbeta._dev)
     return dx, dgamma, dbeta
 
@@ -90,11 +95,10 @@ def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps):
     n, c, L = _ncl(x)
     y = CudaArray(x.shape, x.dtype)
     if y.size:
-        _bn.bn_eval_forward[grid1d(y.size)](x._dev, _dev(gamma, x.dtype)._dev,
-                                            _dev(beta, x.dtype)._dev,
-                                            _dev(running_mean, x.dtype)._dev,
-                                            _dev(running_var, x.dtype)._dev, c, L, float(eps),
-                                            y._dev)
+        gamma, beta, rmean, rvar = (_dev(a, x.dtype)
+                                    for a in (gamma, beta, running_mean, running_var))
+        _bn.bn_eval_forward[grid1d(y.size)](x._dev, gamma._dev, beta._dev, rmean._dev,
+                                            rvar._dev, c, L, float(eps), y._dev)
     return y
 
 
@@ -121,15 +125,17 @@ def cross_entropy_forward(logits, target):
 def cross_entropy_backward(logp, target, g, per_row: bool, mult: float):
     dx = CudaArray(logp.shape, logp.dtype)
     if dx.size:
+        g = _dev(g, logp.dtype)
         _loss.ce_backward[grid1d(dx.size)](logp._dev, target._dev, logp.shape[1],
-                                           _dev(g, logp.dtype)._dev, 1 if per_row else 0,
+                                           g._dev, 1 if per_row else 0,
                                            float(mult), dx._dev)
     return dx
 
 
 def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     if p.size:
-        _opt.sgd_step[grid1d(p.size)](p._dev, _dev(g, p.dtype)._dev,
+        g = _dev(g, p.dtype)
+        _opt.sgd_step[grid1d(p.size)](p._dev, g._dev,
                                       (buf if buf is not None else p)._dev, lr, momentum,
                                       dampening, weight_decay, bool(nesterov), bool(first))
 
@@ -137,7 +143,8 @@ def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
 def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
               bias_correction1, bias_correction2_sqrt):
     if p.size:
-        _opt.adam_step[grid1d(p.size)](p._dev, _dev(g, p.dtype)._dev, m._dev, v._dev,
+        g = _dev(g, p.dtype)
+        _opt.adam_step[grid1d(p.size)](p._dev, g._dev, m._dev, v._dev,
                                        (vmax if vmax is not None else v)._dev, lr, beta1,
                                        beta2, eps, weight_decay, bool(decoupled),
                                        bool(amsgrad), bias_correction1, bias_correction2_sqrt)
@@ -145,7 +152,8 @@ def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, 
 
 def rmsprop_step(p, g, s, a, buf, lr, alpha, eps, weight_decay, momentum, centered):
     if p.size:
-        _opt.rmsprop_step[grid1d(p.size)](p._dev, _dev(g, p.dtype)._dev, s._dev,
+        g = _dev(g, p.dtype)
+        _opt.rmsprop_step[grid1d(p.size)](p._dev, g._dev, s._dev,
                                           (a if a is not None else s)._dev,
                                           (buf if buf is not None else s)._dev, lr, alpha, eps,
                                           weight_decay, momentum, bool(centered))

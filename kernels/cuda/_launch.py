@@ -8,6 +8,9 @@ from __future__ import annotations
 from numba.cuda.core import config as _config
 
 SIMULATOR = bool(_config.ENABLE_CUDASIM)
+if SIMULATOR:  # a race in the simulator's shared arrays: see _simulator.py
+    from ._simulator import patch_shared_arrays
+    patch_shared_arrays()
 THREADS = 8 if SIMULATOR else 256         # threads per block (a power of two)
 MAX_BLOCKS = 2 if SIMULATOR else 4096     # grid-stride loops cover the rest
 REDUCE_BLOCKS = 2 if SIMULATOR else 32768  # blocks of one-block-per-output reductions

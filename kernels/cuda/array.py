@@ -630,8 +630,10 @@ def _where(cond, a=None, b=None):
     c = _operand(cond, shape, np.dtype(bool))
     out = CudaArray(shape, dt)
     if out.size:
-        ew.where[grid1d(out.size)](c._dev, _operand(a, shape, dt)._dev,
-                                   _operand(b, shape, dt)._dev, out._dev)
+        # Both operands held in variables: a temporary's buffer would go back to the
+        # allocator (and be handed to the next operand) before the kernel runs.
+        a, b = _operand(a, shape, dt), _operand(b, shape, dt)
+        ew.where[grid1d(out.size)](c._dev, a._dev, b._dev, out._dev)
     return out
 
 
