@@ -144,16 +144,26 @@ def _pad_nhwc(x, top, left, out):
     N, H, W, C = x.shape
     _, Hp, Wp, _ = out.shape
     j0, j1 = max(0, left), min(Wp, W + left)
+    xf = x.reshape(N * H, W * C)  # (x and out C-contiguous: see _pad_to)
+    of = out.reshape(N * Hp, Wp * C)
+    q0, q1 = j0 * C, max(j0, j1) * C  # the part of a row that comes from x
+    shift = left * C
     for t in prange(N * Hp):
         n = t // Hp
         h = t - n * Hp - top
-        row = out[n, h + top]
-        if h < 0 or h >= H or j0 >= j1:
-            row[:] = 0
-            continue
-        row[:j0] = 0
-        row[j1:] = 0
-        row[j0:j1] = x[n, h, j0 - left:j1 - left]
+        row = of[t]
+        # flat loops, not 2-D slice assignments: as fast, and seconds less to compile
+        if 0 <= h < H:
+            dst, src = row[q0:q1], xf[n * H + h, q0 - shift:q1 - shift]
+            for q in range(q1 - q0):
+                dst[q] = src[q]
+            for q in range(q0):
+                row[q] = 0
+            for q in range(q1, Wp * C):
+                row[q] = 0
+        else:
+            for q in range(Wp * C):
+                row[q] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -300,7 +310,7 @@ def _pad_to(a, top, left, Hp, Wp, nchw):
         from .conv2d_direct import _to_padded_nhwc
         _to_padded_nhwc(a, top, left, out)
     else:
-        _pad_nhwc(a, top, left, out)
+        _pad_nhwc(np.ascontiguousarray(a), top, left, out)
     return out
 
 

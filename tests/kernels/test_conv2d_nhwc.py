@@ -323,3 +323,20 @@ print("ok")
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("shape,top,left,Hp,Wp", [
+    ((2, 5, 6, 3), 1, 1, 7, 8), ((1, 4, 3, 1), 2, 0, 9, 3), ((3, 5, 7, 2), -1, -2, 3, 4),
+    ((1, 2, 2, 5), 0, 3, 2, 4), ((2, 3, 3, 4), 4, 4, 2, 2)])
+def test_pad_and_crop_copy(rng, shape, top, left, Hp, Wp):
+    """_pad_nhwc: out[n, i, j] = x[n, i - top, j - left], 0 outside x (negative top or left
+    crop; a window entirely outside x is all zeros)."""
+    x = rng.standard_normal(shape)
+    out = np.full((shape[0], Hp, Wp, shape[3]), np.nan)
+    nhwc._pad_nhwc(x, top, left, out)
+    want = np.zeros_like(out)
+    for i in range(Hp):
+        for j in range(Wp):
+            if 0 <= i - top < shape[1] and 0 <= j - left < shape[2]:
+                want[:, i, j] = x[:, i - top, j - left]
+    np.testing.assert_array_equal(out, want)
