@@ -399,26 +399,68 @@ def test_second_identical_step_allocates_nothing_from_the_driver():
     assert minidl.cuda.memory_stats()["cached_bytes"] > 0
 
 
-@pytest.mark.parametrize("shape,wshape,stride,padding,dilation,groups", [
+CONV_CASES = [  # (x shape, w shape, stride, padding, dilation, groups)
     ((2, 3, 5, 4), (4, 3, 3, 2), (1, 1), (1, 0), (1, 1), 1),
     ((1, 4, 6, 5), (2, 2, 3, 3), (2, 1), (1, 2), (1, 2), 2),
     ((1, 1, 3, 3), (1, 1, 1, 1), (1, 1), (0, 0), (1, 1), 1),
-])
-def test_conv2d_kernels(rng, shape, wshape, stride, padding, dilation, groups):
-    x = rng.standard_normal(shape)
-    w = rng.standard_normal(wshape)
-    b = rng.standard_normal(wshape[0])
+    # more output channels (Kg = 9), input channels (Cg R S = 27) and pixels than one
+    # block tile holds, none a multiple of it; stride 2 with padding
+    ((1, 3, 5, 4), (9, 3, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    # 1x1 with a long contraction (Cg = 13), batch 1, odd image
+    ((1, 13, 3, 5), (9, 13, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+    # dilation 2 and padding 2 in both directions, stride 2 in one
+    ((2, 2, 5, 6), (3, 2, 3, 2), (1, 2), (2, 2), (2, 2), 1),
+    # depthwise (groups = C), kernel larger than the image with padding
+    ((2, 3, 2, 3), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1), 3),
+]
+
+
+@pytest.mark.parametrize("shape,wshape,stride,padding,dilation,groups", CONV_CASES)
+@pytest.mark.parametrize("dt,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+def test_conv2d_kernels(rng, shape, wshape, stride, padding, dilation, groups, dt, tol):
+    """The tiled implicit-GEMM kernels (kernels/cuda/conv2d.py) against the reference."""
+    x = rng.standard_normal(shape).astype(dt)
+    w = rng.standard_normal(wshape).astype(dt)
+    b = rng.standard_normal(wshape[0]).astype(dt)
     args = (stride, padding, dilation, groups)
     y = ref.conv2d_forward(x, w, b, *args)
-    close(kc.conv2d_forward(dev(x), dev(w), dev(b), *args), y, 1e-10)
+    got = kc.conv2d_forward(dev(x), dev(w), dev(b), *args)
+    assert got.dtype == dt and got.shape == y.shape
+    close(got, y, tol)
     close(kc.conv2d_forward(dev(x), dev(w), None, *args), ref.conv2d_forward(x, w, None, *args),
-          1e-10)
-    dy = rng.standard_normal(y.shape)
-    close(kc.conv2d_backward_input(dev(dy), dev(w), shape, *args),
-          ref.conv2d_backward_input(dy, w, shape, *args), 1e-10)
-    close(kc.conv2d_backward_weight(dev(dy), dev(x), wshape, *args),
-          ref.conv2d_backward_weight(dy, x, wshape, *args), 1e-10)
-    close(kc.conv2d_backward_bias(dev(dy)), ref.conv2d_backward_bias(dy), 1e-10)
+          tol)
+    dy = rng.standard_normal(y.shape).astype(dt)
+    gx = kc.conv2d_backward_input(dev(dy), dev(w), shape, *args)
+    assert gx.dtype == dt
+    close(gx, ref.conv2d_backward_input(dy, w, shape, *args), tol)
+    gw = kc.conv2d_backward_weight(dev(dy), dev(x), wshape, *args)
+    assert gw.dtype == dt and gw.shape == wshape
+    close(gw, ref.conv2d_backward_weight(dy, x, wshape, *args), tol)
+    close(kc.conv2d_backward_bias(dev(dy)), ref.conv2d_backward_bias(dy), tol)
+
+
+def test_conv2d_tiles_and_splits_cover_the_cases():
+    """The cases above reach past one block tile in every GEMM dimension and run
+    backward-weight both whole and split over the contraction (split-K)."""
+    from minidl.kernels.cuda import conv2d as cc
+    dims = [kc._conv_dims(s, w, st, p, d, g) + (g,) for s, w, st, p, d, g in CONV_CASES]
+    assert max(d[0] * d[8] * d[9] for d in dims) > cc.BM      # forward rows (pixels)
+    assert max(d[16] for d in dims) > cc.BN                    # output channels per group
+    assert max(d[5] * d[6] * d[7] for d in dims) > cc.BK       # contraction steps
+    splits = [cc.weight_splits(d[:17], d[17]) for d in dims]
+    assert min(s for s, _ in splits) == 1 and max(s for s, _ in splits) > 1
+    for d, (s, chunk) in zip(dims, splits):
+        L = d[0] * d[8] * d[9]
+        assert chunk % cc.BK == 0 and (s - 1) * chunk < max(L, 1) <= s * chunk
+
+
+def test_conv2d_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 4, 7, 5))
+    w = rng.standard_normal((6, 2, 3, 2))
+    args = ((2, 1), (1, 1), (1, 2), 2)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), None, *args).numpy()
+    close(kc.conv2d_forward(dev(x), dev(w), None, *args), want, 1e-10)
 
 
 @pytest.mark.parametrize("k,s,p,ceil", [((2, 2), (2, 2), (0, 0), False),
