@@ -53,6 +53,7 @@ from ._launch import SIMULATOR, TILE
 REG = 2 if SIMULATOR else 4   # each thread's register block is REG x REG outputs
 BM = BN = TILE * REG          # a block's output tile
 BK = TILE                     # contraction step
+LD = BM + 1                   # shared tiles' row length, padded against bank conflicts
 NT = TILE * TILE              # threads per block
 SPLIT_BLOCKS = 8 if SIMULATOR else 512  # backward-weight splits up to ~this many blocks
 
@@ -82,8 +83,8 @@ def _make(nbtype):
     @cuda.jit
     def forward(x, w, bias, has_bias, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh,
                 dw, Kg, y):
-        sa = cuda.shared.array((BK, BM + 1), nbtype)   # X tile: [(c, r, s), (n, i, j)]
-        sb = cuda.shared.array((BK, BN + 1), nbtype)   # w tile: [(c, r, s), k]
+        sa = cuda.shared.array((BK, LD), nbtype)   # X tile: [(c, r, s), (n, i, j)]
+        sb = cuda.shared.array((BK, LD), nbtype)   # w tile: [(c, r, s), k]
         acc = cuda.local.array((REG, REG), nbtype)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * TILE + tx
@@ -136,8 +137,8 @@ def _make(nbtype):
     @cuda.jit
     def backward_input(dy, w, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, Kg,
                        dx):
-        sa = cuda.shared.array((BK, BM + 1), nbtype)   # D tile: [(k, r, s), (n, h, v)]
-        sb = cuda.shared.array((BK, BN + 1), nbtype)   # w tile: [(k, r, s), c]
+        sa = cuda.shared.array((BK, LD), nbtype)   # D tile: [(k, r, s), (n, h, v)]
+        sb = cuda.shared.array((BK, LD), nbtype)   # w tile: [(k, r, s), c]
         acc = cuda.local.array((REG, REG), nbtype)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * TILE + tx
@@ -190,8 +191,8 @@ def _make(nbtype):
     @cuda.jit
     def backward_weight(dy, x, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, Kg,
                         splits, chunk, part):
-        sa = cuda.shared.array((BK, BM + 1), nbtype)   # X tile: [(n, i, j), (c, r, s)]
-        sb = cuda.shared.array((BK, BN + 1), nbtype)   # dy tile: [(n, i, j), k]
+        sa = cuda.shared.array((BK, LD), nbtype)   # X tile: [(n, i, j), (c, r, s)]
+        sb = cuda.shared.array((BK, LD), nbtype)   # dy tile: [(n, i, j), k]
         acc = cuda.local.array((REG, REG), nbtype)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * TILE + tx
