@@ -128,7 +128,10 @@ def test_elementwise_bad_shapes_raise():
 
 
 @pytest.mark.parametrize("shape,axis", [((3, 5), 1), ((2, 3, 4), (0, 2)), ((1, 5), 0),
-                                        ((21,), None)])
+                                        ((21,), None),
+                                        # two passes (few outputs, many elements each):
+                                        ((3, 50), None), ((2, 45), 1), ((41, 2), 0),
+                                        ((5, 3, 7), (0, 2))])
 def test_reductions(rng, shape, axis):
     a = rng.standard_normal(shape)
     d = dev(a)
@@ -138,6 +141,21 @@ def test_reductions(rng, shape, axis):
         close(d.max(axis=axis, keepdims=keep), a.max(axis=axis, keepdims=keep))
         close(d.min(axis=axis, keepdims=keep), a.min(axis=axis, keepdims=keep))
     assert dev(a > 0).sum().item() == (a > 0).sum()
+    nan = a.copy()
+    nan.flat[a.size // 2] = np.nan
+    for f in ("sum", "max", "min"):
+        np.testing.assert_array_equal(np.isnan(getattr(dev(nan), f)(axis=axis).to_host()),
+                                      np.isnan(getattr(nan, f)(axis=axis)))
+
+
+def test_large_reductions_use_several_blocks_per_output():
+    """The two-pass path of kernels/cuda/reduction.py is taken by the shapes of
+    test_reductions that ask for it, and not for many outputs or few elements."""
+    from minidl.kernels.cuda.reduction import FILL_BLOCKS, partial_blocks
+    assert partial_blocks(1, 150) > 1 and partial_blocks(2, 45) > 1
+    assert partial_blocks(2, 41) > 1 and partial_blocks(3, 35) > 1
+    assert partial_blocks(1, 21) == 1 and partial_blocks(100, 10 ** 6) == 1
+    assert 1 < partial_blocks(1, 10 ** 9) <= FILL_BLOCKS
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (6, 0, 2)])
