@@ -131,7 +131,9 @@ def test_elementwise_bad_shapes_raise():
                                         ((21,), None),
                                         # two passes (few outputs, many elements each):
                                         ((3, 50), None), ((2, 45), 1), ((41, 2), 0),
-                                        ((5, 3, 7), (0, 2))])
+                                        ((5, 3, 7), (0, 2)),
+                                        # a thread per output (few elements each):
+                                        ((7, 3), 1), ((2, 9), 0), ((4, 1, 3), (1, 2))])
 def test_reductions(rng, shape, axis):
     a = rng.standard_normal(shape)
     d = dev(a)
@@ -148,14 +150,15 @@ def test_reductions(rng, shape, axis):
                                       np.isnan(getattr(nan, f)(axis=axis)))
 
 
-def test_large_reductions_use_several_blocks_per_output():
-    """The two-pass path of kernels/cuda/reduction.py is taken by the shapes of
-    test_reductions that ask for it, and not for many outputs or few elements."""
-    from minidl.kernels.cuda.reduction import FILL_BLOCKS, partial_blocks
+def test_reduction_paths_cover_the_shapes():
+    """The two-pass and thread-per-output paths of kernels/cuda/reduction.py are taken
+    by the shapes of test_reductions that ask for them."""
+    from minidl.kernels.cuda.reduction import FILL_BLOCKS, SMALL, partial_blocks
     assert partial_blocks(1, 150) > 1 and partial_blocks(2, 45) > 1
     assert partial_blocks(2, 41) > 1 and partial_blocks(3, 35) > 1
     assert partial_blocks(1, 21) == 1 and partial_blocks(100, 10 ** 6) == 1
     assert 1 < partial_blocks(1, 10 ** 9) <= FILL_BLOCKS
+    assert 3 <= SMALL < 5  # the last three shapes of test_reductions, and not (3, 5)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (6, 0, 2)])
