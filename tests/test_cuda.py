@@ -670,3 +670,64 @@ def test_where_clip_pow_abs_match_cpu(rng):
         results.append((loss.item(), x.grad.numpy(), e.grad.numpy()))
     for got, want in zip(results[1], results[0]):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+# ---- gradcheck on the device (float64) ------------------------------------------------
+
+def c64(rng, *shape, scale=1.0):
+    return minidl.tensor(rng.standard_normal(shape) * scale, device="cuda",
+                         requires_grad=True)
+
+
+@pytest.mark.slow  # a few seconds on the simulator
+@pytest.mark.parametrize("n, c, h, w, k, r, stride, padding, dilation, groups", [
+    (1, 2, 4, 3, 3, 2, 1, 1, 1, 1),
+    (2, 2, 4, 4, 2, 3, 2, 1, 2, 2),     # groups = C (depthwise), stride 2, dilation 2
+])
+def test_gradcheck_conv2d_on_cuda(n, c, h, w, k, r, stride, padding, dilation, groups, rng):
+    import minidl.nn.functional as F
+    x = c64(rng, n, c, h, w)
+    wt = c64(rng, k, c // groups, r, r)
+    b = c64(rng, k)
+    assert minidl.gradcheck(lambda x, wt, b: F.conv2d(x, wt, b, stride, padding, dilation,
+                                                      groups), [x, wt, b])
+    assert x.grad.device == "cuda" and wt.grad.device == "cuda"
+
+
+def test_gradcheck_on_cuda_catches_a_wrong_gradient(rng, monkeypatch):
+    """The check can fail: a backward-input kernel off by 1% is caught."""
+    import minidl.nn.functional as F
+    good = kc.conv2d_backward_input
+    monkeypatch.setattr(kc, "conv2d_backward_input", lambda *a: good(*a) * 1.01)
+    x, wt = c64(rng, 1, 1, 3, 3), c64(rng, 1, 1, 2, 2)
+    assert not minidl.gradcheck(lambda x, wt: F.conv2d(x, wt), [x, wt], raise_exception=False)
+
+
+@pytest.mark.slow  # a few seconds on the simulator
+def test_gradcheck_batch_norm_and_pools_on_cuda(rng):
+    import minidl.nn.functional as F
+    x = c64(rng, 2, 2, 3, 3, scale=2.0)
+    gamma, beta = c64(rng, 2), c64(rng, 2)
+
+    def bn(x, g, b):  # fresh running statistics: training mode updates them in place
+        return F.batch_norm(x, minidl.zeros(2, dtype=minidl.float64).cuda(),
+                            minidl.ones(2, dtype=minidl.float64).cuda(), g, b, training=True)
+    assert minidl.gradcheck(bn, [x, gamma, beta], atol=1e-5, rtol=1e-4)
+    # distinct values keep max pooling away from ties
+    xp = minidl.tensor(rng.permutation(2 * 4 * 4).reshape(1, 2, 4, 4) / 10.0, device="cuda",
+                       requires_grad=True)
+    assert minidl.gradcheck(lambda x: F.max_pool2d(x, 2, 2), [xp])
+    assert minidl.gradcheck(lambda x: F.avg_pool2d(x, 3, 2, 1, False, False), [xp])
+    assert minidl.gradcheck(lambda x: F.adaptive_avg_pool2d(x, 1), [xp])
+
+
+@pytest.mark.slow  # a few seconds on the simulator
+def test_gradcheck_linear_loss_and_elementwise_on_cuda(rng):
+    x, w, b = c64(rng, 3, 4), c64(rng, 2, 4), c64(rng, 2)
+    t = minidl.tensor(np.array([1, 0, 1]), device="cuda")
+    assert minidl.gradcheck(lambda x, w, b: minidl.cross_entropy(
+        minidl.functions.linear(x, w, b), t), [x, w, b])
+    a, c = c64(rng, 2, 3), c64(rng, 3)
+    assert minidl.gradcheck(lambda a, c: (minidl.tanh(a) * c + minidl.exp(c)).sum(axis=1),
+                            [a, c])
+    assert minidl.gradcheck(lambda a: minidl.softmax(a, axis=-1).mean(), [a])
