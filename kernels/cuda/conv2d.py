@@ -251,7 +251,7 @@ def _grid(rows, cols, z):
 
 def launch_forward(x, w, bias, has_bias, d, groups, y):
     """y (device, flat) = conv(x, w) + bias; `d` is the dimension tuple of the kernels."""
-    N, K, Ho, Wo, Kg = d[0], d[4], d[8], d[9], d[16]
+    N, Ho, Wo, Kg = d[0], d[8], d[9], d[16]
     FORWARD[str(y.dtype)][_grid(N * Ho * Wo, Kg, groups)](x, w, bias, has_bias, *d, y)
 
 
