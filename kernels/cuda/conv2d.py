@@ -8,20 +8,21 @@ matrix of the reference,
     X[(n, i, j), (c, r, s)] = x[n, g Cg + c, i sh + r dh - ph, j sw + s dw - pw]
                               (0 outside the image),
 
-turns the three products into GEMMs with one row per output pixel:
+turns the three products into GEMMs (k < Kg and c < Cg are
+indices within group g):
 
-    forward          y[(n, i, j), k]  = b[k] + sum_{(c, r, s)} X[(n, i, j), (c, r, s)]
-                                                              w[g Kg + k, (c, r, s)]
+    forward          y[n, g Kg + k, i, j] = b[g Kg + k]
+                         + sum_{(c, r, s)} X[(n, i, j), (c, r, s)] w[g Kg + k, c, r, s]
                      (M = N Ho Wo rows, Kg columns, contraction Cg R S)
-    backward-input   dx[(n, h, v), c] = sum_{(k, r, s)} D[(n, h, v), (k, r, s)]
-                                                       w[g Kg + k, c, r, s]
+    backward-input   dx[n, g Cg + c, h, v] = sum_{(k, r, s)} D[(n, h, v), (k, r, s)]
+                                                             w[g Kg + k, c, r, s]
                      with D[(n, h, v), (k, r, s)] = dy[n, g Kg + k, i, j] where
                      h + ph - r dh = i sh and v + pw - s dw = j sw (0 where no such
                      0 <= i < Ho, 0 <= j < Wo): the same GEMM with the transposed weight
                      (M = N H W rows, Cg columns, contraction Kg R S)
-    backward-weight  dw[k, (c, r, s)] = sum_{(n, i, j)} dy[n, g Kg + k, i, j]
-                                                       X[(n, i, j), (c, r, s)]
-                     computed transposed, rows (c, r, s), columns k, contraction N Ho Wo.
+    backward-weight  dw[g Kg + k, c, r, s] = sum_{(n, i, j)} X[(n, i, j), (c, r, s)]
+                                                             dy[n, g Kg + k, i, j]
+                     (M = Cg R S rows, Kg columns, contraction N Ho Wo)
 
 "Implicit": a gathered operand (X or D) exists only as the tile a block is working on.
 
@@ -33,16 +34,24 @@ the matrix edges), synchronizes, and every thread adds the BK rank-1 updates to 
 REG x REG register block: rows tx + TILE a, columns ty + TILE b (a, b < REG), so
 neighbouring threads own neighbouring output rows and write neighbouring addresses.
 Tiles are stored contraction-major with one element of padding per row, so the stores
-of a load and the reads of the update hit distinct shared-memory banks. Each x element
-is read from global memory about Kg/BN (not Kg) times, each w element M/BM times.
+of a load and the reads of the update hit distinct shared-memory banks. Each
+gathered X element is loaded ceil(Kg/BN) times (a direct kernel: Kg times), each w
+element ceil(M/BM) times.
 
 Groups are the grid's z dimension (one GEMM per group). Backward-weight contracts over
 N Ho Wo, which is long while its output is small, so it also splits the contraction
 over z ("split-K"): split p writes its partial product to slice p of a (splits, K, Cg,
 R, S) buffer and one reduction adds the slices, deterministically (no atomics).
 
-Backward-input with stride > 1 gathers many zeros (only one (r, s) in sh sw hits a
-given pixel); it is the plain GEMM all the same, not the stride-decomposed one.
+Known waste, kept for one simple scheme: backward-input with stride > 1 gathers many
+zeros (only about one (r, s) in sh sw hits a given pixel), where cuDNN decomposes the
+stride; and a depthwise convolution (Kg = Cg = 1) fills one column of each BN-wide
+tile, where a direct kernel would do better.
+
+Example (what kernels/cuda/__init__.py does for the forward):
+
+    d = (N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, Kg)
+    launch_forward(x._dev, w._dev, b._dev, True, d, groups, y._dev)   # y (N, K, Ho, Wo)
 """
 from __future__ import annotations
 
