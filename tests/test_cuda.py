@@ -433,6 +433,8 @@ CONV_CASES = [  # (x shape, w shape, stride, padding, dilation, groups)
     ((2, 2, 5, 6), (3, 2, 3, 2), (1, 2), (2, 2), (2, 2), 1),
     # depthwise (groups = C), kernel larger than the image with padding
     ((2, 3, 2, 3), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1), 3),
+    # two groups, each wider than a tile in output (Kg = 9) and input (Cg = 9) channels
+    ((1, 18, 3, 3), (18, 9, 1, 2), (1, 1), (0, 1), (1, 1), 2),
 ]
 
 
@@ -466,13 +468,24 @@ def test_conv2d_tiles_and_splits_cover_the_cases():
     from minidl.kernels.cuda import conv2d as cc
     dims = [kc._conv_dims(s, w, st, p, d, g) + (g,) for s, w, st, p, d, g in CONV_CASES]
     assert max(d[0] * d[8] * d[9] for d in dims) > cc.BM      # forward rows (pixels)
-    assert max(d[16] for d in dims) > cc.BN                    # output channels per group
+    assert max(d[16] for d in dims if d[17] > 1) > cc.BN       # output channels per group
+    assert max(d[5] for d in dims if d[17] > 1) > cc.BN        # input channels per group
     assert max(d[5] * d[6] * d[7] for d in dims) > cc.BK       # contraction steps
     splits = [cc.weight_splits(d[:17], d[17]) for d in dims]
     assert min(s for s, _ in splits) == 1 and max(s for s, _ in splits) > 1
     for d, (s, chunk) in zip(dims, splits):
         L = d[0] * d[8] * d[9]
         assert chunk % cc.BK == 0 and (s - 1) * chunk < max(L, 1) <= s * chunk
+
+
+def test_conv2d_empty_batch(rng):
+    x, w = np.zeros((0, 2, 3, 3)), rng.standard_normal((3, 2, 2, 2))
+    args = ((1, 1), (0, 0), (1, 1), 1)
+    assert kc.conv2d_forward(dev(x), dev(w), None, *args).shape == (0, 3, 2, 2)
+    stale = CudaArray.full(w.shape, 7.0, np.float64)  # its buffer goes back to the
+    del stale                                          # allocator for the gradient to reuse
+    close(kc.conv2d_backward_weight(dev(np.zeros((0, 3, 2, 2))), dev(x), w.shape, *args),
+          np.zeros(w.shape))
 
 
 def test_conv2d_matches_torch(rng):
