@@ -38,6 +38,13 @@ of a load and the reads of the update hit distinct shared-memory banks. Each
 gathered X element is loaded ceil(Kg/BN) times (a direct kernel: Kg times), each w
 element ceil(M/BM) times.
 
+Index arithmetic. 64-bit integer division is a long instruction sequence on a GPU, so
+the gathers avoid it in the contraction loop: a thread decodes its pixel (n, i, j) once,
+and the contraction index q is decoded by a small per-geometry table made on the host
+(`x_offsets`, `dy_offsets`; kernels/cuda/__init__.py keeps a device copy per geometry)
+holding q's offset into x or dy and its row and column shifts r dh, s dw. Only
+backward-input at stride > 1 still divides (by the stride).
+
 Groups are the grid's z dimension (one GEMM per group). Backward-weight contracts over
 N Ho Wo, which is long while its output is small, so it also splits the contraction
 over z ("split-K"): split p writes its partial product to slice p of a (splits, K, Cg,
@@ -55,7 +62,8 @@ Example (what kernels/cuda/__init__.py does for the forward):
 """
 from __future__ import annotations
 
-from numba import cuda, float32, float64
+import numpy as np
+from numba import cuda, float32, float64, int64
 
 from ._launch import SIMULATOR, TILE
 
@@ -64,6 +72,7 @@ BM = BN = TILE * REG          # a block's output tile
 BK = TILE                     # contraction step
 LD = BM + 1                   # shared tiles' row length, padded against bank conflicts
 NT = TILE * TILE              # threads per block
+QPT = BM // (NT // BK)        # X columns each thread gathers in backward-weight
 SPLIT_BLOCKS = 8 if SIMULATOR else 512  # backward-weight splits up to ~this many blocks
 
 # The loaders give each thread a fixed column of a tile and step over its rows.
@@ -90,8 +99,8 @@ def _make(nbtype):
                     acc[a, b] += av * rb[b]
 
     @cuda.jit
-    def forward(x, w, bias, has_bias, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh,
-                dw, Kg, y):
+    def forward(x, w, bias, has_bias, tab, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw,
+                dh, dw, Kg, y):
         sa = cuda.shared.array((BK, LD), nbtype)   # X tile: [(c, r, s), (n, i, j)]
         sb = cuda.shared.array((BK, LD), nbtype)   # w tile: [(c, r, s), k]
         acc = cuda.local.array((REG, REG), nbtype)
@@ -108,7 +117,7 @@ def _make(nbtype):
         i = (m - n * P) // Wo
         j = m - n * P - i * Wo
         h0, v0 = i * sh - ph, j * sw - pw
-        xb = (n * C + g * Cg) * H * W
+        xb = ((n * C + g * Cg) * H + h0) * W + v0    # x[n, g Cg, h0, v0]
         qb = tid % BK          # and w's contraction row qb for columns tid // BK, ...
         clear(acc)
         for q0 in range(0, Q, BK):
@@ -116,12 +125,9 @@ def _make(nbtype):
                 q = q0 + ql
                 val = nbtype(0)
                 if m < M and q < Q:
-                    c = q // RS
-                    r = (q - c * RS) // S
-                    s = q - c * RS - r * S
-                    h, v = h0 + r * dh, v0 + s * dw
+                    h, v = h0 + tab[3 * q + 1], v0 + tab[3 * q + 2]
                     if 0 <= h < H and 0 <= v < W:
-                        val = x[xb + (c * H + h) * W + v]
+                        val = x[xb + tab[3 * q]]
                 sa[ql, ml] = val
             q = q0 + qb
             for nl in range(tid // BK, BN, NT // BK):
@@ -144,8 +150,8 @@ def _make(nbtype):
                         y[(n * K + k) * P + m - n * P] = val
 
     @cuda.jit
-    def backward_input(dy, w, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, Kg,
-                       dx):
+    def backward_input(dy, w, tab, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw,
+                       Kg, dx):
         sa = cuda.shared.array((BK, LD), nbtype)   # D tile: [(k, r, s), (n, h, v)]
         sb = cuda.shared.array((BK, LD), nbtype)   # w tile: [(k, r, s), c]
         acc = cuda.local.array((REG, REG), nbtype)
@@ -161,7 +167,8 @@ def _make(nbtype):
         h = (m - n * HW) // W
         v = m - n * HW - h * W
         hb, vb = h + ph, v + pw
-        yb = (n * K + g * Kg) * P
+        yb = (n * K + g * Kg) * P     # dy[n, g Kg]
+        wb = g * Kg * Cg * RS         # w[g Kg]
         qb = tid % BK
         clear(acc)
         for q0 in range(0, Q, BK):
@@ -169,22 +176,20 @@ def _make(nbtype):
                 q = q0 + ql
                 val = nbtype(0)
                 if m < M and q < Q:
-                    k = q // RS
-                    r = (q - k * RS) // S
-                    s = q - k * RS - r * S
-                    hi, vj = hb - r * dh, vb - s * dw
-                    if hi >= 0 and vj >= 0 and hi % sh == 0 and vj % sw == 0:
-                        i, j = hi // sh, vj // sw
+                    i, j = hb - tab[4 * q + 1], vb - tab[4 * q + 2]   # i sh, j sw
+                    if i >= 0 and j >= 0:
+                        if sh != 1:  # (uniform branches: no division at stride 1)
+                            i = i // sh if i % sh == 0 else Ho
+                        if sw != 1:
+                            j = j // sw if j % sw == 0 else Wo
                         if i < Ho and j < Wo:
-                            val = dy[yb + k * P + i * Wo + j]
+                            val = dy[yb + tab[4 * q] + i * Wo + j]
                 sa[ql, ml] = val
             q = q0 + qb
-            k = q // RS
-            rs = q - k * RS
+            wq = wb + tab[4 * q + 3] if q < Q else 0
             for nl in range(tid // BK, BN, NT // BK):
                 c = n0 + nl
-                sb[qb, nl] = w[((g * Kg + k) * Cg + c) * RS + rs] if (c < Cg and q < Q) \
-                    else nbtype(0)
+                sb[qb, nl] = w[wq + c * RS] if (c < Cg and q < Q) else nbtype(0)
             cuda.syncthreads()
             update(sa, sb, acc, tx, ty)
             cuda.syncthreads()
@@ -198,8 +203,8 @@ def _make(nbtype):
                         dx[(n * C + g * Cg + c) * HW + m - n * HW] = acc[a, b]
 
     @cuda.jit
-    def backward_weight(dy, x, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, Kg,
-                        splits, chunk, part):
+    def backward_weight(dy, x, tab, N, C, H, W, K, Cg, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw,
+                        Kg, splits, chunk, part):
         sa = cuda.shared.array((BK, LD), nbtype)   # X tile: [(n, i, j), (c, r, s)]
         sb = cuda.shared.array((BK, LD), nbtype)   # dy tile: [(n, i, j), k]
         acc = cuda.local.array((REG, REG), nbtype)
@@ -213,22 +218,28 @@ def _make(nbtype):
         lo = sp * chunk
         hi = min(L, lo + chunk)
         pl = tid % BK          # both tiles: this thread's contraction row
+        # The X columns (c, r, s) this thread gathers are fixed: their offsets, once.
+        qoff = cuda.local.array(QPT, int64)
+        qr = cuda.local.array(QPT, int64)
+        qs = cuda.local.array(QPT, int64)
+        for u in range(QPT):
+            q = min(m0 + tid // BK + u * (NT // BK), Q - 1)
+            qoff[u], qr[u], qs[u] = tab[3 * q], tab[3 * q + 1], tab[3 * q + 2]
         clear(acc)
         for p0 in range(lo, hi, BK):
             p = p0 + pl
             n = p // P
             i = (p - n * P) // Wo
             j = p - n * P - i * Wo
-            for ql in range(tid // BK, BM, NT // BK):
-                q = m0 + ql
+            h0, v0 = i * sh - ph, j * sw - pw
+            xb = ((n * C + g * Cg) * H + h0) * W + v0    # x[n, g Cg, h0, v0]
+            for u in range(QPT):
+                ql = tid // BK + u * (NT // BK)
                 val = nbtype(0)
-                if p < hi and q < Q:
-                    c = q // RS
-                    r = (q - c * RS) // S
-                    s = q - c * RS - r * S
-                    h, v = i * sh + r * dh - ph, j * sw + s * dw - pw
+                if p < hi and m0 + ql < Q:
+                    h, v = h0 + qr[u], v0 + qs[u]
                     if 0 <= h < H and 0 <= v < W:
-                        val = x[((n * C + g * Cg + c) * H + h) * W + v]
+                        val = x[xb + qoff[u]]
                 sa[pl, ql] = val
             for kl in range(tid // BK, BN, NT // BK):
                 k = n0 + kl
@@ -258,15 +269,43 @@ def _grid(rows, cols, z):
     return ((rows + BM - 1) // BM, (cols + BN - 1) // BN, z), (TILE, TILE)
 
 
-def launch_forward(x, w, bias, has_bias, d, groups, y):
-    """y (device, flat) = conv(x, w) + bias; `d` is the dimension tuple of the kernels."""
+def x_offsets(d) -> tuple:
+    """(key, build): the gather table of forward and backward-weight, for q = (c, r, s):
+    [c H W + r dh W + s dw, r dh, s dw] (x's offset from x[n, g Cg, h0, v0], and the
+    row and column shifts to bounds-check), so the loaders need no integer division."""
+    H, W, Cg, R, S, dh, dw = d[2], d[3], d[5], d[6], d[7], d[14], d[15]
+
+    def build():
+        c, r, s = np.meshgrid(np.arange(Cg), np.arange(R) * dh, np.arange(S) * dw,
+                              indexing="ij")
+        return np.stack([c * H * W + r * W + s, r, s], axis=-1).reshape(-1).astype(np.int64)
+    return ("x", H, W, Cg, R, S, dh, dw), build
+
+
+def dy_offsets(d) -> tuple:
+    """(key, build): backward-input's table for q = (k, r, s): [k Ho Wo, r dh, s dw,
+    k Cg R S + r S + s] (dy's offset from dy[n, g Kg], the shifts, w's offset from
+    w[g Kg, 0])."""
+    Cg, R, S, Ho, Wo, dh, dw, Kg = d[5], d[6], d[7], d[8], d[9], d[14], d[15], d[16]
+
+    def build():
+        k, r, s = np.meshgrid(np.arange(Kg), np.arange(R), np.arange(S), indexing="ij")
+        return np.stack([k * Ho * Wo, r * dh, s * dw, (k * Cg * R + r) * S + s],
+                        axis=-1).reshape(-1).astype(np.int64)
+    return ("dy", Cg, R, S, Ho, Wo, dh, dw, Kg), build
+
+
+def launch_forward(x, w, bias, has_bias, tab, d, groups, y):
+    """y (device, flat) = conv(x, w) + bias; `d` is the dimension tuple of the kernels,
+    `tab` the device copy of x_offsets(d)."""
     N, Ho, Wo, Kg = d[0], d[8], d[9], d[16]
-    FORWARD[str(y.dtype)][_grid(N * Ho * Wo, Kg, groups)](x, w, bias, has_bias, *d, y)
+    FORWARD[str(y.dtype)][_grid(N * Ho * Wo, Kg, groups)](x, w, bias, has_bias, tab, *d, y)
 
 
-def launch_backward_input(dy, w, d, groups, dx):
+def launch_backward_input(dy, w, tab, d, groups, dx):
+    """`tab`: the device copy of dy_offsets(d)."""
     N, H, W, Cg = d[0], d[2], d[3], d[5]
-    BACKWARD_INPUT[str(dx.dtype)][_grid(N * H * W, Cg, groups)](dy, w, *d, dx)
+    BACKWARD_INPUT[str(dx.dtype)][_grid(N * H * W, Cg, groups)](dy, w, tab, *d, dx)
 
 
 def weight_splits(d, groups) -> tuple:
@@ -281,8 +320,9 @@ def weight_splits(d, groups) -> tuple:
     return max(1, (L + chunk - 1) // chunk), chunk
 
 
-def launch_backward_weight(dy, x, d, groups, splits, chunk, part):
-    """part (device, flat (splits, K, Cg, R, S)) = the splits' partial weight gradients."""
+def launch_backward_weight(dy, x, tab, d, groups, splits, chunk, part):
+    """part (device, flat (splits, K, Cg, R, S)) = the splits' partial weight gradients;
+    `tab`: the device copy of x_offsets(d)."""
     Cg, R, S, Kg = d[5], d[6], d[7], d[16]
     BACKWARD_WEIGHT[str(part.dtype)][_grid(Cg * R * S, Kg, groups * splits)](
-        dy, x, *d, splits, chunk, part)
+        dy, x, tab, *d, splits, chunk, part)
