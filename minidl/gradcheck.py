@@ -2,7 +2,7 @@
 
 The scalar checked is sum(fn(*inputs) * v) for a fixed random v, so every output
 element takes part with a different weight (a plain sum would hide gradients that
-cancel across outputs)."""
+cancel across outputs). Inputs may live on either device (CPU or CUDA)."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +17,11 @@ class GradcheckError(AssertionError):
 
 def _as_tuple(out):
     return out if isinstance(out, (tuple, list)) else (out,)
+
+
+def _host(a) -> np.ndarray:
+    """A float64 host copy of a NumPy or CUDA array (tensors on either device)."""
+    return np.asarray(a.to_host() if hasattr(a, "to_host") else a, np.float64)
 
 
 def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
@@ -41,7 +46,7 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
 
     def objective() -> float:
         with no_grad():
-            return float(sum((np.asarray(o.data, np.float64) * w).sum()
+            return float(sum((_host(o.data) * w).sum()
                              for o, w in zip(_as_tuple(fn(*inputs)), weights)))
 
     for i in checked:
@@ -49,7 +54,7 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     total = None
     for o, w in zip(outs, weights):
         if o.requires_grad:
-            term = (o * Tensor(w)).sum()
+            term = (o * Tensor(w).to(o.device)).sum()
             total = term if total is None else total + term
     if total is None:
         raise GradcheckError("gradcheck: no output depends on an input that requires grad")
@@ -58,11 +63,12 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     worst = None  # (excess error, input index, element, analytic, numeric)
     for i in checked:
         x = inputs[i].data
-        analytic = (np.zeros_like(x) if inputs[i].grad is None
-                    else np.asarray(inputs[i].grad.data, np.float64))
+        xh = x.to_host() if hasattr(x, "to_host") else x  # reads; writes go to x itself
+        analytic = (np.zeros(x.shape) if inputs[i].grad is None
+                    else _host(inputs[i].grad.data))
         numeric = np.zeros(x.shape, np.float64)
         for idx in np.ndindex(x.shape):  # in place, whatever x's strides (channels_last too)
-            orig = x[idx]
+            orig = xh[idx]
             x[idx] = orig + eps
             plus = objective()
             x[idx] = orig - eps

@@ -128,7 +128,12 @@ def test_elementwise_bad_shapes_raise():
 
 
 @pytest.mark.parametrize("shape,axis", [((3, 5), 1), ((2, 3, 4), (0, 2)), ((1, 5), 0),
-                                        ((21,), None)])
+                                        ((21,), None),
+                                        # two passes (few outputs, many elements each):
+                                        ((3, 50), None), ((2, 45), 1), ((41, 2), 0),
+                                        ((5, 3, 7), (0, 2)),
+                                        # a thread per output (few elements each):
+                                        ((7, 3), 1), ((2, 9), 0), ((4, 1, 3), (1, 2))])
 def test_reductions(rng, shape, axis):
     a = rng.standard_normal(shape)
     d = dev(a)
@@ -138,6 +143,22 @@ def test_reductions(rng, shape, axis):
         close(d.max(axis=axis, keepdims=keep), a.max(axis=axis, keepdims=keep))
         close(d.min(axis=axis, keepdims=keep), a.min(axis=axis, keepdims=keep))
     assert dev(a > 0).sum().item() == (a > 0).sum()
+    nan = a.copy()
+    nan.flat[a.size // 2] = np.nan
+    for f in ("sum", "max", "min"):
+        np.testing.assert_array_equal(np.isnan(getattr(dev(nan), f)(axis=axis).to_host()),
+                                      np.isnan(getattr(nan, f)(axis=axis)))
+
+
+def test_reduction_paths_cover_the_shapes():
+    """The two-pass and thread-per-output paths of kernels/cuda/reduction.py are taken
+    by the shapes of test_reductions that ask for them."""
+    from minidl.kernels.cuda.reduction import FILL_BLOCKS, SMALL, partial_blocks
+    assert partial_blocks(1, 150) > 1 and partial_blocks(2, 45) > 1
+    assert partial_blocks(2, 41) > 1 and partial_blocks(3, 35) > 1
+    assert partial_blocks(1, 21) == 1 and partial_blocks(100, 10 ** 6) == 1
+    assert 1 < partial_blocks(1, 10 ** 9) <= FILL_BLOCKS
+    assert 3 <= SMALL < 5  # the last three shapes of test_reductions, and not (3, 5)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (6, 0, 2)])
@@ -399,26 +420,81 @@ def test_second_identical_step_allocates_nothing_from_the_driver():
     assert minidl.cuda.memory_stats()["cached_bytes"] > 0
 
 
-@pytest.mark.parametrize("shape,wshape,stride,padding,dilation,groups", [
+CONV_CASES = [  # (x shape, w shape, stride, padding, dilation, groups)
     ((2, 3, 5, 4), (4, 3, 3, 2), (1, 1), (1, 0), (1, 1), 1),
     ((1, 4, 6, 5), (2, 2, 3, 3), (2, 1), (1, 2), (1, 2), 2),
     ((1, 1, 3, 3), (1, 1, 1, 1), (1, 1), (0, 0), (1, 1), 1),
-])
-def test_conv2d_kernels(rng, shape, wshape, stride, padding, dilation, groups):
-    x = rng.standard_normal(shape)
-    w = rng.standard_normal(wshape)
-    b = rng.standard_normal(wshape[0])
+    # more output channels (Kg = 9), input channels (Cg R S = 27) and pixels than one
+    # block tile holds, none a multiple of it; stride 2 with padding
+    ((1, 3, 5, 4), (9, 3, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    # 1x1 with a long contraction (Cg = 13), batch 1, odd image
+    ((1, 13, 3, 5), (9, 13, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+    # dilation 2 and padding 2 in both directions, stride 2 in one
+    ((2, 2, 5, 6), (3, 2, 3, 2), (1, 2), (2, 2), (2, 2), 1),
+    # depthwise (groups = C), kernel larger than the image with padding
+    ((2, 3, 2, 3), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1), 3),
+    # two groups, each wider than a tile in output (Kg = 9) and input (Cg = 9) channels
+    ((1, 18, 3, 3), (18, 9, 1, 2), (1, 1), (0, 1), (1, 1), 2),
+]
+
+
+@pytest.mark.parametrize("shape,wshape,stride,padding,dilation,groups", CONV_CASES)
+@pytest.mark.parametrize("dt,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+def test_conv2d_kernels(rng, shape, wshape, stride, padding, dilation, groups, dt, tol):
+    """The tiled implicit-GEMM kernels (kernels/cuda/conv2d.py) against the reference."""
+    x = rng.standard_normal(shape).astype(dt)
+    w = rng.standard_normal(wshape).astype(dt)
+    b = rng.standard_normal(wshape[0]).astype(dt)
     args = (stride, padding, dilation, groups)
     y = ref.conv2d_forward(x, w, b, *args)
-    close(kc.conv2d_forward(dev(x), dev(w), dev(b), *args), y, 1e-10)
+    got = kc.conv2d_forward(dev(x), dev(w), dev(b), *args)
+    assert got.dtype == dt and got.shape == y.shape
+    close(got, y, tol)
     close(kc.conv2d_forward(dev(x), dev(w), None, *args), ref.conv2d_forward(x, w, None, *args),
-          1e-10)
-    dy = rng.standard_normal(y.shape)
-    close(kc.conv2d_backward_input(dev(dy), dev(w), shape, *args),
-          ref.conv2d_backward_input(dy, w, shape, *args), 1e-10)
-    close(kc.conv2d_backward_weight(dev(dy), dev(x), wshape, *args),
-          ref.conv2d_backward_weight(dy, x, wshape, *args), 1e-10)
-    close(kc.conv2d_backward_bias(dev(dy)), ref.conv2d_backward_bias(dy), 1e-10)
+          tol)
+    dy = rng.standard_normal(y.shape).astype(dt)
+    gx = kc.conv2d_backward_input(dev(dy), dev(w), shape, *args)
+    assert gx.dtype == dt
+    close(gx, ref.conv2d_backward_input(dy, w, shape, *args), tol)
+    gw = kc.conv2d_backward_weight(dev(dy), dev(x), wshape, *args)
+    assert gw.dtype == dt and gw.shape == wshape
+    close(gw, ref.conv2d_backward_weight(dy, x, wshape, *args), tol)
+    close(kc.conv2d_backward_bias(dev(dy)), ref.conv2d_backward_bias(dy), tol)
+
+
+def test_conv2d_tiles_and_splits_cover_the_cases():
+    """The cases above reach past one block tile in every GEMM dimension and run
+    backward-weight both whole and split over the contraction (split-K)."""
+    from minidl.kernels.cuda import conv2d as cc
+    dims = [kc._conv_dims(s, w, st, p, d, g) + (g,) for s, w, st, p, d, g in CONV_CASES]
+    assert max(d[0] * d[8] * d[9] for d in dims) > cc.BM      # forward rows (pixels)
+    assert max(d[16] for d in dims if d[17] > 1) > cc.BN       # output channels per group
+    assert max(d[5] for d in dims if d[17] > 1) > cc.BN        # input channels per group
+    assert max(d[5] * d[6] * d[7] for d in dims) > cc.BK       # contraction steps
+    splits = [cc.weight_splits(d[:17], d[17]) for d in dims]
+    assert min(s for s, _ in splits) == 1 and max(s for s, _ in splits) > 1
+    for d, (s, chunk) in zip(dims, splits):
+        L = d[0] * d[8] * d[9]
+        assert chunk % cc.BK == 0 and (s - 1) * chunk < max(L, 1) <= s * chunk
+
+
+def test_conv2d_empty_batch(rng):
+    x, w = np.zeros((0, 2, 3, 3)), rng.standard_normal((3, 2, 2, 2))
+    args = ((1, 1), (0, 0), (1, 1), 1)
+    assert kc.conv2d_forward(dev(x), dev(w), None, *args).shape == (0, 3, 2, 2)
+    stale = CudaArray.full(w.shape, 7.0, np.float64)  # its buffer goes back to the
+    del stale                                          # allocator for the gradient to reuse
+    close(kc.conv2d_backward_weight(dev(np.zeros((0, 3, 2, 2))), dev(x), w.shape, *args),
+          np.zeros(w.shape))
+
+
+def test_conv2d_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 4, 7, 5))
+    w = rng.standard_normal((6, 2, 3, 2))
+    args = ((2, 1), (1, 1), (1, 2), 2)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), None, *args).numpy()
+    close(kc.conv2d_forward(dev(x), dev(w), None, *args), want, 1e-10)
 
 
 @pytest.mark.parametrize("k,s,p,ceil", [((2, 2), (2, 2), (0, 0), False),
@@ -607,3 +683,64 @@ def test_where_clip_pow_abs_match_cpu(rng):
         results.append((loss.item(), x.grad.numpy(), e.grad.numpy()))
     for got, want in zip(results[1], results[0]):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+# ---- gradcheck on the device (float64) ------------------------------------------------
+
+def c64(rng, *shape, scale=1.0):
+    return minidl.tensor(rng.standard_normal(shape) * scale, device="cuda",
+                         requires_grad=True)
+
+
+@pytest.mark.slow  # a few seconds on the simulator
+@pytest.mark.parametrize("n, c, h, w, k, r, stride, padding, dilation, groups", [
+    (1, 2, 4, 3, 3, 2, 1, 1, 1, 1),
+    (2, 2, 4, 4, 2, 3, 2, 1, 2, 2),     # groups = C (depthwise), stride 2, dilation 2
+])
+def test_gradcheck_conv2d_on_cuda(n, c, h, w, k, r, stride, padding, dilation, groups, rng):
+    import minidl.nn.functional as F
+    x = c64(rng, n, c, h, w)
+    wt = c64(rng, k, c // groups, r, r)
+    b = c64(rng, k)
+    assert minidl.gradcheck(lambda x, wt, b: F.conv2d(x, wt, b, stride, padding, dilation,
+                                                      groups), [x, wt, b])
+    assert x.grad.device == "cuda" and wt.grad.device == "cuda"
+
+
+def test_gradcheck_on_cuda_catches_a_wrong_gradient(rng, monkeypatch):
+    """The check can fail: a backward-input kernel off by 1% is caught."""
+    import minidl.nn.functional as F
+    good = kc.conv2d_backward_input
+    monkeypatch.setattr(kc, "conv2d_backward_input", lambda *a: good(*a) * 1.01)
+    x, wt = c64(rng, 1, 1, 3, 3), c64(rng, 1, 1, 2, 2)
+    assert not minidl.gradcheck(lambda x, wt: F.conv2d(x, wt), [x, wt], raise_exception=False)
+
+
+@pytest.mark.slow  # a few seconds on the simulator
+def test_gradcheck_batch_norm_and_pools_on_cuda(rng):
+    import minidl.nn.functional as F
+    x = c64(rng, 2, 2, 3, 3, scale=2.0)
+    gamma, beta = c64(rng, 2), c64(rng, 2)
+
+    def bn(x, g, b):  # fresh running statistics: training mode updates them in place
+        return F.batch_norm(x, minidl.zeros(2, dtype=minidl.float64).cuda(),
+                            minidl.ones(2, dtype=minidl.float64).cuda(), g, b, training=True)
+    assert minidl.gradcheck(bn, [x, gamma, beta], atol=1e-5, rtol=1e-4)
+    # distinct values keep max pooling away from ties
+    xp = minidl.tensor(rng.permutation(2 * 4 * 4).reshape(1, 2, 4, 4) / 10.0, device="cuda",
+                       requires_grad=True)
+    assert minidl.gradcheck(lambda x: F.max_pool2d(x, 2, 2), [xp])
+    assert minidl.gradcheck(lambda x: F.avg_pool2d(x, 3, 2, 1, False, False), [xp])
+    assert minidl.gradcheck(lambda x: F.adaptive_avg_pool2d(x, 1), [xp])
+
+
+@pytest.mark.slow  # a few seconds on the simulator
+def test_gradcheck_linear_loss_and_elementwise_on_cuda(rng):
+    x, w, b = c64(rng, 3, 4), c64(rng, 2, 4), c64(rng, 2)
+    t = minidl.tensor(np.array([1, 0, 1]), device="cuda")
+    assert minidl.gradcheck(lambda x, w, b: minidl.cross_entropy(
+        minidl.functions.linear(x, w, b), t), [x, w, b])
+    a, c = c64(rng, 2, 3), c64(rng, 3)
+    assert minidl.gradcheck(lambda a, c: (minidl.tanh(a) * c + minidl.exp(c)).sum(axis=1),
+                            [a, c])
+    assert minidl.gradcheck(lambda a: minidl.softmax(a, axis=-1).mean(), [a])

@@ -170,12 +170,26 @@ def _conv_dims(x_shape, w_shape, stride, padding, dilation, groups):
             dilation[0], dilation[1], K // groups)
 
 
+_CONV_TABLES = {}  # conv2d.py's offset tables on the device, by geometry (a few per model)
+
+
+def _conv_table(key_build) -> CudaArray:
+    key, build = key_build
+    t = _CONV_TABLES.get(key)
+    if t is None:
+        t = _CONV_TABLES[key] = CudaArray.from_host(build())
+    return t
+
+
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     d = _conv_dims(x.shape, w.shape, stride, padding, dilation, groups)
     y = CudaArray((d[0], d[4], d[8], d[9]), x.dtype)
     if y.size:
+        w = _dev(w, x.dtype)
         bb = _dev(b, x.dtype) if b is not None else w
-        _conv.conv_forward[grid1d(y.size)](x._dev, w._dev, bb._dev, b is not None, *d, y._dev)
+        tab = _conv_table(_conv.x_offsets(d))
+        _conv.launch_forward(x._dev, w._dev, bb._dev, b is not None, tab._dev, d, groups,
+                             y._dev)
     return y
 
 
@@ -183,16 +197,24 @@ def conv2d_backward_input(dy, w, x_shape, stride, padding, dilation, groups):
     d = _conv_dims(x_shape, w.shape, stride, padding, dilation, groups)
     dx = CudaArray(x_shape, dy.dtype)
     if dx.size:
-        _conv.conv_backward_input[grid1d(dx.size)](dy._dev, w._dev, *d, dx._dev)
+        w = _dev(w, dy.dtype)
+        tab = _conv_table(_conv.dy_offsets(d))
+        _conv.launch_backward_input(dy._dev, w._dev, tab._dev, d, groups, dx._dev)
     return dx
 
 
 def conv2d_backward_weight(dy, x, w_shape, stride, padding, dilation, groups):
+    """Split-K (conv2d.py): the splits' partial gradients, then their sum."""
     d = _conv_dims(x.shape, w_shape, stride, padding, dilation, groups)
-    dw = CudaArray(w_shape, dy.dtype)
-    if dw.size:
-        _conv.conv_backward_weight[grid1d(dw.size)](dy._dev, x._dev, *d, dw._dev)
-    return dw
+    if 0 in tuple(w_shape):
+        return CudaArray(w_shape, dy.dtype)
+    x = _dev(x, dy.dtype)
+    splits, chunk = _conv.weight_splits(d, groups)
+    part = CudaArray((splits,) + tuple(w_shape), dy.dtype)
+    tab = _conv_table(_conv.x_offsets(d))
+    _conv.launch_backward_weight(dy._dev, x._dev, tab._dev, d, groups, splits, chunk,
+                                 part._dev)
+    return part.reshape(w_shape) if splits == 1 else part.sum(axis=0)
 
 
 def conv2d_backward_bias(dy):

@@ -27,7 +27,7 @@ from numba import cuda
 from . import elementwise as ew
 from ._launch import grid1d
 from .matmul import launch_gemm
-from .reduction import MAX, MIN, SUM, launch_reduce
+from .reduction import MAX, MIN, SUM, launch_reduce, partial_blocks
 
 
 class DeviceMismatchError(RuntimeError):
@@ -426,7 +426,14 @@ class CudaArray(np.lib.mixins.NDArrayOperatorsMixin):
         kstr = _kshape([st[i] for i in kept]) if kept else (0,)
         rshape = _kshape([self.shape[i] for i in axes])
         rstr = _kshape([st[i] for i in axes]) if axes else (0,)
-        launch_reduce(self._dev, kshape, kstr, rshape, rstr, out._dev, mode, float(scale))
+        parts = partial_blocks(out.size, count)
+        if parts == 1:
+            launch_reduce(self._dev, kshape, kstr, rshape, rstr, out._dev, mode, float(scale))
+        else:  # two passes (reduction.py): partial results, then each output's row of them
+            part = CudaArray((out.size, parts), np.float64)
+            launch_reduce(self._dev, kshape, kstr, rshape, rstr, part._dev, mode, 1.0, parts)
+            launch_reduce(part._dev, (out.size,), (parts,), (parts,), (1,), out._dev, mode,
+                          float(scale))
         return out
 
     def sum(self, axis=None, dtype=None, out=None, keepdims=False):

@@ -32,7 +32,7 @@ def registry() -> dict:
         for attr, value in vars(mod).items():
             if hasattr(value, "py_func") and not attr.startswith("_"):
                 out[f"{name}.{attr}"] = value
-    from . import elementwise, matmul
+    from . import conv2d, elementwise, matmul
     for op, kernels in elementwise.BINARY.items():
         for i, k in enumerate(kernels):
             out[f"elementwise.BINARY.{op}.{i}"] = k
@@ -40,6 +40,9 @@ def registry() -> dict:
         out[f"elementwise.UNARY.{op}"] = k
     for dt, k in matmul.GEMM.items():
         out[f"matmul.GEMM.{dt}"] = k
+    for table in ("FORWARD", "BACKWARD_INPUT", "BACKWARD_WEIGHT"):
+        for dt, k in getattr(conv2d, table).items():
+            out[f"conv2d.{table}.{dt}"] = k
     return out
 
 
