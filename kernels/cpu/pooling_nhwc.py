@@ -90,20 +90,22 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
         n = l1 - l0
         # ping-pong buffers for the running max and where it was (see _max_step)
         y0, y1 = np.empty(n, dtype=x.dtype), np.empty(n, dtype=x.dtype)
-        a0, a1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        # int32 positions: as wide as float32 values, so a comparison's mask selects
+        # both in the same lanes (int64 needs a mask conversion per step)
+        a0, a1 = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
         for ow in range(Wo):
             w0 = ow * sw - pw
             ws, we = max(w0, 0), min(w0 + kw, W)
-            first = hs * W + ws
+            first = np.int32(hs * W + ws)
             for lane in range(n):
                 y0[lane] = -np.inf
                 a0[lane] = first
             ys, as_, yd, ad = y0, a0, y1, a1
             for h in range(hs, he):
                 for w in range(ws, we):
-                    _max_step(x[b, h, w, l0:l1], h * W + w, ys, as_, yd, ad)
+                    _max_step(x[b, h, w, l0:l1], np.int32(h * W + w), ys, as_, yd, ad)
                     ys, as_, yd, ad = yd, ad, ys, as_
             # Lane loops index views from 0: LLVM then knows the indices are not
             # negative (no wraparound selects) and vectorizes them.
