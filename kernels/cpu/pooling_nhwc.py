@@ -24,7 +24,8 @@ Optimizations:
   LLVM vectorizes the lane loops (contiguous, no branches); the running max and its
   argmax go from one pair of small buffers to the other at each tap, never updated in
   place (LLVM would make `y = v if take else y` a conditional store, which does not
-  vectorize);
+  vectorize); the argmax runs as int32 (float32's width: one comparison mask selects
+  both) and is widened to int64 when stored;
 * parallel tasks are (sample, output row, lane block) triples: balanced even when B = 1,
   and each task owns its outputs (no races, results independent of the thread count);
 * the max backward scatters through argmax into the task's own lane block of dx.
