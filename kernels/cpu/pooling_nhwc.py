@@ -164,9 +164,21 @@ def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
 @njit(**_JIT)
 def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     """dx[b, h, w] = sum of the shares dy/divisor of the windows covering (h, w), added
-    in the reference's order (kernel offset (i, j) row-major)."""
+    in the reference's order (kernel offset (i, j) row-major). The shares are divided
+    once per window, in a first pass, not once per covered pixel (kh*kw divisions per
+    window with a 3x3 kernel); the same divisions, so the same bits."""
     B, Ho, Wo, L = dy.shape
     H, W = dx.shape[1], dx.shape[2]
+    share = np.empty_like(dy)
+    for t in prange(B * Ho):
+        b, oh = t // Ho, t % Ho
+        dh = _avg_divisor(oh * sh - ph, kh, H, ph, count_include_pad)
+        for ow in range(Wo):
+            div = dx.dtype.type(dh * _avg_divisor(ow * sw - pw, kw, W, pw,
+                                                  count_include_pad))
+            g, q = dy[b, oh, ow], share[b, oh, ow]
+            for lane in range(L):
+                q[lane] = g[lane] / div
     for task in prange(B * H * _n_lane_blocks(L)):
         b, h, l0, l1 = _row_task(task, H, L)
         for w in range(W):
@@ -178,17 +190,13 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
                 if a < 0 or a % sh != 0 or a // sh >= Ho:
                     continue
                 oh = a // sh
-                dh = _avg_divisor(oh * sh - ph, kh, H, ph, count_include_pad)
                 for j in range(kw):
                     c = w + pw - j
                     if c < 0 or c % sw != 0 or c // sw >= Wo:
                         continue
-                    ow = c // sw
-                    div = dx.dtype.type(dh * _avg_divisor(ow * sw - pw, kw, W, pw,
-                                                      count_include_pad))
-                    g = dy[b, oh, ow, l0:l1]
+                    g = share[b, oh, c // sw, l0:l1]
                     for lane in range(l1 - l0):
-                        dr[lane] += g[lane] / div
+                        dr[lane] += g[lane]
 
 
 # ------------------------------------------------------------- NCHW through the lanes
