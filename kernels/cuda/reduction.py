@@ -34,6 +34,16 @@ FILL_BLOCKS = 8 if SIMULATOR else 1024  # the two-pass path aims at about this m
 MIN_ITEMS = 2 if SIMULATOR else 16      # and gives each thread at least this many items
 
 
+@cuda.jit(device=True)
+def _combine(acc, v, mode):
+    """acc combined with v: their sum, or the larger / smaller (a NaN wins, as in NumPy)."""
+    if mode == SUM:
+        return acc + v
+    if mode == MAX:
+        return v if (v > acc or v != v) else acc
+    return v if (v < acc or v != v) else acc
+
+
 @cuda.jit
 def reduce_axes(x, kshape, kstr, rshape, rstr, out, mode, scale, parts):
     """out[o parts + p] = scale * reduce_{j = p T + t + k parts T} x[base(o) + off(j)]
@@ -51,28 +61,14 @@ def reduce_axes(x, kshape, kstr, rshape, rstr, out, mode, scale, parts):
         acc = 0.0 if mode == SUM else float64(x[base])  # x[base]: one of o's elements
         j = (vb - o * parts) * nt + t
         while j < count:
-            v = float64(x[base + _offset_dev(j, rshape, rstr)])
-            if mode == SUM:
-                acc += v
-            elif mode == MAX:
-                if v > acc or v != v:
-                    acc = v
-            else:
-                if v < acc or v != v:
-                    acc = v
+            acc = _combine(acc, float64(x[base + _offset_dev(j, rshape, rstr)]), mode)
             j += parts * nt
         part[t] = acc
         cuda.syncthreads()
         s = nt // 2
         while s > 0:
             if t < s:
-                a, b = part[t], part[t + s]
-                if mode == SUM:
-                    part[t] = a + b
-                elif mode == MAX:
-                    part[t] = b if (b > a or b != b) else a
-                else:
-                    part[t] = b if (b < a or b != b) else a
+                part[t] = _combine(part[t], part[t + s], mode)
             cuda.syncthreads()
             s //= 2
         if t == 0:
@@ -92,15 +88,7 @@ def reduce_axes_thread(x, kshape, kstr, rshape, rstr, out, mode, scale):
         base = _offset_dev(o, kshape, kstr)
         acc = 0.0 if mode == SUM else float64(x[base])
         for j in range(count):
-            v = float64(x[base + _offset_dev(j, rshape, rstr)])
-            if mode == SUM:
-                acc += v
-            elif mode == MAX:
-                if v > acc or v != v:
-                    acc = v
-            else:
-                if v < acc or v != v:
-                    acc = v
+            acc = _combine(acc, float64(x[base + _offset_dev(j, rshape, rstr)]), mode)
         out[o] = acc * scale if mode == SUM else acc
         o += cuda.gridsize(1)
 
