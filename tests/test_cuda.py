@@ -744,3 +744,16 @@ def test_gradcheck_linear_loss_and_elementwise_on_cuda(rng):
     assert minidl.gradcheck(lambda a, c: (minidl.tanh(a) * c + minidl.exp(c)).sum(axis=1),
                             [a, c])
     assert minidl.gradcheck(lambda a: minidl.softmax(a, axis=-1).mean(), [a])
+
+
+def test_conv_offset_tables_stay_bounded(rng, monkeypatch):
+    """The per-geometry offset tables are a cache, not a leak: past the cap it starts over,
+    and results stay right."""
+    monkeypatch.setattr(kc, "_CONV_TABLES_MAX", 2)
+    kc._CONV_TABLES.clear()
+    w = rng.standard_normal((2, 1, 3, 3))
+    for size in (5, 6, 7, 8):
+        x = rng.standard_normal((1, 1, size, size))
+        close(kc.conv2d_forward(dev(x), dev(w), None, (1, 1), (1, 1), (1, 1), 1),
+              ref.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1))
+        assert len(kc._CONV_TABLES) <= 2

@@ -171,12 +171,15 @@ def _conv_dims(x_shape, w_shape, stride, padding, dilation, groups):
 
 
 _CONV_TABLES = {}  # conv2d.py's offset tables on the device, by geometry (a few per model)
+_CONV_TABLES_MAX = 256  # past this many geometries (inputs of ever-changing sizes), start over
 
 
 def _conv_table(key_build) -> CudaArray:
     key, build = key_build
     t = _CONV_TABLES.get(key)
     if t is None:
+        if len(_CONV_TABLES) >= _CONV_TABLES_MAX:
+            _CONV_TABLES.clear()  # (buffers go back to the allocator, in stream order)
         t = _CONV_TABLES[key] = CudaArray.from_host(build())
     return t
 
