@@ -83,6 +83,8 @@ def is_channels_last(a: np.ndarray) -> bool:
 def is_contiguous(a: np.ndarray, fmt=contiguous_format) -> bool:
     """`Tensor.is_contiguous(memory_format=fmt)` for the array `a`."""
     if _check(fmt) is channels_last:
+        if not isinstance(a, np.ndarray):  # a GPU array: NCHW, the same memory only if
+            return a.ndim == 4 and (a.shape[1] == 1 or a.shape[2] * a.shape[3] == 1)
         return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
     if fmt is preserve_format:
         raise ValueError("is_contiguous: preserve_format is not a memory layout")
@@ -101,8 +103,20 @@ def from_nhwc(a: np.ndarray) -> np.ndarray:
     return a.transpose(0, 3, 1, 2)
 
 
+def _gpu_unsupported(what: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"channels_last is not supported on cuda tensors: minidl's CUDA kernels take NCHW "
+        f"(contiguous_format) data; keep {what} in contiguous_format (channels_last is the "
+        f"CPU kernels' fast layout)")
+
+
 def convert(a: np.ndarray, fmt) -> np.ndarray:
-    """`a` in memory format `fmt` (itself when it already is)."""
+    """`a` in memory format `fmt` (itself when it already is). A GPU array is always
+    NCHW: channels_last raises for it, except where both layouts are the same memory."""
+    if not isinstance(a, np.ndarray):
+        if _check(fmt) is channels_last and not (a.ndim == 4 and is_contiguous(a, fmt)):
+            raise _gpu_unsupported(f"the cuda tensor of shape {tuple(a.shape)}")
+        return a
     if _check(fmt) is channels_last:
         if a.ndim != 4:
             raise ValueError(f"channels_last needs a 4-D (N, C, H, W) tensor, got shape "

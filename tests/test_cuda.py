@@ -77,6 +77,36 @@ def test_to_is_differentiable_both_ways():
     np.testing.assert_array_equal(x.grad.data, [[3.0, 0.0], [3.0, 3.0]])
 
 
+def test_channels_last_on_cuda_is_refused_clearly():
+    """The CUDA kernels take NCHW: asking for channels_last on the GPU raises, naming the
+    tensor; it never returns a tensor claiming a layout it does not have."""
+    rng = np.random.default_rng(0)
+    x = minidl.tensor(rng.standard_normal((2, 3, 4, 5)).astype(np.float32), device="cuda")
+    assert x.is_contiguous() and not x.is_contiguous(memory_format=minidl.channels_last)
+    with pytest.raises(NotImplementedError, match=r"cuda tensor of shape \(2, 3, 4, 5\)"):
+        x.to(memory_format=minidl.channels_last)
+    assert x.to(memory_format=minidl.contiguous_format) is x
+    # one channel: both layouts are the same memory, as in PyTorch
+    one = minidl.tensor(rng.standard_normal((2, 1, 4, 5)), device="cuda")
+    assert one.to(memory_format=minidl.channels_last) is one
+    assert one.is_contiguous(memory_format=minidl.channels_last)
+    conv = nn.Conv2d(3, 4, 3)
+    with pytest.raises(NotImplementedError, match="Conv2d on cuda"):
+        conv.to("cuda", memory_format=minidl.channels_last)
+    conv.to("cuda")
+    with pytest.raises(NotImplementedError, match="Conv2d on cuda"):
+        conv.to(memory_format=minidl.channels_last)
+    assert conv.weight.device == "cuda"  # nothing was changed by the refused calls
+    # a channels_last CPU model moves to the GPU as NCHW, same values
+    cpu = nn.Conv2d(3, 4, 3).to(memory_format=minidl.channels_last)
+    w = cpu.weight.detach().numpy().copy()
+    cpu.to("cuda")
+    np.testing.assert_array_equal(cpu.weight.detach().numpy(), w)
+    want = nn.functional.conv2d(minidl.tensor(x.numpy()), minidl.tensor(w),
+                                cpu.bias.detach().cpu())
+    close(cpu(x).data, want.data, 1e-5)
+
+
 def test_mixing_devices_names_both():
     a = minidl.tensor(np.ones((2, 3), np.float32), device="cuda")
     b = minidl.tensor(np.ones((2, 3), np.float32))

@@ -290,6 +290,10 @@ class Module:
         `to("cpu")` move them the same way (create the optimizer after the move, as in
         PyTorch)."""
         if memory_format is not None:
+            on_gpu = (isinstance(target, str) and target.startswith("cuda")) or (
+                target is None and any(t.device != "cpu" for t in self.parameters()))
+            if on_gpu and _mf._check(memory_format) is _mf.channels_last:
+                raise _mf._gpu_unsupported(f"the {type(self).__name__} on cuda")
             for t in list(self.parameters()) + list(self.buffers()):
                 if t.data.ndim == 4:
                     t.data = _mf.convert(t.data, memory_format)
