@@ -161,6 +161,24 @@ def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
                 yr[lane] = yr[lane] / div
 
 
+@njit(cache=True)
+def _covering(size, k, s, p, n_out):
+    """For each input index x < size along one axis, the outputs o whose window covers
+    it (o*s - p + i == x for a kernel offset i < k), listed in increasing i: cnt[x] of
+    them, in who[x, :cnt[x]]. Built once per call, so the backward's inner loops do no
+    integer division (a `%` and a `//` per kernel offset and pixel were most of its
+    time)."""
+    cnt = np.zeros(size, np.int64)
+    who = np.empty((size, k), np.int64)
+    for x in range(size):
+        for i in range(k):
+            a = x + p - i
+            if a >= 0 and a % s == 0 and a // s < n_out:
+                who[x, cnt[x]] = a // s
+                cnt[x] += 1
+    return cnt, who
+
+
 @njit(**_JIT)
 def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     """dx[b, h, w] = sum of the shares dy/divisor of the windows covering (h, w), added
@@ -179,22 +197,18 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
             g, q = dy[b, oh, ow], share[b, oh, ow]
             for lane in range(L):
                 q[lane] = g[lane] / div
+    hcnt, hwho = _covering(H, kh, sh, ph, Ho)  # windows covering row h, by offset i
+    wcnt, wwho = _covering(W, kw, sw, pw, Wo)  # ... column w, by offset j
     for task in prange(B * H * _n_lane_blocks(L)):
         b, h, l0, l1 = _row_task(task, H, L)
         for w in range(W):
             dr = dx[b, h, w, l0:l1]
             for lane in range(l1 - l0):
                 dr[lane] = 0
-            for i in range(kh):
-                a = h + ph - i
-                if a < 0 or a % sh != 0 or a // sh >= Ho:
-                    continue
-                oh = a // sh
-                for j in range(kw):
-                    c = w + pw - j
-                    if c < 0 or c % sw != 0 or c // sw >= Wo:
-                        continue
-                    g = share[b, oh, c // sw, l0:l1]
+            for qi in range(hcnt[h]):
+                oh = hwho[h, qi]
+                for qj in range(wcnt[w]):
+                    g = share[b, oh, wwho[w, qj], l0:l1]
                     for lane in range(l1 - l0):
                         dr[lane] += g[lane]
 
