@@ -20,21 +20,30 @@ divides by the reference's divisor; its backward adds each window's share in the
 reference's order of kernel offsets.
 
 Optimizations:
-* one vector pass over a block of lanes per kernel tap: compare/select (max) or add (avg);
-  LLVM vectorizes the lane loops (contiguous, no branches); the running max and its
-  argmax go from one pair of small buffers to the other at each tap, never updated in
-  place (LLVM would make `y = v if take else y` a conditional store, which does not
-  vectorize); the argmax runs as int32 (float32's width: one comparison mask selects
-  both) and is widened to int64 when stored;
+* max forward: `max_window`, LLVM vector IR through numba.extending.intrinsic, keeps
+  the running maxima of 4 vectors of lanes and their positions in registers over the
+  whole window (per tap: one load, two compares, two selects) and stores once; the
+  positions run as int32 (float32's width: one comparison mask selects both) and are
+  widened to int64 when stored. (Plain Numba could not keep them in registers: the
+  running max went through memory at every tap, two buffers ping-ponged because LLVM
+  makes an in-place `y = v if take else y` a conditional store that does not vectorize;
+  1.7-2x slower, numbers in benchmarks/DESIGN.md, pooling_nhwc.py);
+* avg forward and backward: one vector pass over a block of lanes per kernel tap (LLVM
+  vectorizes the contiguous, branch-free lane loops); the backward finds the windows
+  covering a pixel in two small per-call tables, with no integer division;
 * parallel tasks are (sample, output row, lane block) triples: balanced even when B = 1,
   and each task owns its outputs (no races, results independent of the thread count);
 * the max backward scatters through argmax into the task's own lane block of dx.
 
-Debugging: NUMBA_DISABLE_JIT=1 runs these as plain Python (slow, same results).
+Debugging: NUMBA_DISABLE_JIT=1 runs these as plain Python (slow, same results), with
+max_window_reference in place of the intrinsic; tests/kernels/test_pooling_nhwc.py
+compares the two.
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
+from minidl.kernels.cpu.microkernel import host_lanes
 from minidl.kernels.cpu.pooling import _avg_divisor, _output_hw
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
@@ -68,52 +77,160 @@ def transpose(a, out):
                 out[q, p] = a[p, q]
 
 
-@njit(cache=True, inline="always")
-def _max_step(xr, idx, ys, as_, yd, ad):
-    """One kernel tap over a lane block: (yd, ad) = the better of (xr, idx) and (ys, as_).
-    Written from one pair of buffers into the other, never in place: LLVM turns an
-    in-place `y = v if take else y` into a conditional store, which does not vectorize."""
-    for lane in range(xr.size):
-        v = xr[lane]
-        best = ys[lane]
-        take = (v > best) | (v != v)  # strict: the first max stays; NaN wins
-        yd[lane] = v if take else best
-        ad[lane] = idx if take else as_[lane]
+# --- the max-pool window as LLVM vector IR ------------------------------------------------
+
+@njit(inline="always")
+def max_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, am, ooff):
+    """What `max_window` computes, in plain loops (NUMBA_DISABLE_JIT, or an llvmlite
+    without vector IR): for the nv*lanes lanes from xoff, the max over the window rows
+    [hs, he) x columns [ws, we) of a (H, W, L) block of x (element (h, w, lane) at
+    xoff + (h*W + w)*L + lane) in row-major scan order, where a strictly greater value or
+    a NaN takes over, and its position h*W + w (hs*W + ws if nothing takes over); stored
+    at y[ooff + lane], am[ooff + lane]."""
+    n = nv * (_LANES32 if x.itemsize == 4 else _LANES64)
+    for lane in range(n):
+        best = -np.inf
+        at = hs * W + ws
+        for h in range(hs, he):
+            for w in range(ws, we):
+                v = x[xoff + (h * W + w) * L + lane]
+                if (v > best) | (v != v):
+                    best = v
+                    at = h * W + w
+        y[ooff + lane] = best
+        am[ooff + lane] = at
+
+
+_NV = 4  # vectors of lanes per max_window call (4 maxima + 4 positions in registers)
+_LANES32, _LANES64 = host_lanes(4), host_lanes(8)  # one vector of float32 / float64
+
+
+def window_lanes(itemsize):
+    """Lanes that one max_window call covers: _NV vectors of the host's width."""
+    return _NV * host_lanes(itemsize)
+
+
+def _build_max_window():
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def max_window(typingctx, nv, x, xoff, W, L, hs, he, ws, we, y, am, ooff):
+        """max_window_reference's semantics, with the nv (a literal, 1 or _NV) running
+        maxima and their int32 positions held in vector registers across the window:
+        per tap one vector load, two compares, two selects; nothing stored until the
+        end (the Numba version went through memory at every tap)."""
+        ints = (xoff, W, L, hs, he, ws, we, ooff)
+        if not (isinstance(nv, types.IntegerLiteral)
+                and isinstance(x, types.Array) and x.ndim == 1
+                and x.dtype in (types.float32, types.float64)
+                and isinstance(y, types.Array) and y.ndim == 1 and y.dtype == x.dtype
+                and isinstance(am, types.Array) and am.ndim == 1 and am.dtype == types.int64
+                and all(isinstance(v, types.Integer) for v in ints)):
+            return None
+        sig = types.void(nv, x, xoff, W, L, hs, he, ws, we, y, am, ooff)
+        count = nv.literal_value
+
+        def codegen(context, builder, sig, args):
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            xoff_v, W_v, L_v, hs_v, he_v, ws_v, we_v = (
+                context.cast(builder, args[k], sig.args[k], types.int64) for k in range(2, 9))
+            ooff_v = context.cast(builder, args[11], sig.args[11], types.int64)
+            dtype = sig.args[1].dtype
+            bits = 32 if dtype == types.float32 else 64
+            lanes = host_lanes(bits // 8)
+            vty = ir.VectorType(context.get_value_type(dtype), lanes)
+            ity, lty = ir.VectorType(i32, lanes), ir.VectorType(i64, lanes)
+            xp, yp, ap = (context.make_array(sig.args[k])(context, builder, args[k]).data
+                          for k in (1, 9, 10))
+
+            def vptr(ptr, idx, ty):
+                return builder.bitcast(builder.gep(ptr, [idx]), ty.as_pointer())
+
+            def splat(val):
+                undef = ir.Constant(ity, ir.Undefined)
+                return builder.shuffle_vector(
+                    builder.insert_element(undef, val, ir.Constant(i64, 0)), undef,
+                    ir.Constant(ity, [0] * lanes))
+
+            # running maxima and positions: allocas that mem2reg promotes to registers
+            first = builder.trunc(builder.add(builder.mul(hs_v, W_v), ws_v), i32)
+            best = [cgutils.alloca_once_value(builder, ir.Constant(vty, [float("-inf")] * lanes))
+                    for _ in range(count)]
+            at = [cgutils.alloca_once_value(builder, splat(first)) for _ in range(count)]
+            with cgutils.for_range(builder, builder.sub(he_v, hs_v)) as hl:
+                h = builder.add(hs_v, hl.index)
+                with cgutils.for_range(builder, builder.sub(we_v, ws_v)) as wl:
+                    pos = builder.add(builder.mul(h, W_v), builder.add(ws_v, wl.index))
+                    here = splat(builder.trunc(pos, i32))
+                    base = builder.add(xoff_v, builder.mul(pos, L_v))
+                    for v in range(count):
+                        val = builder.load(vptr(xp, builder.add(base, ir.Constant(
+                            i64, v * lanes)), vty), align=bits // 8)
+                        b = builder.load(best[v])
+                        take = builder.or_(builder.fcmp_ordered(">", val, b),  # first max
+                                           builder.fcmp_unordered("uno", val, val))  # NaN
+                        builder.store(builder.select(take, val, b), best[v])
+                        builder.store(builder.select(take, here, builder.load(at[v])), at[v])
+            for v in range(count):
+                o = builder.add(ooff_v, ir.Constant(i64, v * lanes))
+                builder.store(builder.load(best[v]), vptr(yp, o, vty), align=bits // 8)
+                builder.store(builder.sext(builder.load(at[v]), lty), vptr(ap, o, lty),
+                              align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return max_window
+
+
+if numba.config.DISABLE_JIT:
+    max_window = max_window_reference
+else:
+    try:
+        max_window = _build_max_window()
+    except Exception:  # pragma: no cover - an llvmlite without vector IR support
+        max_window = max_window_reference
+WINDOW32, WINDOW64 = window_lanes(4), window_lanes(8)
 
 
 @njit(**_JIT)
 def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
-    """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L)."""
+    """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L). Each output pixel's lanes go through
+    max_window in blocks of _NV vectors, then single vectors, then one lane at a time."""
     B, H, W, L = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
+    big = WINDOW32 if x.itemsize == 4 else WINDOW64
+    one = big // _NV
+    xf, yf, af = x.reshape(-1), y.reshape(-1), argmax.reshape(-1)
     for task in prange(B * Ho * _n_lane_blocks(L)):
         b, oh, l0, l1 = _row_task(task, Ho, L)
-        n = l1 - l0
-        # ping-pong buffers for the running max and where it was (see _max_step)
-        y0, y1 = np.empty(n, dtype=x.dtype), np.empty(n, dtype=x.dtype)
-        # int32 positions: as wide as float32 values, so a comparison's mask selects
-        # both in the same lanes (int64 needs a mask conversion per step)
-        a0, a1 = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+        l_big = l0 + (l1 - l0) // big * big
+        l_one = l_big + (l1 - l_big) // one * one
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
+        xb = b * H * W * L
         for ow in range(Wo):
             w0 = ow * sw - pw
             ws, we = max(w0, 0), min(w0 + kw, W)
-            first = np.int32(hs * W + ws)
-            for lane in range(n):
-                y0[lane] = -np.inf
-                a0[lane] = first
-            ys, as_, yd, ad = y0, a0, y1, a1
-            for h in range(hs, he):
-                for w in range(ws, we):
-                    _max_step(x[b, h, w, l0:l1], np.int32(h * W + w), ys, as_, yd, ad)
-                    ys, as_, yd, ad = yd, ad, ys, as_
-            # Lane loops index views from 0: LLVM then knows the indices are not
-            # negative (no wraparound selects) and vectorizes them.
-            yr, ar = y[b, oh, ow, l0:l1], argmax[b, oh, ow, l0:l1]
-            for lane in range(n):
-                yr[lane] = ys[lane]
-                ar[lane] = as_[lane]
+            ob = ((b * Ho + oh) * Wo + ow) * L
+            for lane in range(l0, l_big, big):
+                max_window(_NV, xf, xb + lane, W, L, hs, he, ws, we, yf, af, ob + lane)
+            for lane in range(l_big, l_one, one):
+                max_window(1, xf, xb + lane, W, L, hs, he, ws, we, yf, af, ob + lane)
+            for lane in range(l_one, l1):
+                best = -np.inf
+                at = hs * W + ws
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = x[b, h, w, lane]
+                        if (v > best) | (v != v):
+                            best = v
+                            at = h * W + w
+                yf[ob + lane] = best
+                af[ob + lane] = at
 
 
 @njit(**_JIT)
