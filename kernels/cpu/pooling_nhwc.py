@@ -20,17 +20,18 @@ divides by the reference's divisor; its backward adds each window's share in the
 reference's order of kernel offsets.
 
 Optimizations:
-* max forward: `max_window`, LLVM vector IR through numba.extending.intrinsic, keeps
-  the running maxima of 4 vectors of lanes and their positions in registers over the
-  whole window (per tap: one load, two compares, two selects) and stores once; the
-  positions run as int32 (float32's width: one comparison mask selects both) and are
-  widened to int64 when stored. (Plain Numba could not keep them in registers: the
-  running max went through memory at every tap, two buffers ping-ponged because LLVM
-  makes an in-place `y = v if take else y` a conditional store that does not vectorize;
-  1.7-2x slower, numbers in benchmarks/DESIGN.md, pooling_nhwc.py);
-* avg forward and backward: one vector pass over a block of lanes per kernel tap (LLVM
-  vectorizes the contiguous, branch-free lane loops); the backward finds the windows
-  covering a pixel in two small per-call tables, with no integer division;
+* forwards: `max_window` and `avg_window`, LLVM vector IR through
+  numba.extending.intrinsic, keep the running maxima (and their positions) or sums of 4
+  vectors of lanes in registers over the whole window (per tap: one load, then two
+  compares and two selects, or one add) and store once; the max positions run as int32
+  (float32's width: one comparison mask selects both) and are widened to int64 when
+  stored. (Plain Numba kept them in memory, one pass over the lane block per tap; for
+  max through two ping-ponged buffers, because LLVM makes an in-place
+  `y = v if take else y` a conditional store that does not vectorize: 1.3-2.7x slower,
+  numbers in benchmarks/DESIGN.md, pooling_nhwc.py);
+* avg backward: one vector pass over a block of lanes per covering window (LLVM
+  vectorizes the contiguous, branch-free lane loops), the windows covering a pixel found
+  in two small per-call tables, with no integer division;
 * parallel tasks are (sample, output row, lane block) triples: balanced even when B = 1,
   and each task owns its outputs (no races, results independent of the thread count);
 * the max backward scatters through argmax into the task's own lane block of dx.
@@ -77,18 +78,17 @@ def transpose(a, out):
                 out[q, p] = a[p, q]
 
 
-# --- the max-pool window as LLVM vector IR ------------------------------------------------
+# --- pooling windows as LLVM vector IR ----------------------------------------------------
 
 @njit(inline="always")
-def max_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, am, ooff):
+def max_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, am):
     """What `max_window` computes, in plain loops (NUMBA_DISABLE_JIT, or an llvmlite
-    without vector IR): for the nv*lanes lanes from xoff, the max over the window rows
+    without vector IR): for the nv vectors of lanes from xoff, the max over the window rows
     [hs, he) x columns [ws, we) of a (H, W, L) block of x (element (h, w, lane) at
     xoff + (h*W + w)*L + lane) in row-major scan order, where a strictly greater value or
     a NaN takes over, and its position h*W + w (hs*W + ws if nothing takes over); stored
     at y[ooff + lane], am[ooff + lane]."""
-    n = nv * (_LANES32 if x.itemsize == 4 else _LANES64)
-    for lane in range(n):
+    for lane in range(nv * (_LANES32 if x.itemsize == 4 else _LANES64)):
         best = -np.inf
         at = hs * W + ws
         for h in range(hs, he):
@@ -101,99 +101,139 @@ def max_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, am, ooff):
         am[ooff + lane] = at
 
 
-_NV = 4  # vectors of lanes per max_window call (4 maxima + 4 positions in registers)
+@njit(inline="always")
+def avg_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, div):
+    """What `avg_window` computes: the sum over the same window, in x's dtype, from 0 in
+    row-major scan order, divided by div; stored at y[ooff + lane]."""
+    for lane in range(nv * (_LANES32 if x.itemsize == 4 else _LANES64)):
+        acc = x.dtype.type(0)
+        for h in range(hs, he):
+            for w in range(ws, we):
+                acc += x[xoff + (h * W + w) * L + lane]
+        y[ooff + lane] = acc / div
+
+
+_NV = 4  # vectors of lanes per window call (their running values stay in registers)
 _LANES32, _LANES64 = host_lanes(4), host_lanes(8)  # one vector of float32 / float64
 
 
-def window_lanes(itemsize):
-    """Lanes that one max_window call covers: _NV vectors of the host's width."""
-    return _NV * host_lanes(itemsize)
-
-
-def _build_max_window():
+def _build_windows():
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    @intrinsic
-    def max_window(typingctx, nv, x, xoff, W, L, hs, he, ws, we, y, am, ooff):
-        """max_window_reference's semantics, with the nv (a literal, 1 or _NV) running
-        maxima and their int32 positions held in vector registers across the window:
-        per tap one vector load, two compares, two selects; nothing stored until the
-        end (the Numba version went through memory at every tap)."""
-        ints = (xoff, W, L, hs, he, ws, we, ooff)
-        if not (isinstance(nv, types.IntegerLiteral)
+    def typed(nv, x, ints, y, extra_ok):
+        return (isinstance(nv, types.IntegerLiteral)
                 and isinstance(x, types.Array) and x.ndim == 1
                 and x.dtype in (types.float32, types.float64)
                 and isinstance(y, types.Array) and y.ndim == 1 and y.dtype == x.dtype
-                and isinstance(am, types.Array) and am.ndim == 1 and am.dtype == types.int64
-                and all(isinstance(v, types.Integer) for v in ints)):
-            return None
-        sig = types.void(nv, x, xoff, W, L, hs, he, ws, we, y, am, ooff)
-        count = nv.literal_value
+                and all(isinstance(v, types.Integer) for v in ints) and extra_ok)
 
+    def codegen_for(kind):
+        """The window loop of both intrinsics; `kind` says what runs per tap and at the
+        end. Arguments: nv, x, xoff, W, L, hs, he, ws, we, y, ooff, extra (am or div)."""
         def codegen(context, builder, sig, args):
             i64, i32 = ir.IntType(64), ir.IntType(32)
+            count = sig.args[0].literal_value
             xoff_v, W_v, L_v, hs_v, he_v, ws_v, we_v = (
                 context.cast(builder, args[k], sig.args[k], types.int64) for k in range(2, 9))
-            ooff_v = context.cast(builder, args[11], sig.args[11], types.int64)
+            ooff_v = context.cast(builder, args[10], sig.args[10], types.int64)
             dtype = sig.args[1].dtype
             bits = 32 if dtype == types.float32 else 64
             lanes = host_lanes(bits // 8)
-            vty = ir.VectorType(context.get_value_type(dtype), lanes)
+            fty = context.get_value_type(dtype)
+            vty = ir.VectorType(fty, lanes)
             ity, lty = ir.VectorType(i32, lanes), ir.VectorType(i64, lanes)
-            xp, yp, ap = (context.make_array(sig.args[k])(context, builder, args[k]).data
-                          for k in (1, 9, 10))
+            xp, yp = (context.make_array(sig.args[k])(context, builder, args[k]).data
+                      for k in (1, 9))
 
             def vptr(ptr, idx, ty):
                 return builder.bitcast(builder.gep(ptr, [idx]), ty.as_pointer())
 
-            def splat(val):
-                undef = ir.Constant(ity, ir.Undefined)
+            def splat(val, ty):
+                undef = ir.Constant(ty, ir.Undefined)
                 return builder.shuffle_vector(
                     builder.insert_element(undef, val, ir.Constant(i64, 0)), undef,
                     ir.Constant(ity, [0] * lanes))
 
-            # running maxima and positions: allocas that mem2reg promotes to registers
-            first = builder.trunc(builder.add(builder.mul(hs_v, W_v), ws_v), i32)
-            best = [cgutils.alloca_once_value(builder, ir.Constant(vty, [float("-inf")] * lanes))
-                    for _ in range(count)]
-            at = [cgutils.alloca_once_value(builder, splat(first)) for _ in range(count)]
+            def register(value):  # an alloca that mem2reg promotes to a register
+                return cgutils.alloca_once_value(builder, value)
+
+            if kind == "max":
+                first = builder.trunc(builder.add(builder.mul(hs_v, W_v), ws_v), i32)
+                best = [register(ir.Constant(vty, [float("-inf")] * lanes))
+                        for _ in range(count)]
+                at = [register(splat(first, ity)) for _ in range(count)]
+            else:
+                acc = [register(ir.Constant(vty, [0.0] * lanes)) for _ in range(count)]
             with cgutils.for_range(builder, builder.sub(he_v, hs_v)) as hl:
                 h = builder.add(hs_v, hl.index)
                 with cgutils.for_range(builder, builder.sub(we_v, ws_v)) as wl:
                     pos = builder.add(builder.mul(h, W_v), builder.add(ws_v, wl.index))
-                    here = splat(builder.trunc(pos, i32))
                     base = builder.add(xoff_v, builder.mul(pos, L_v))
+                    if kind == "max":
+                        here = splat(builder.trunc(pos, i32), ity)
                     for v in range(count):
                         val = builder.load(vptr(xp, builder.add(base, ir.Constant(
                             i64, v * lanes)), vty), align=bits // 8)
-                        b = builder.load(best[v])
-                        take = builder.or_(builder.fcmp_ordered(">", val, b),  # first max
-                                           builder.fcmp_unordered("uno", val, val))  # NaN
-                        builder.store(builder.select(take, val, b), best[v])
-                        builder.store(builder.select(take, here, builder.load(at[v])), at[v])
+                        if kind == "max":
+                            b = builder.load(best[v])
+                            take = builder.or_(builder.fcmp_ordered(">", val, b),  # first max
+                                               builder.fcmp_unordered("uno", val, val))  # NaN
+                            builder.store(builder.select(take, val, b), best[v])
+                            builder.store(builder.select(take, here, builder.load(at[v])),
+                                          at[v])
+                        else:
+                            builder.store(builder.fadd(builder.load(acc[v]), val), acc[v])
+            if kind == "max":
+                ap = context.make_array(sig.args[11])(context, builder, args[11]).data
+            else:
+                div = splat(context.cast(builder, args[11], sig.args[11], dtype), vty)
             for v in range(count):
                 o = builder.add(ooff_v, ir.Constant(i64, v * lanes))
-                builder.store(builder.load(best[v]), vptr(yp, o, vty), align=bits // 8)
-                builder.store(builder.sext(builder.load(at[v]), lty), vptr(ap, o, lty),
-                              align=8)
+                if kind == "max":
+                    builder.store(builder.load(best[v]), vptr(yp, o, vty), align=bits // 8)
+                    builder.store(builder.sext(builder.load(at[v]), lty), vptr(ap, o, lty),
+                                  align=8)
+                else:
+                    builder.store(builder.fdiv(builder.load(acc[v]), div), vptr(yp, o, vty),
+                                  align=bits // 8)
             return context.get_dummy_value()
+        return codegen
 
-        return sig, codegen
+    @intrinsic
+    def max_window(typingctx, nv, x, xoff, W, L, hs, he, ws, we, y, ooff, am):
+        """max_window_reference's semantics, with the nv (a literal, 1 or _NV) vectors of
+        running maxima and their int32 positions held in registers across the window:
+        per tap one vector load, two compares, two selects; stored once at the end."""
+        if not typed(nv, x, (xoff, W, L, hs, he, ws, we, ooff), y,
+                     isinstance(am, types.Array) and am.ndim == 1
+                     and am.dtype == types.int64):
+            return None
+        return (types.void(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, am),
+                codegen_for("max"))
 
-    return max_window
+    @intrinsic
+    def avg_window(typingctx, nv, x, xoff, W, L, hs, he, ws, we, y, ooff, div):
+        """avg_window_reference's semantics, the nv vectors of sums in registers (the same
+        additions in the same order: the same bits)."""
+        if not typed(nv, x, (xoff, W, L, hs, he, ws, we, ooff), y,
+                     isinstance(div, (types.Float, types.Integer))):
+            return None
+        return (types.void(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, div),
+                codegen_for("avg"))
+
+    return max_window, avg_window
 
 
 if numba.config.DISABLE_JIT:
-    max_window = max_window_reference
+    max_window, avg_window = max_window_reference, avg_window_reference
 else:
     try:
-        max_window = _build_max_window()
+        max_window, avg_window = _build_windows()
     except Exception:  # pragma: no cover - an llvmlite without vector IR support
-        max_window = max_window_reference
-WINDOW32, WINDOW64 = window_lanes(4), window_lanes(8)
+        max_window, avg_window = max_window_reference, avg_window_reference
 
 
 @njit(**_JIT)
@@ -202,8 +242,8 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     max_window in blocks of _NV vectors, then single vectors, then one lane at a time."""
     B, H, W, L = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
-    big = WINDOW32 if x.itemsize == 4 else WINDOW64
-    one = big // _NV
+    one = _LANES32 if x.itemsize == 4 else _LANES64
+    big = _NV * one
     xf, yf, af = x.reshape(-1), y.reshape(-1), argmax.reshape(-1)
     for task in prange(B * Ho * _n_lane_blocks(L)):
         b, oh, l0, l1 = _row_task(task, Ho, L)
@@ -217,9 +257,9 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
             ws, we = max(w0, 0), min(w0 + kw, W)
             ob = ((b * Ho + oh) * Wo + ow) * L
             for lane in range(l0, l_big, big):
-                max_window(_NV, xf, xb + lane, W, L, hs, he, ws, we, yf, af, ob + lane)
+                max_window(_NV, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, af)
             for lane in range(l_big, l_one, one):
-                max_window(1, xf, xb + lane, W, L, hs, he, ws, we, yf, af, ob + lane)
+                max_window(1, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, af)
             for lane in range(l_one, l1):
                 best = -np.inf
                 at = hs * W + ws
@@ -255,27 +295,36 @@ def max_pool_bwd(dy, argmax, dx):
 
 @njit(**_JIT)
 def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
+    """x (B, H, W, L) -> y (B, Ho, Wo, L): each output pixel's lanes through avg_window
+    in blocks of _NV vectors, then single vectors, then one lane at a time."""
     B, H, W, L = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
+    one = _LANES32 if x.itemsize == 4 else _LANES64
+    big = _NV * one
+    xf, yf = x.reshape(-1), y.reshape(-1)
     for task in prange(B * Ho * _n_lane_blocks(L)):
         b, oh, l0, l1 = _row_task(task, Ho, L)
+        l_big = l0 + (l1 - l0) // big * big
+        l_one = l_big + (l1 - l_big) // one * one
         h0 = oh * sh - ph
         hs, he = max(h0, 0), min(h0 + kh, H)
         dh = _avg_divisor(h0, kh, H, ph, count_include_pad)
+        xb = b * H * W * L
         for ow in range(Wo):
             w0 = ow * sw - pw
             ws, we = max(w0, 0), min(w0 + kw, W)
             div = x.dtype.type(dh * _avg_divisor(w0, kw, W, pw, count_include_pad))
-            yr = y[b, oh, ow, l0:l1]
-            for lane in range(l1 - l0):
-                yr[lane] = 0
-            for h in range(hs, he):
-                for w in range(ws, we):
-                    xr = x[b, h, w, l0:l1]
-                    for lane in range(l1 - l0):
-                        yr[lane] += xr[lane]
-            for lane in range(l1 - l0):
-                yr[lane] = yr[lane] / div
+            ob = ((b * Ho + oh) * Wo + ow) * L
+            for lane in range(l0, l_big, big):
+                avg_window(_NV, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, div)
+            for lane in range(l_big, l_one, one):
+                avg_window(1, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, div)
+            for lane in range(l_one, l1):
+                acc = x.dtype.type(0)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        acc += x[b, h, w, lane]
+                yf[ob + lane] = acc / div
 
 
 @njit(cache=True)

@@ -125,34 +125,41 @@ def test_channels_last_entry_points_match_the_reference_entry_points(case):
 
 
 @numba.njit
-def _window_one(ref_, x, xoff, W, L, hs, he, ws, we, y, am, ooff):
+def _window_one(ref_, x, xoff, W, L, hs, he, ws, we, y, ooff, am, div):
     if ref_:
-        lanes.max_window_reference(1, x, xoff, W, L, hs, he, ws, we, y, am, ooff)
+        lanes.max_window_reference(1, x, xoff, W, L, hs, he, ws, we, y, ooff, am)
+        lanes.avg_window_reference(1, x, xoff, W, L, hs, he, ws, we, y, ooff + am.size, div)
     else:
-        lanes.max_window(1, x, xoff, W, L, hs, he, ws, we, y, am, ooff)
+        lanes.max_window(1, x, xoff, W, L, hs, he, ws, we, y, ooff, am)
+        lanes.avg_window(1, x, xoff, W, L, hs, he, ws, we, y, ooff + am.size, div)
 
 
 @numba.njit
-def _window_all(ref_, x, xoff, W, L, hs, he, ws, we, y, am, ooff):
+def _window_all(ref_, x, xoff, W, L, hs, he, ws, we, y, ooff, am, div):
+    # (_NV is a global int: a literal, as the intrinsics require)
     if ref_:
-        lanes.max_window_reference(_NV, x, xoff, W, L, hs, he, ws, we, y, am, ooff)
-    else:  # (a global int: a literal, as the intrinsic requires)
-        lanes.max_window(_NV, x, xoff, W, L, hs, he, ws, we, y, am, ooff)
+        lanes.max_window_reference(_NV, x, xoff, W, L, hs, he, ws, we, y, ooff, am)
+        lanes.avg_window_reference(_NV, x, xoff, W, L, hs, he, ws, we, y, ooff + am.size,
+                                   div)
+    else:
+        lanes.max_window(_NV, x, xoff, W, L, hs, he, ws, we, y, ooff, am)
+        lanes.avg_window(_NV, x, xoff, W, L, hs, he, ws, we, y, ooff + am.size, div)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_window_intrinsic_matches_its_reference(dtype):
-    """The vector-IR window max (maxima and positions in registers) against its
-    plain-loop twin, bitwise, for one vector and _NV vectors of lanes: NaN (the last one
-    wins), all -inf lanes (the first real position), ties (the first maximum), windows
-    clipped at every edge, an offset into the middle of x and of the outputs."""
+def test_window_intrinsics_match_their_references(dtype):
+    """The vector-IR window max and average (running values in registers) against their
+    plain-loop twins, bitwise, for one vector and _NV vectors of lanes: NaN (the last one
+    wins the argmax), all -inf lanes (the first real position), ties (the first maximum),
+    windows clipped at every edge, an offset into the middle of x and of the outputs."""
     rng = np.random.default_rng(3)
     H, W = 5, 6
     one = lanes._LANES32 if dtype == np.float32 else lanes._LANES64
-    for nv, call in ((1, _window_one), (lanes._NV, _window_all)):
+    for nv, call in ((1, _window_one), (_NV, _window_all)):
         n = nv * one
         L = n + 3
         x = rng.integers(-2, 2, (2, H, W, L)).astype(dtype)  # few values: many ties
+        x[1, :, :, 1::7] = rng.standard_normal((H, W, len(range(1, L, 7))))  # inexact sums
         x[1, 1, 2, ::3] = np.nan
         x[1, 3, 4, 1::4] = np.nan
         x[1, :, :, 2::5] = -np.inf
@@ -161,15 +168,20 @@ def test_max_window_intrinsic_matches_its_reference(dtype):
                                (3, 5, 5, 6)]:
             out = []
             for ref_ in (True, False):
-                y = np.full(n + 7, 99, dtype)
+                y = np.full(2 * (n + 7), 99, dtype)
                 am = np.full(n + 7, -1, np.int64)
-                call(ref_, xf, H * W * L + 2, W, L, hs, he, ws, we, y, am, 5)
+                call(ref_, xf, H * W * L + 2, W, L, hs, he, ws, we, y, 5, am, dtype(3))
                 out.append((y, am))
             (y0, a0), (y1, a1) = out
             np.testing.assert_array_equal(y1, y0)
             np.testing.assert_array_equal(a1, a0)
-            assert (y1[:5] == 99).all() and (y1[5 + n:] == 99).all()  # nothing else written
+            written = np.zeros(y1.size, bool)
+            written[5:5 + n] = written[n + 12:2 * n + 12] = True
+            assert (y1[~written] == 99).all()  # nothing else written
+            assert (a1[:5] == -1).all() and (a1[5 + n:] == -1).all()
             window = x[1, hs:he, ws:we, 2:2 + n].reshape(-1, n)
             finite = ~np.isnan(window).any(axis=0)
             np.testing.assert_array_equal(y1[5:5 + n][finite], window[:, finite].max(axis=0))
             assert np.isnan(y1[5:5 + n][~finite]).all()
+            np.testing.assert_allclose(y1[n + 12:2 * n + 12], window.sum(axis=0) / 3,
+                                       rtol=1e-5)
