@@ -107,6 +107,22 @@ def test_channels_last_on_cuda_is_refused_clearly():
     close(cpu(x).data, want.data, 1e-5)
 
 
+def test_what_cuda_does_not_do_is_refused_clearly():
+    """Integer-array and mask indexing and batched matmul have no CUDA kernels: each one
+    raises NotImplementedError saying what is missing (an ndarray index used to fail in
+    an unrelated `key == ()` comparison with a broadcasting ValueError)."""
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    t = minidl.tensor(a, device="cuda")
+    for key in (np.array([0, 2]), [0, 2], a > 5, (slice(None), np.array([1, 3]))):
+        with pytest.raises(NotImplementedError, match="indices is not implemented"):
+            t[key]
+    np.testing.assert_array_equal(t[1:3, ::2].numpy(), a[1:3, ::2])  # basic indexing works
+    np.testing.assert_array_equal(t[None, ..., 1].numpy(), a[None, ..., 1])
+    b = minidl.tensor(np.ones((2, 4, 5), np.float32), device="cuda")
+    with pytest.raises(NotImplementedError, match=r"batched products \(2, 3, 4\) @ \(2, 4, 5\)"):
+        minidl.tensor(np.ones((2, 3, 4), np.float32), device="cuda") @ b
+
+
 def test_mixing_devices_names_both():
     a = minidl.tensor(np.ones((2, 3), np.float32), device="cuda")
     b = minidl.tensor(np.ones((2, 3), np.float32))

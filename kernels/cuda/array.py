@@ -354,7 +354,8 @@ class CudaArray(np.lib.mixins.NDArrayOperatorsMixin):
         return off, tuple(shape), tuple(strides)
 
     def __getitem__(self, key):
-        if key is Ellipsis or key == () or (isinstance(key, slice) and key == slice(None)):
+        if key is Ellipsis or (isinstance(key, tuple) and key == ()) or (
+                isinstance(key, slice) and key == slice(None)):
             return self
         if isinstance(key, numbers.Integral) and self.ndim >= 1:
             if not -self.shape[0] <= key < self.shape[0]:
