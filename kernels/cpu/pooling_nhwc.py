@@ -81,14 +81,14 @@ def transpose(a, out):
 # --- pooling windows as LLVM vector IR ----------------------------------------------------
 
 @njit(inline="always")
-def max_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, am):
-    """What `max_window` computes, in plain loops (NUMBA_DISABLE_JIT, or an llvmlite
-    without vector IR): for the nv vectors of lanes from xoff, the max over the window rows
-    [hs, he) x columns [ws, we) of a (H, W, L) block of x (element (h, w, lane) at
-    xoff + (h*W + w)*L + lane) in row-major scan order, where a strictly greater value or
-    a NaN takes over, and its position h*W + w (hs*W + ws if nothing takes over); stored
-    at y[ooff + lane], am[ooff + lane]."""
-    for lane in range(nv * (_LANES32 if x.itemsize == 4 else _LANES64)):
+def _max_lanes(n, x, xoff, W, L, hs, he, ws, we, y, ooff, am):
+    """For the n lanes from xoff: the max over the window rows [hs, he) x columns
+    [ws, we) of a (H, W, L) block of x (element (h, w, lane) at xoff + (h*W + w)*L +
+    lane) in row-major scan order, where a strictly greater value or a NaN takes over,
+    and its position h*W + w (hs*W + ws if nothing takes over); stored at y[ooff + lane],
+    am[ooff + lane]. Plain loops: the semantics of `max_window`, and the lanes left over
+    after its vectors."""
+    for lane in range(n):
         best = -np.inf
         at = hs * W + ws
         for h in range(hs, he):
@@ -102,15 +102,30 @@ def max_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, am):
 
 
 @njit(inline="always")
-def avg_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, div):
-    """What `avg_window` computes: the sum over the same window, in x's dtype, from 0 in
+def _avg_lanes(n, x, xoff, W, L, hs, he, ws, we, y, ooff, div):
+    """For the n lanes from xoff: the sum over the same window, in x's dtype, from 0 in
     row-major scan order, divided by div; stored at y[ooff + lane]."""
-    for lane in range(nv * (_LANES32 if x.itemsize == 4 else _LANES64)):
+    for lane in range(n):
         acc = x.dtype.type(0)
         for h in range(hs, he):
             for w in range(ws, we):
                 acc += x[xoff + (h * W + w) * L + lane]
         y[ooff + lane] = acc / div
+
+
+@njit(inline="always")
+def max_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, am):
+    """What `max_window` computes, in plain loops (NUMBA_DISABLE_JIT, or an llvmlite
+    without vector IR): _max_lanes over nv vectors of lanes."""
+    _max_lanes(nv * (_LANES32 if x.itemsize == 4 else _LANES64), x, xoff, W, L, hs, he,
+               ws, we, y, ooff, am)
+
+
+@njit(inline="always")
+def avg_window_reference(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, div):
+    """What `avg_window` computes: _avg_lanes over nv vectors of lanes."""
+    _avg_lanes(nv * (_LANES32 if x.itemsize == 4 else _LANES64), x, xoff, W, L, hs, he,
+               ws, we, y, ooff, div)
 
 
 _NV = 4  # vectors of lanes per window call (their running values stay in registers)
@@ -239,7 +254,7 @@ else:
 @njit(**_JIT)
 def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L). Each output pixel's lanes go through
-    max_window in blocks of _NV vectors, then single vectors, then one lane at a time."""
+    max_window in blocks of _NV vectors, then single vectors, then _max_lanes."""
     B, H, W, L = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
     one = _LANES32 if x.itemsize == 4 else _LANES64
@@ -260,17 +275,7 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
                 max_window(_NV, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, af)
             for lane in range(l_big, l_one, one):
                 max_window(1, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, af)
-            for lane in range(l_one, l1):
-                best = -np.inf
-                at = hs * W + ws
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = x[b, h, w, lane]
-                        if (v > best) | (v != v):
-                            best = v
-                            at = h * W + w
-                yf[ob + lane] = best
-                af[ob + lane] = at
+            _max_lanes(l1 - l_one, xf, xb + l_one, W, L, hs, he, ws, we, yf, ob + l_one, af)
 
 
 @njit(**_JIT)
@@ -296,7 +301,7 @@ def max_pool_bwd(dy, argmax, dx):
 @njit(**_JIT)
 def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
     """x (B, H, W, L) -> y (B, Ho, Wo, L): each output pixel's lanes through avg_window
-    in blocks of _NV vectors, then single vectors, then one lane at a time."""
+    in blocks of _NV vectors, then single vectors, then _avg_lanes."""
     B, H, W, L = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
     one = _LANES32 if x.itemsize == 4 else _LANES64
@@ -319,12 +324,7 @@ def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
                 avg_window(_NV, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, div)
             for lane in range(l_big, l_one, one):
                 avg_window(1, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, div)
-            for lane in range(l_one, l1):
-                acc = x.dtype.type(0)
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        acc += x[b, h, w, lane]
-                yf[ob + lane] = acc / div
+            _avg_lanes(l1 - l_one, xf, xb + l_one, W, L, hs, he, ws, we, yf, ob + l_one, div)
 
 
 @njit(cache=True)
