@@ -9,7 +9,20 @@ import sys
 # PASSIVE makes them sleep. The variable is read when the OpenMP runtime loads, so it
 # must be set before the first parallel kernel runs (and before `import torch`, which
 # brings its own runtime). A user's own setting wins.
+# torch imported first is the one case minidl cannot mend: torch loads its libgomp with
+# its symbols global, so Numba's OpenMP pool runs on that runtime, which read its wait
+# policy (spin) before this line, and no call changes it later. Its spinning workers
+# halved the MLP b256 step (numbers: benchmarks/DESIGN.md, kernels/__init__.py), so say
+# so once, with the fix.
+OMP_WAIT_POLICY_LATE = "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if OMP_WAIT_POLICY_LATE:
+    import warnings
+    warnings.warn("minidl: torch was imported before minidl, so the OpenMP runtime that "
+                  "minidl's kernels share with it keeps spinning idle threads "
+                  "(OMP_WAIT_POLICY came too late), which can slow training up to 2x on "
+                  "few cores: import minidl before torch, or set OMP_WAIT_POLICY=PASSIVE "
+                  "in the environment", RuntimeWarning, stacklevel=2)
 
 # One policy for BLAS threads and Numba threads: OpenBLAS's workers spin for 2^28 cycles
 # (~0.1 s) after every multithreaded call before they sleep, and while they spin every
@@ -23,4 +36,47 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # yourself. A user's own setting wins.
 BLAS_THREAD_TIMEOUT_APPLIED = ("OPENBLAS_THREAD_TIMEOUT" in os.environ
                                or "numpy" not in sys.modules)
+BLAS_THREAD_TIMEOUT_LATE = False  # applied after NumPy had loaded OpenBLAS (see below)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
+
+
+def _openblas_libraries():
+    """Paths of the OpenBLAS libraries loaded in this process (Linux: /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if line.rstrip().endswith(".so")
+                     or ".so." in line.split()[-1]}
+    except OSError:
+        return []
+    return sorted(p for p in paths if "openblas" in os.path.basename(p).lower())
+
+
+def _apply_thread_timeout_late() -> bool:
+    """NumPy (or torch, which imports it) came first, so OpenBLAS read its environment
+    before the line above. Most scripts start with `import numpy`, and with torch loaded
+    too the spinning workers cost the most: BN-Inception-lite's step ran 3-4x slower
+    (numbers: benchmarks/DESIGN.md, kernels/__init__.py). OpenBLAS exports what it runs at
+    load time: re-read the environment (`openblas_read_env`), then stop its worker threads
+    (`blas_thread_shutdown_`, what its own fork handler calls); the next BLAS call starts
+    them again with the new timeout, on the same number of threads. Where a library lacks
+    these symbols nothing changes and `minidl info` says so."""
+    import ctypes
+    done = False
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+            read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_
+            timeout = lib.openblas_thread_timeout
+        except (OSError, AttributeError):
+            continue
+        timeout.restype = ctypes.c_int
+        read_env()
+        if timeout() != int(os.environ["OPENBLAS_THREAD_TIMEOUT"]):
+            continue
+        shutdown()
+        done = True
+    return done
+
+
+if not BLAS_THREAD_TIMEOUT_APPLIED:
+    BLAS_THREAD_TIMEOUT_APPLIED = BLAS_THREAD_TIMEOUT_LATE = _apply_thread_timeout_late()

@@ -66,9 +66,25 @@ def blas_thread_policy() -> str:
     from . import kernels
     value = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
     if kernels.BLAS_THREAD_TIMEOUT_APPLIED:
-        return f"workers spin 2^{value} cycles after a call (OPENBLAS_THREAD_TIMEOUT={value})"
+        late = (", applied after NumPy had loaded OpenBLAS (its workers restarted)"
+                if kernels.BLAS_THREAD_TIMEOUT_LATE else "")
+        return (f"workers spin 2^{value} cycles after a call (OPENBLAS_THREAD_TIMEOUT={value}"
+                f"{late})")
     return ("OpenBLAS default (workers spin ~0.1 s and slow Numba kernels): NumPy was "
-            "imported before minidl; set OPENBLAS_THREAD_TIMEOUT=18 or import minidl first")
+            "imported before minidl and its OpenBLAS could not be told later; set "
+            "OPENBLAS_THREAD_TIMEOUT=18 or import minidl first")
+
+
+def openmp_wait_policy() -> str:
+    """Whether the OpenMP runtime of Numba's kernels sleeps when idle (kernels/__init__.py)."""
+    import os
+
+    from . import kernels
+    value = os.environ.get("OMP_WAIT_POLICY")
+    if kernels.OMP_WAIT_POLICY_LATE:
+        return (f"{value} too late: torch was imported before minidl and its OpenMP runtime "
+                "spins idle threads; import minidl first or set OMP_WAIT_POLICY=PASSIVE")
+    return f"OMP_WAIT_POLICY={value}"
 
 
 def collect() -> dict:
@@ -90,6 +106,7 @@ def collect() -> dict:
         "backend": get_backend(),
         "numpy BLAS": blas_info(),
         "BLAS thread policy": blas_thread_policy(),
+        "OpenMP wait policy": openmp_wait_policy(),
         "cuda": cuda_status(),
         "malloc tuning": _malloc_status(),
         "mpi (distributed training)": mpi_status(),

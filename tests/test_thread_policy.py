@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(code, **env):
     e = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
@@ -21,8 +23,57 @@ def test_importing_minidl_first_applies_the_policy():
     assert value == "18" and "2^18 cycles" in policy
 
 
-def test_numpy_imported_first_is_reported_and_a_user_setting_wins():
-    code = "import numpy, minidl.info as i; print(i.blas_thread_policy())"
-    assert "NumPy was imported before minidl" in _run(code)
-    code = "import numpy, os, minidl.info as i; print(i.blas_thread_policy())"
-    assert "OPENBLAS_THREAD_TIMEOUT=10" in _run(code, OPENBLAS_THREAD_TIMEOUT="10")
+def test_numpy_imported_first_gets_the_policy_applied_late_and_a_user_setting_wins():
+    """NumPy (or torch) imported first: OpenBLAS already read its environment, so minidl
+    re-reads it and restarts the workers; each loaded OpenBLAS then reports the new
+    timeout, BLAS still runs on its threads and gives right answers."""
+    code = """
+import numpy as np
+import minidl.kernels as k, minidl.info as i
+import ctypes
+libs = k._openblas_libraries()
+assert libs, "no OpenBLAS found among the loaded libraries"
+for path in libs:
+    f = ctypes.CDLL(path).openblas_thread_timeout
+    f.restype = ctypes.c_int
+    assert f() == 18, (path, f())
+a = np.random.default_rng(0).random((400, 300))
+assert np.allclose(a @ a.T, np.einsum("ik,jk->ij", a, a))
+print(k.BLAS_THREAD_TIMEOUT_LATE); print(i.blas_thread_policy())
+"""
+    late, policy = _run(code).splitlines()
+    assert late == "True" and "2^18 cycles" in policy and "applied after NumPy" in policy
+    code = "import numpy, os, minidl.kernels as k, minidl.info as i; " \
+           "print(k.BLAS_THREAD_TIMEOUT_LATE); print(i.blas_thread_policy())"
+    late, policy = _run(code, OPENBLAS_THREAD_TIMEOUT="10").splitlines()
+    assert late == "False" and "OPENBLAS_THREAD_TIMEOUT=10)" in policy
+
+
+def test_where_openblas_cannot_be_told_later_info_says_so(monkeypatch):
+    import minidl.info as info
+    from minidl import kernels
+    monkeypatch.setattr(kernels, "BLAS_THREAD_TIMEOUT_APPLIED", False)
+    assert "NumPy was imported before minidl" in info.blas_thread_policy()
+
+
+def test_torch_imported_first_is_warned_about_once_with_the_fix():
+    """torch's OpenMP runtime read its wait policy before minidl could set it: minidl
+    cannot mend that, so it warns (and `minidl info` says so); a policy set in the
+    environment is the user's fix and silences it."""
+    pytest.importorskip("torch")
+    code = ("import warnings; warnings.simplefilter('always'); import torch, minidl, "
+            "minidl.info as i; print(i.openmp_wait_policy())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT",
+                                                              "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("torch was imported before minidl") == 1, out.stderr
+    assert "too late" in out.stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(env, OMP_WAIT_POLICY="PASSIVE"), timeout=120)
+    assert "torch was imported" not in out.stderr and "too late" not in out.stdout
+    out = subprocess.run([sys.executable, "-c", code.replace("import torch, minidl",
+                                                             "import minidl, torch")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert "torch was imported" not in out.stderr and "too late" not in out.stdout
