@@ -430,7 +430,7 @@ def _pool_call(spec, backend, layout):
                 return fwd
             y, argmax = fwd()
             return functools.partial(m.max_pool2d_backward_nhwc, np.ones_like(y), argmax,
-                                     xh.shape)
+                                     xh.shape, k2, s2, p2)
         args = (k2, s2, p2, False, True)
         fwd = functools.partial(m.avg_pool2d_forward_nhwc, xh, *args)
         return fwd if fwd_only else functools.partial(

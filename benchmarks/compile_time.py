@@ -60,8 +60,9 @@ for dt in (np.float32, np.float64):
     K.avg_pool2d_backward(y, x.shape, (3, 3), (2, 2), (1, 1), False, True)
     K.global_avg_pool2d_backward(K.global_avg_pool2d_forward(x), x.shape)
     # channels_last pooling (NHWC entry points)
-    y, idx = K.max_pool2d_forward_nhwc(xh, (2, 2), (2, 2), (0, 0), False)
-    K.max_pool2d_backward_nhwc(y, idx, xh.shape)
+    for k, s in (((2, 2), (2, 2)), ((3, 3), (1, 1))):  # disjoint and overlapping windows
+        y, idx = K.max_pool2d_forward_nhwc(xh, k, s, (1, 1), False)
+        K.max_pool2d_backward_nhwc(y, idx, xh.shape, k, s, (1, 1))
     y = K.avg_pool2d_forward_nhwc(xh, (3, 3), (2, 2), (1, 1), False, True)
     K.avg_pool2d_backward_nhwc(y, xh.shape, (3, 3), (2, 2), (1, 1), False, True)
 print(f"{t_import:.3f} {time.perf_counter() - t0:.3f}")

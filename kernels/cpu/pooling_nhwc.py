@@ -49,6 +49,7 @@ from minidl.kernels.cpu.pooling import _avg_divisor, _output_hw
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
 LANE_BLOCK = 512  # lanes per task: a (kh, W, 512) float32 slab of x stays in L1/L2
+GATHER_MIN_LANES = 64  # max-pool backward gathers (disjoint windows) from this many lanes
 
 
 @njit(cache=True)
@@ -298,6 +299,51 @@ def max_pool_bwd(dy, argmax, dx):
                     d[a[lane], lane] += g[lane]  # overlapping windows accumulate
 
 
+@njit(cache=True)
+def _covering(size, k, s, p, n_out):
+    """For each input index x < size along one axis, the outputs o whose window covers
+    it (o*s - p + i == x for a kernel offset i < k), listed in increasing i: cnt[x] of
+    them, in who[x, :cnt[x]]. Built once per call, so the backward's inner loops do no
+    integer division (a `%` and a `//` per kernel offset and pixel were most of its
+    time)."""
+    cnt = np.zeros(size, np.int64)
+    who = np.empty((size, k), np.int64)
+    for x in range(size):
+        for i in range(k):
+            a = x + p - i
+            if a >= 0 and a % s == 0 and a // s < n_out:
+                who[x, cnt[x]] = a // s
+                cnt[x] += 1
+    return cnt, who
+
+
+@njit(**_JIT)
+def max_pool_bwd_disjoint(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
+    """max_pool_bwd for windows that do not overlap (kh <= sh, kw <= sw): each pixel lies
+    in at most one window, so instead of zeroing dx and scattering through argmax, every
+    pixel takes its window's gradient where that window's argmax is the pixel, else 0:
+    one write per dx value, in a lane loop that vectorizes (compare, select). 0 + g, not
+    g: the scatter adds g to a zeroed dx, which turns -0 into +0; so the same bits."""
+    B, Ho, Wo, L = dy.shape
+    H, W = dx.shape[1], dx.shape[2]
+    zero = dy.dtype.type(0)
+    hcnt, hwho = _covering(H, kh, sh, ph, Ho)
+    wcnt, wwho = _covering(W, kw, sw, pw, Wo)
+    for task in prange(B * H * _n_lane_blocks(L)):
+        b, h, l0, l1 = _row_task(task, H, L)
+        for w in range(W):
+            dr = dx[b, h, w, l0:l1]
+            if hcnt[h] == 0 or wcnt[w] == 0:  # in no window (stride > kernel)
+                for lane in range(l1 - l0):
+                    dr[lane] = zero
+                continue
+            pos = h * W + w
+            g = dy[b, hwho[h, 0], wwho[w, 0], l0:l1]
+            a = argmax[b, hwho[h, 0], wwho[w, 0], l0:l1]
+            for lane in range(l1 - l0):
+                dr[lane] = (zero + g[lane]) if a[lane] == pos else zero
+
+
 @njit(**_JIT)
 def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
     """x (B, H, W, L) -> y (B, Ho, Wo, L): each output pixel's lanes through avg_window
@@ -325,24 +371,6 @@ def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
             for lane in range(l_big, l_one, one):
                 avg_window(1, xf, xb + lane, W, L, hs, he, ws, we, yf, ob + lane, div)
             _avg_lanes(l1 - l_one, xf, xb + l_one, W, L, hs, he, ws, we, yf, ob + l_one, div)
-
-
-@njit(cache=True)
-def _covering(size, k, s, p, n_out):
-    """For each input index x < size along one axis, the outputs o whose window covers
-    it (o*s - p + i == x for a kernel offset i < k), listed in increasing i: cnt[x] of
-    them, in who[x, :cnt[x]]. Built once per call, so the backward's inner loops do no
-    integer division (a `%` and a `//` per kernel offset and pixel were most of its
-    time)."""
-    cnt = np.zeros(size, np.int64)
-    who = np.empty((size, k), np.int64)
-    for x in range(size):
-        for i in range(k):
-            a = x + p - i
-            if a >= 0 and a % s == 0 and a // s < n_out:
-                who[x, cnt[x]] = a // s
-                cnt[x] += 1
-    return cnt, who
 
 
 @njit(**_JIT)
@@ -415,13 +443,28 @@ def is_lanes_view(argmax) -> bool:
         and not argmax.flags.c_contiguous
 
 
-def max_pool2d_backward_lanes(dy, argmax, x_shape):
+def _max_backward(dy, argmax, kernel_size, stride, padding, dx):
+    """dx (B, H, W, L) from dy, argmax (B, Ho, Wo, L): a gather where the windows are
+    disjoint and a pixel has at least GATHER_MIN_LANES lanes, else the scatter
+    (overlapping windows: a gather re-reads every covering window per pixel and measured
+    up to 3x slower; fewer lanes: its per-pixel loop overhead costs more than the
+    scatter's; benchmarks/DESIGN.md, pooling_nhwc.py)."""
+    B, H, W, L = dx.shape
+    if (kernel_size[0] <= stride[0] and kernel_size[1] <= stride[1]
+            and L >= GATHER_MIN_LANES):
+        max_pool_bwd_disjoint(dy, argmax, *kernel_size, *stride, *padding, dx)
+    else:
+        max_pool_bwd(dy, argmax, dx.reshape(B, H * W, L))
+    return dx
+
+
+def max_pool2d_backward_lanes(dy, argmax, x_shape, kernel_size, stride, padding):
     N, C, H, W = x_shape
     Ho, Wo = dy.shape[2], dy.shape[3]
     am = argmax.transpose(2, 3, 0, 1).reshape(1, Ho, Wo, N * C)
-    dx = np.empty((1, H * W, N * C), dtype=dy.dtype)
-    max_pool_bwd(nchw_to_lanes(dy), am, dx)
-    return lanes_to_nchw(dx.reshape(1, H, W, N * C), N, C)
+    dx = np.empty((1, H, W, N * C), dtype=dy.dtype)
+    return lanes_to_nchw(_max_backward(nchw_to_lanes(dy), am, kernel_size, stride, padding,
+                                       dx), N, C)
 
 
 def avg_pool2d_forward_lanes(x, kernel_size, stride, padding, count_include_pad, Ho, Wo):
@@ -453,11 +496,12 @@ def max_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode):
     return y, argmax
 
 
-def max_pool2d_backward_nhwc(dy, argmax, x_shape):
-    N, H, W, C = x_shape
-    dx = np.empty((N, H * W, C), dtype=dy.dtype)
-    max_pool_bwd(dy, argmax, dx)
-    return dx.reshape(x_shape)
+def max_pool2d_backward_nhwc(dy, argmax, x_shape, kernel_size, stride, padding):
+    """dy, argmax (N, Ho, Wo, C) -> dx (N, H, W, C) = x_shape; the pooling's geometry
+    says whether the windows are disjoint (see _max_backward)."""
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    return _max_backward(np.ascontiguousarray(dy), np.ascontiguousarray(argmax),
+                         kernel_size, stride, padding, dx)
 
 
 def avg_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode, count_include_pad):

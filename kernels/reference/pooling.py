@@ -167,7 +167,9 @@ def max_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode):
     return _to_nhwc(y), _to_nhwc(argmax)
 
 
-def max_pool2d_backward_nhwc(dy, argmax, x_shape):
+def max_pool2d_backward_nhwc(dy, argmax, x_shape, kernel_size, stride, padding):
+    """The geometry is not needed here (argmax says where each gradient goes); it is in
+    the contract because a kernel may gather from the covering windows instead."""
     return _to_nhwc(max_pool2d_backward(_to_nchw(dy), _to_nchw(argmax), _nchw_shape(x_shape)))
 
 

@@ -40,7 +40,7 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode=False) 
 
         def backward(g, needs):
             return (mf.from_nhwc(K.max_pool2d_backward_nhwc(mf.nhwc(g), argmax,
-                                                            (n, h, w, c))),)
+                                                            (n, h, w, c), k, s, p)),)
         return record(mf.from_nhwc(y), (x,), backward, "MaxPool2d")
 
     out, argmax = K.max_pool2d_forward(contiguous(x.data), k, s, p, bool(ceil_mode))

@@ -43,8 +43,17 @@ def test_nchw_through_lanes_matches_the_reference_bitwise(case):
     np.testing.assert_array_equal(y1, y0)
     np.testing.assert_array_equal(a1, a0)
     dy = rng.standard_normal(y0.shape).astype(x.dtype)
-    np.testing.assert_allclose(lanes.max_pool2d_backward_lanes(dy, a1, x.shape),
-                               ref.max_pool2d_backward(dy, a0, x.shape), rtol=1e-6, atol=1e-6)
+    dx = lanes.max_pool2d_backward_lanes(dy, a1, x.shape, k, s, p)
+    np.testing.assert_allclose(dx, ref.max_pool2d_backward(dy, a0, x.shape), rtol=1e-6,
+                               atol=1e-6)
+    # Gather (disjoint windows) or scatter: the per-plane scatter's bits, -0 included.
+    from minidl.kernels.cpu import pooling as planes
+    dy[..., ::3] = -0.0
+    np.testing.assert_array_equal(
+        np.signbit(lanes.max_pool2d_backward_lanes(dy, a1, x.shape, k, s, p)),
+        np.signbit(planes.max_pool2d_backward(dy, a0, x.shape)))
+    np.testing.assert_array_equal(lanes.max_pool2d_backward_lanes(dy, a1, x.shape, k, s, p),
+                                  planes.max_pool2d_backward(dy, a0, x.shape))
     v0 = ref.avg_pool2d_forward(x, k, s, p, ceil, include_pad)
     np.testing.assert_array_equal(
         lanes.avg_pool2d_forward_lanes(x, k, s, p, include_pad, Ho, Wo), v0)
@@ -86,7 +95,8 @@ def test_results_do_not_depend_on_the_thread_count():
         for t in (1, prev):
             numba.set_num_threads(t)
             y, a = lanes.max_pool2d_forward_lanes(x, (3, 3), (1, 1), (1, 1), 9, 9)
-            out.append((y, np.array(a), lanes.max_pool2d_backward_lanes(dy, a, x.shape),
+            out.append((y, np.array(a), lanes.max_pool2d_backward_lanes(dy, a, x.shape, (3, 3), (1, 1),
+                                                                      (1, 1)),
                         lanes.avg_pool2d_backward_lanes(dy, x.shape, (3, 3), (1, 1),
                                                         (1, 1), True)))
     finally:
@@ -110,8 +120,9 @@ def test_channels_last_entry_points_match_the_reference_entry_points(case):
     dy = rng.standard_normal(y0.shape).astype(x.dtype)
     # (the reference's max backward adds overlapping windows in float64: not bitwise)
     tol = 1e-6 if x.dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(cpu.max_pool2d_backward_nhwc(dy, a1, xh.shape),
-                               ref.max_pool2d_backward_nhwc(dy, a0, xh.shape), rtol=tol, atol=tol)
+    np.testing.assert_allclose(cpu.max_pool2d_backward_nhwc(dy, a1, xh.shape, k, s, p),
+                               ref.max_pool2d_backward_nhwc(dy, a0, xh.shape, k, s, p),
+                               rtol=tol, atol=tol)
     args = (k, s, p, ceil, include_pad)
     np.testing.assert_array_equal(cpu.avg_pool2d_forward_nhwc(xh, *args),
                                   ref.avg_pool2d_forward_nhwc(xh, *args))
