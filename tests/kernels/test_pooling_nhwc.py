@@ -95,8 +95,11 @@ def test_results_do_not_depend_on_the_thread_count():
         for t in (1, prev):
             numba.set_num_threads(t)
             y, a = lanes.max_pool2d_forward_lanes(x, (3, 3), (1, 1), (1, 1), 9, 9)
-            out.append((y, np.array(a), lanes.max_pool2d_backward_lanes(dy, a, x.shape, (3, 3), (1, 1),
-                                                                      (1, 1)),
+            y2, a2 = lanes.max_pool2d_forward_lanes(x, (2, 2), (2, 2), (0, 0), 4, 4)
+            out.append((y, np.array(a),
+                        lanes.max_pool2d_backward_lanes(dy, a, x.shape, (3, 3), (1, 1), (1, 1)),
+                        lanes.max_pool2d_backward_lanes(dy[:, :, :4, :4], a2, x.shape,
+                                                        (2, 2), (2, 2), (0, 0)),  # gather
                         lanes.avg_pool2d_backward_lanes(dy, x.shape, (3, 3), (1, 1),
                                                         (1, 1), True)))
     finally:
