@@ -47,6 +47,7 @@ CHUNK = 64  # pixels per backward-weight contraction chunk: its dy rows (64 x K)
 #            every tile of (tap, channel) rows walks them (256 spilled them to L2; numbers:
 #            benchmarks/DESIGN.md, conv2d_nhwc.py)
 WEIGHT_GROUPS = 8  # backward-weight partial sums (fixed: results independent of threads)
+RUN_MERGE_BELOW = 16  # forward: below this many channels a kernel row is one run (_forward)
 
 
 def blocking(dtype):
@@ -197,9 +198,10 @@ def _tile_shape(a):
 @versioned
 @njit(parallel=True, cache=True)
 def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
-    """out[obase[m] + k*kstride] = bias[k] + sum over taps t, channels c of
-    xf[pix[m] + taps[t] + c] * w[k, c, t], for all pixels m and k < K; wp packed by
-    pack_weights, bias padded to the packed width. Tiles write their rows of out
+    """out[obase[m] + k*kstride] = bias[k] + sum over taps t, c < C of
+    xf[pix[m] + taps[t] + c] * wp[step (t, c)], for all pixels m and k < K: a tap's C
+    values are its channels, or (dilation 1 along the width, few channels) a whole
+    kernel row's S*C; wp packed by pack_weights, bias padded to the packed width. Tiles write their rows of out
     directly where they can (kstride 1, a full panel of NR channels, a block that does
     not overlap the previous one), else into a buffer that the owned part is copied
     from."""
@@ -286,8 +288,15 @@ def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride, origin=(0,
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw)
     if origin != (0, 0):  # (read-only like the cached table: one compiled signature)
         pix = _frozen(pix + (origin[0] * Wp + origin[1]) * C)
-    taps = tap_table(R, S, dh, dw, Wp, C)
-    _forward_gemm(xp.reshape(-1), pix, taps, C, pack_weights(w, nr),
+    if dw == 1 and C < RUN_MERGE_BELOW:
+        # A kernel row's S taps of C channels are S*C contiguous values of xp: one run
+        # of the micro-kernel's inner loop per kernel row rather than S runs of a few
+        # channels (the same products in the same order; runs of 1-3 values measured
+        # up to 1.4x slower: benchmarks/DESIGN.md, conv2d_nhwc.py)
+        taps, run = tap_table(R, 1, dh, 1, Wp, C), S * C
+    else:
+        taps, run = tap_table(R, S, dh, dw, Wp, C), C
+    _forward_gemm(xp.reshape(-1), pix, taps, run, pack_weights(w, nr),
                   _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride)
 
 

@@ -340,3 +340,23 @@ def test_pad_and_crop_copy(rng, shape, top, left, Hp, Wp):
             if 0 <= i - top < shape[1] and 0 <= j - left < shape[2]:
                 want[:, i, j] = x[:, i - top, j - left]
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("C, stride, dilation", [(1, (1, 1), (1, 1)), (3, (2, 1), (1, 1)),
+                                                 (5, (1, 2), (2, 1)), (2, (1, 1), (1, 2))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_kernel_row_as_one_run_gives_the_same_bits(monkeypatch, C, stride, dilation,
+                                                       dtype):
+    """Few channels: the forward walks a kernel row's S*C values as one run (dilation 1
+    along the width); the same products in the same order as S runs of C, so the same
+    bits, and both match the reference."""
+    rng = np.random.default_rng(C)
+    x = rng.standard_normal((3, 9, 11, C)).astype(dtype)
+    w = rng.standard_normal((37, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(37).astype(dtype)
+    merged = nhwc.forward(x, w, b, stride, (1, 1), dilation)
+    monkeypatch.setattr(nhwc, "RUN_MERGE_BELOW", 0)
+    runs = nhwc.forward(x, w, b, stride, (1, 1), dilation)
+    np.testing.assert_array_equal(merged, runs)
+    assert_close(to_nchw(merged), ref.conv2d_forward(to_nchw(x), w, b, stride, (1, 1),
+                                                     dilation, 1))
