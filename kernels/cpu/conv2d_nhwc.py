@@ -202,9 +202,9 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
     xf[pix[m] + taps[t] + c] * wp[step (t, c)], for all pixels m and k < K: a tap's C
     values are its channels, or (dilation 1 along the width, few channels) a whole
     kernel row's S*C; wp packed by pack_weights, bias padded to the packed width. Tiles
-    write their rows of out directly where they can (kstride 1, a full panel of NR channels, a block that does
-    not overlap the previous one), else into a buffer that the owned part is copied
-    from."""
+    write their rows of out directly where they can (kstride 1, a full panel of NR
+    channels, a block that does not overlap the previous one), else into a buffer that
+    the owned part is copied from."""
     M = pix.size
     T = taps.size
     mr, nr = _tile_shape(xf)
