@@ -244,8 +244,13 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
                     continue
                 for i in range(b * mr - start, min(mr, M - start)):
                     o = orows[r + i] + k0 * kstride
-                    for j in range(kn):
-                        out[o + j * kstride] = buf[i * nr + j]
+                    if kstride == 1:  # NHWC rows: a contiguous copy, which vectorizes
+                        dst, src = out[o:o + kn], buf[i * nr:i * nr + kn]
+                        for j in range(kn):
+                            dst[j] = src[j]
+                    else:
+                        for j in range(kn):
+                            out[o + j * kstride] = buf[i * nr + j]
 
 
 @versioned
