@@ -1,6 +1,7 @@
 """The process the fault tests kill: `python fault_child.py train OUT STEPS [--resume]`
 trains a tiny MLP on toy data with a checkpoint every step, under the output folder's
-lock, like `minidl train` does. With MIDSAVE=K it stops halfway through writing the
+lock, like `minidl train` does (STEP_DELAY=S: each step S seconds longer, the same
+results). With MIDSAVE=K it stops halfway through writing the
 checkpoint of step K, prints MIDSAVE and sleeps: the test kills it there."""
 import os
 import sys
@@ -21,6 +22,14 @@ def trainer(out):
     y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)
     model = mlp(in_features=12, hidden=(16,), num_classes=4, bn=True, init_std=0.3)
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    delay = float(os.environ.get("STEP_DELAY", "0"))
+    if delay:  # a slower run, so that kills at random moments land inside it
+        real_step = opt.step
+
+        def step(*args, **kwargs):
+            time.sleep(delay)
+            return real_step(*args, **kwargs)
+        opt.step = step
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, seed=0)
     test = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=64)
     return Trainer(model, opt, loader, eval_loader=test, eval_every=10, checkpoint_every=1,

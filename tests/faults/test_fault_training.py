@@ -82,7 +82,10 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path, reference):
     for attempt in range(4):
         ckpt = out / "checkpoint.npz"
         before = ckpt.stat().st_mtime_ns if ckpt.exists() else None
-        proc = spawn(out, *(["--resume"] if attempt else []))
+        # 10 ms a step: the whole run (1.5 s) outlasts the four kills (at most ~0.3 s
+        # after a new checkpoint each), which would all land after its end on a machine
+        # that trains the 150 steps in 0.3 s
+        proc = spawn(out, *(["--resume"] if attempt else []), env={"STEP_DELAY": "0.01"})
         wait_for(proc, "READY")
         deadline = time.time() + 60  # wait for progress, then kill at a random moment
         while time.time() < deadline and proc.poll() is None and (
