@@ -44,11 +44,11 @@ def _openblas_libraries():
     """Paths of the OpenBLAS libraries loaded in this process (Linux: /proc/self/maps)."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if line.rstrip().endswith(".so")
-                     or ".so." in line.split()[-1]}
+            paths = {line.split()[-1] for line in maps}  # the mapped file, last field
     except OSError:
         return []
-    return sorted(p for p in paths if "openblas" in os.path.basename(p).lower())
+    return sorted(p for p in paths
+                  if "openblas" in os.path.basename(p).lower() and ".so" in p)
 
 
 def _apply_thread_timeout_late() -> bool:
