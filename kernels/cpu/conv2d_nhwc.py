@@ -26,7 +26,9 @@ through the output-offset table.
 Backward-weight. dW[tap, c][k] = sum over pixels m of xp[pixel_m + tap, c] * dy[m, k]:
 the same micro-kernel with the (tap, channel) pairs as tile rows (MR of them broadcast
 from x) and NR output channels of dy in lanes, contracting over pixels. The pixels are
-cut into chunks of CHUNK; a fixed number of groups (WEIGHT_GROUPS, not the thread count)
+cut into chunks of about CHUNK, whole output rows (or pieces of long rows), so that the
+micro-kernel's inner loop walks a row's pixels at a constant stride (weight_chunks); a
+fixed number of groups (WEIGHT_GROUPS, not the thread count)
 each add their chunks in order into a private partial dW, and the partials are summed
 in a fixed order: results are bitwise the same for any Numba thread count.
 
@@ -116,6 +118,34 @@ def weight_tiles(R, S, dh, dw, Wp, C, mr, Kp):
     rows = pair_rows[np.minimum(ls, L - 1)].ravel().astype(np.int64)
     orows = np.where(own, ls * Kp, L * Kp).ravel().astype(np.int64)
     return _frozen(rows), _frozen(orows)
+
+
+@functools.lru_cache(maxsize=64)
+def weight_chunks(N, Ho, Wo, chunk):
+    """The backward-weight contraction over the M = N*Ho*Wo output pixels, cut into
+    chunks of about `chunk` pixels: each output row (Wo pixels, equally spaced in the
+    input) is one segment, or, for rows longer than `chunk`, pieces of at most `chunk`;
+    a chunk is `count` consecutive segments of one `length` (whole rows, or one piece),
+    so that the micro-kernel's inner loop walks a segment with a constant stride
+    instead of one pixel per table entry. Returns (seg_m, first, count, length): each
+    segment's first pixel, and per chunk its first segment, segments and their length.
+    A function of the shape only: the same chunks, so the same sums, on any thread
+    count."""
+    rows = N * Ho
+    if Wo <= chunk:
+        per = max(1, chunk // Wo)  # rows per chunk
+        seg_m = np.arange(rows, dtype=np.int64) * Wo
+        first = np.arange(0, rows, per, dtype=np.int64)
+        count = np.minimum(per, rows - first)
+        length = np.full(first.size, Wo, dtype=np.int64)
+    else:
+        pieces = -(-Wo // chunk)
+        j0 = np.arange(pieces) * chunk
+        seg_m = (np.arange(rows)[:, None] * Wo + j0).ravel().astype(np.int64)
+        first = np.arange(seg_m.size, dtype=np.int64)
+        count = np.ones(seg_m.size, dtype=np.int64)
+        length = np.tile(np.minimum(chunk, Wo - j0), rows).astype(np.int64)
+    return _frozen(seg_m), _frozen(first), _frozen(count), _frozen(length)
 
 
 def pack_weights(w, nr):
@@ -255,16 +285,18 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
 
 @versioned
 @njit(parallel=True, cache=True)
-def _weight_gemm(xf, pix, trows, torows, dyf, Kp, chunk, groups, partial):
+def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, dyf, Kp,
+                 groups, partial):
     """partial[g, torows[q] + k] += sum over the pixels m of group g's chunks of
-    xf[pix[m] + trows[q]] * dyf[m*Kp + k], for every tile row q (tiles of MR rows, see
-    weight_tiles) and k < Kp (a multiple of NR). Group g takes the chunks
+    xf[pix(m) + trows[q]] * dyf[m*Kp + k], for every tile row q (tiles of MR rows, see
+    weight_tiles) and k < Kp (a multiple of NR). Chunk ch is count[ch] segments of
+    length[ch] pixels from segment first[ch] on, consecutive in m (see weight_chunks);
+    a segment's pixels are a_cs apart in xf, from seg_pix. Group g takes the chunks
     [g*n/groups, (g+1)*n/groups) in order; within a chunk, tile by tile, all panels
     (the tile's input values stay in L1 across the panels; panels as the outer loop
     were no faster: benchmarks/DESIGN.md, conv2d_nhwc.py)."""
-    M = pix.size
     mr, nr = _tile_shape(xf)
-    nchunks = -(-M // chunk)
+    nchunks = first.size
     ntiles = trows.size // mr
     nk = Kp // nr
     for g in prange(groups):
@@ -272,12 +304,12 @@ def _weight_gemm(xf, pix, trows, torows, dyf, Kp, chunk, groups, partial):
         part[:] = 0
         none = np.empty(0, dtype=xf.dtype)  # no init: tiles add to their rows
         for ch in range(g * nchunks // groups, (g + 1) * nchunks // groups):
-            p0 = ch * chunk
-            T = min(chunk, M - p0)
+            s0, T, Cn = first[ch], count[ch], length[ch]
+            b0 = seg_m[s0] * Kp
             for q in range(ntiles):
                 for kb in range(nk):
-                    tile(xf, trows, q * mr, pix, p0, T, 1, 0, dyf, p0 * Kp + kb * nr, Kp,
-                         part, torows, q * mr, kb * nr, none, 0)
+                    tile(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf, b0 + kb * nr,
+                         Kp, part, torows, q * mr, kb * nr, none, 0)
 
 
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
@@ -439,12 +471,14 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
             rows[:, :K] = dy.reshape(-1, K)
             rows[:, K:] = 0
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, *stride)
+    seg_m, first, count, length = weight_chunks(N, Ho, Wo, CHUNK)
     L = R * S * C
     trows, torows = weight_tiles(R, S, *dilation, Wp, C, mr, Kp)
-    groups = max(1, min(WEIGHT_GROUPS, -(-pix.size // CHUNK)))
+    groups = max(1, min(WEIGHT_GROUPS, first.size))
     partial = buffer("partial", groups * (L + 1) * Kp, x.dtype).reshape(
         groups, (L + 1) * Kp)  # + a scratch row
-    _weight_gemm(xp.reshape(-1), pix, trows, torows, dyf, Kp, CHUNK, groups, partial)
+    _weight_gemm(xp.reshape(-1), _frozen(pix[seg_m]), seg_m, first, count, length, stride[1] * C,
+                 trows, torows, dyf, Kp, groups, partial)
     # The partial sums added in group order (NumPy reduces over the leading axis one
     # slice at a time, in order).
     dwt = np.add.reduce(partial.reshape(groups, L + 1, Kp)[:, :L], axis=0)

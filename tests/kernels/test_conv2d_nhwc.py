@@ -360,3 +360,32 @@ def test_a_kernel_row_as_one_run_gives_the_same_bits(monkeypatch, C, stride, dil
     np.testing.assert_array_equal(merged, runs)
     assert_close(to_nchw(merged), ref.conv2d_forward(to_nchw(x), w, b, stride, (1, 1),
                                                      dilation, 1))
+
+
+@pytest.mark.parametrize("N, Ho, Wo, chunk", [(2, 3, 5, 64), (1, 4, 7, 14), (2, 2, 11, 5),
+                                              (1, 1, 1, 64), (3, 2, 64, 64), (1, 2, 65, 64)])
+def test_weight_chunks_cover_every_pixel_once_in_order(N, Ho, Wo, chunk):
+    seg_m, first, count, length = nhwc.weight_chunks(N, Ho, Wo, chunk)
+    pixels = []
+    for s0, T, L in zip(first, count, length):
+        assert 1 <= L <= chunk and T * L <= max(chunk, Wo)
+        for t in range(T):
+            m = seg_m[s0 + t]
+            assert m == seg_m[s0] + t * L  # consecutive segments: B rows b0 + (t*L + c)
+            assert m // Wo == (m + L - 1) // Wo  # a segment stays in one output row
+            pixels.extend(range(m, m + L))
+    assert pixels == list(range(N * Ho * Wo))
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5])
+@pytest.mark.parametrize("stride, dilation", [((1, 1), (1, 1)), ((2, 3), (1, 1)),
+                                              ((1, 2), (2, 1))])
+def test_backward_weight_with_rows_cut_into_pieces(monkeypatch, chunk, stride, dilation):
+    """Output rows longer than a chunk are cut into pieces (on real shapes: rows over 64
+    pixels); every cut matches the reference."""
+    monkeypatch.setattr(nhwc, "CHUNK", chunk)
+    case = make_case(np.random.default_rng(chunk), 2, 5, 9, 17, 7, 3, 3, stride, (1, 1),
+                     dilation, np.float64)
+    dw = nhwc.backward_weight(to_nhwc(case["dy"]), to_nhwc(case["x"]), case["w"].shape,
+                              *case["geo"])
+    assert_close(dw, case["dw"])
