@@ -164,8 +164,8 @@ def _build(parallel):
         y3 = np.empty_like(x3)
         mean = np.empty(C, x3.dtype)
         var = np.empty(C, x3.dtype)
-        S1 = np.zeros((C, P))  # shifted sums of each piece
-        S2 = np.zeros((C, P))
+        S1 = np.empty((C, P))  # shifted sums of each piece (every one written below)
+        S2 = np.empty((C, P))
         per = 1 if fused else P  # normalization tasks per channel
         cf = np.empty((C * per, 3), x3.dtype)  # each task's (center, scale, shift)
         if train and not fused:
@@ -208,8 +208,8 @@ def _build(parallel):
         dx3 = np.empty_like(x3)
         dgamma = np.empty(C, x3.dtype)
         dbeta = np.empty(C, x3.dtype)
-        G1 = np.zeros((C, P))  # sum dy and sum dy * (x - mean) of each piece
-        G2 = np.zeros((C, P))
+        G1 = np.empty((C, P))  # sum dy and sum dy * (x - mean) of each piece (all written)
+        G2 = np.empty((C, P))
         per = 1 if fused else P
         cf = np.empty((C * per, 3), x3.dtype)  # each task's (a, g0, g1), in x's dtype
         if not fused:
@@ -258,10 +258,13 @@ def _build(parallel):
         cf = np.empty((3, C), x3.dtype)  # per channel (center, scale, shift), see _coefs
         if train:
             k = np.repeat(x3[0, :, 0].astype(np.float64), L)  # each channel's first value
-            S1 = np.zeros((T, J))
-            S2 = np.zeros((T, J))
+            S1 = np.empty((T, J))  # zeroed by the task that owns the row
+            S2 = np.empty((T, J))
             for t in loop(T):
                 s1, s2 = S1[t], S2[t]
+                for j in range(J):
+                    s1[j] = 0.0
+                    s2[j] = 0.0
                 n, n1 = t * N // T, (t + 1) * N // T
                 while n + 4 <= n1:  # four rows per sweep, as in _piece_moments
                     r0, r1, r2, r3 = x2[n], x2[n + 1], x2[n + 2], x2[n + 3]
@@ -279,7 +282,7 @@ def _build(parallel):
                         d0 = np.float64(r0[j]) - k[j]
                         s1[j] += d0
                         s2[j] += d0 * d0
-            for c in loop(C):  # combine the tasks' partial sums, in a fixed order
+            for c in range(C):  # combine the tasks' partial sums, in a fixed order
                 s1c = 0.0
                 s2c = 0.0
                 for t in range(T):
@@ -312,10 +315,13 @@ def _build(parallel):
         dy2 = dy3.reshape(N, J)
         dx2 = np.empty_like(x2)
         mj = np.repeat(mean.astype(np.float64), L)
-        G1 = np.zeros((T, J))  # sum dy and sum dy * (x - mean), per task and column
-        G2 = np.zeros((T, J))
+        G1 = np.empty((T, J))  # sum dy and sum dy * (x - mean), per task and column
+        G2 = np.empty((T, J))
         for t in loop(T):
             s1, s2 = G1[t], G2[t]
+            for j in range(J):
+                s1[j] = 0.0
+                s2[j] = 0.0
             n, n1 = t * N // T, (t + 1) * N // T
             while n + 4 <= n1:
                 g0, g1, g2, g3 = dy2[n], dy2[n + 1], dy2[n + 2], dy2[n + 3]
@@ -339,10 +345,10 @@ def _build(parallel):
         dgamma = np.empty(C, x3.dtype)
         dbeta = np.empty(C, x3.dtype)
         a = np.empty(C, x3.dtype)  # dx = a ((dy - g0) - (x - mean) g1), see _piece_grad_affine
-        g0 = np.zeros(C, x3.dtype)
-        g1 = np.zeros(C, x3.dtype)
+        g0 = np.empty(C, x3.dtype)
+        g1 = np.empty(C, x3.dtype)
         m = N * L
-        for c in loop(C):
+        for c in range(C):
             sdy = 0.0
             sdyxc = 0.0
             for t in range(T):
@@ -353,9 +359,8 @@ def _build(parallel):
             db, dg = sdy, sdyxc * inv_std
             dbeta[c], dgamma[c] = db, dg
             a[c] = gamma[c] * inv_std
-            if train:
-                g0[c] = db / m
-                g1[c] = inv_std * dg / m
+            g0[c] = db / m if train else 0.0
+            g1[c] = inv_std * dg / m if train else 0.0
         aj, g0j, g1j = np.repeat(a, L), np.repeat(g0, L), np.repeat(g1, L)
         mxj = np.repeat(mean, L)
         for t in loop(T):
