@@ -337,7 +337,9 @@ def _weight_direct(x, table, nc, dyc, block, dwm):
     HW = H * W
     xf = x.reshape(-1)
     nb = (L + block - 1) // block
-    columns = np.arange(L)
+    columns = np.empty(L, dtype=np.int64)  # a loop, not np.arange: that would be a
+    for i in range(L):                     # parallel region (a team wake-up) of its own
+        columns[i] = i
     for t in prange(nb):
         l0, l1 = t * block, min(L, (t + 1) * block)
         colsT = np.empty((l1 - l0, Lq), dtype=x.dtype)  # every chunk fills every row
