@@ -275,3 +275,23 @@ def test_results_independent_of_thread_count(shape, dtype):
     for key in ("train_bwd", "eval_bwd"):
         for u, v in zip(a[key], b[key]):
             np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("kernel, args", [
+    (0, "plane"), (1, "plane"), (2, "rows"), (3, "rows")])
+def test_parallel_kernels_open_two_parallel_regions(kernel, args):
+    """Each parallel region wakes the thread team (tens of microseconds on a VM), so a
+    kernel has only its two prange loops: no np.zeros or small prange that parallel=True
+    would make regions of their own (the row kernels had five and seven)."""
+    fn = numba.njit(parallel=True, cache=False)(cpu._PARALLEL[kernel].py_func)
+    x = np.ones((4, 3, 5), np.float32)
+    g = np.ones(3, np.float32)
+    if args == "plane":
+        call = (x, g, g, g, g, 1e-5, True, 1, 2, False)
+    else:
+        call = (x, g, g, g, g, 1e-5, True, 2)
+    if kernel in (1, 3):  # backward: (dy, x, gamma, mean, var, eps, train, ...)
+        call = (x,) + call[:2] + call[3:]
+    fn(*call)
+    parfors = fn.overloads[fn.signatures[0]].metadata["parfor_diagnostics"].get_parfors()
+    assert len(parfors) == 2
