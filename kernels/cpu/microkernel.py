@@ -54,7 +54,8 @@ Optimizations:
     (llvmlite's builder.fma rejects vectors; Numba's SLP vectorizer is off, so plain
     Numba code would not produce these);
   * the row bases are loaded once per tile, the tap offset once per tap; the inner loop
-    over c is a pointer walk with constant strides;
+    over c is a pointer walk with constant strides, kept rolled (`llvm.loop.unroll.disable`,
+    see _counted_loop): unrolled by 2, its remainder copy spilled broadcasts to the stack;
   * the epilogue is vector loads and stores straight from/to the output rows (NHWC
     pixel rows, or rows of a partial weight gradient), through the orows table; edges
     (a block overlapping the previous one, K not a multiple of NR, NCHW output) are
@@ -76,6 +77,7 @@ so an edit here would leave a stale compiled caller running the old IR. `version
 adds IR_VERSION and a hash of this file to the cache stamp of a caller; bump IR_VERSION
 when the IR generator changes in a way the file hash would not capture.
 """
+import contextlib
 import hashlib
 import os
 
@@ -84,7 +86,7 @@ import numba
 import numpy as np
 from numba import njit, types
 
-IR_VERSION = 2  # part of every caller's cache key (see versioned)
+IR_VERSION = 3  # part of every caller's cache key (see versioned)
 
 
 # --- blocking --------------------------------------------------------------------------
@@ -138,10 +140,44 @@ def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, oro
 
 # --- the intrinsic -----------------------------------------------------------------------
 
+UNROLL_CHANNEL_LOOP = False  # see _counted_loop
+
+
 def _build_intrinsic():
     from llvmlite import ir
     from numba.core import cgutils
     from numba.extending import intrinsic
+
+    @contextlib.contextmanager
+    def _counted_loop(builder, count):
+        """for index in range(count), with the back edge marked `llvm.loop.unroll.disable`
+        (unless UNROLL_CHANNEL_LOOP). LLVM would unroll the channel loop by 2 and add a
+        remainder copy for odd counts, which on AVX-512 (24 accumulators) hoists all MR
+        broadcasts and spills them to the stack; a 24-FMA body gains nothing from the
+        unrolling, while runs of 1, 3 or 9 values (first layers, backward-weight) take
+        that remainder once in every two or three steps."""
+        ity = count.type
+        before = builder.block
+        cond = builder.append_basic_block("loop.cond")
+        body = builder.append_basic_block("loop.body")
+        end = builder.append_basic_block("loop.end")
+        builder.branch(cond)
+        builder.position_at_end(cond)
+        index = builder.phi(ity)
+        index.add_incoming(ir.Constant(ity, 0), before)
+        builder.cbranch(builder.icmp_signed("<", index, count), body, end)
+        builder.position_at_end(body)
+        yield index
+        index.add_incoming(builder.add(index, ir.Constant(ity, 1)), builder.block)
+        back = builder.branch(cond)
+        if not UNROLL_CHANNEL_LOOP:
+            module = builder.module
+            off = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+            loop_id = module.add_metadata([off])
+            if loop_id.operands[0] is not loop_id:  # a loop ID refers to itself
+                loop_id.operands = (loop_id,) + tuple(loop_id.operands)
+            back.set_metadata("llvm.loop", loop_id)
+        builder.position_at_end(end)
 
     def _shape(bits):
         mr, nr = (MR32, NR32) if bits == 32 else (MR64, NR64)
@@ -221,8 +257,7 @@ def _build_intrinsic():
                 # B index of step (t, 0): b0 + t*Cn*b_stride
                 bt = builder.add(b0_v, builder.mul(builder.mul(t, Cn_v), bst_v))
                 a_t = [builder.add(base, off) for base in bases]
-                with cgutils.for_range(builder, Cn_v) as cloop:
-                    c = cloop.index
+                with _counted_loop(builder, Cn_v) as c:
                     bidx = builder.add(bt, builder.mul(c, bst_v))
                     ws = [builder.load(vptr(b_ptr, lane(bidx, v)), align=align)
                           for v in range(nv)]

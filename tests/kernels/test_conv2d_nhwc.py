@@ -138,6 +138,30 @@ def test_tile_machine_code_keeps_accumulators_in_vector_registers():
     assert not [line for line in loop if "rsp" in line and re.search(r"%[xyz]mm", line)]
 
 
+@njit
+def forward_like_tile(A, rows, toff, T, Cn, B, out, orows, init):
+    # as _forward_gemm calls it: channel stride 1 and the panel width as constants
+    mk.tile(A, rows, 0, toff, 0, T, Cn, 1, B, 0, mk.NR32, out, orows, 0, 0, init, 0)
+
+
+@pytest.mark.skipif(not mk.INTRINSIC, reason="the LLVM intrinsic is not in use")
+def test_tile_channel_loop_is_rolled_and_spills_nothing():
+    # With constant strides LLVM unrolled the channel loop by 2; the remainder copy (run
+    # whenever a run of channels is odd: first layers, few channels) spilled its
+    # broadcasts to the stack on AVX-512. The loop is kept rolled
+    # (llvm.loop.unroll.disable): one FMA per accumulator vector in the code, and no
+    # vector register moved to or from the stack between the first FMA and the last.
+    A = np.zeros(4096, np.float32)
+    rows = np.zeros(64, np.int64)
+    forward_like_tile(A, rows, rows, 1, 1, A, A, rows, A[:0])
+    lines = forward_like_tile.inspect_asm(forward_like_tile.signatures[0]).splitlines()
+    at = [i for i, line in enumerate(lines) if "vfmadd" in line]
+    mr, nr = nhwc.blocking(np.float32)
+    assert len(at) == mr * nr // mk.host_lanes(4)
+    tile_code = lines[at[0]:at[-1] + 1]
+    assert not [line for line in tile_code if "rsp" in line and re.search(r"%[xyz]mm", line)]
+
+
 def test_cached_callers_are_keyed_on_the_ir_generator():
     # A changed micro-kernel generator must not run stale cached callers: their cache
     # stamps carry IR_VERSION and a hash of microkernel.py.
