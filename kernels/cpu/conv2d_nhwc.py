@@ -36,8 +36,10 @@ Every output element is computed by one task in a fixed order, so all passes are
 deterministic. Supports stride, padding, dilation, groups = 1 (kernels/cpu/conv2d.py
 keeps the other routes for groups > 1).
 """
+import contextlib
 import functools
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -50,6 +52,7 @@ CHUNK = 64  # pixels per backward-weight contraction chunk: its dy rows (64 x K)
 #            benchmarks/DESIGN.md, conv2d_nhwc.py)
 WEIGHT_GROUPS = 8  # backward-weight partial sums (fixed: results independent of threads)
 RUN_MERGE_BELOW = 16  # forward: below this many channels a kernel row is one run (_forward)
+PAD_SERIAL_BELOW = 1 << 20  # padded copies of fewer bytes run on one thread (_pad_to)
 
 
 def blocking(dtype):
@@ -352,12 +355,27 @@ def _pad_to(a, top, left, Hp, Wp, nchw):
     zero-padded (or cropped)."""
     N, C = a.shape[0], a.shape[1 if nchw else 3]
     out = buffer("padded", N * Hp * Wp * C, a.dtype).reshape(N, Hp, Wp, C)
-    if nchw:
-        from .conv2d_direct import _to_padded_nhwc
-        _to_padded_nhwc(a, top, left, out)
-    else:
-        _pad_nhwc(np.ascontiguousarray(a), top, left, out)
+    # A small copy is done sooner than the sleeping second thread wakes up (200 KB:
+    # 43 against 92 us on 2 threads; numbers: benchmarks/DESIGN.md, conv2d_nhwc.py)
+    with _one_thread() if out.nbytes < PAD_SERIAL_BELOW else contextlib.nullcontext():
+        if nchw:
+            from .conv2d_direct import _to_padded_nhwc
+            _to_padded_nhwc(a, top, left, out)
+        else:
+            _pad_nhwc(np.ascontiguousarray(a), top, left, out)
     return out
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run the parallel kernels called inside on this thread alone (its prange loops
+    become plain loops: the same results)."""
+    saved = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
 
 
 def forward(x, w, b, stride, padding, dilation, nchw=False):
