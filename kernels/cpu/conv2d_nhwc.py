@@ -43,7 +43,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .microkernel import MR32, MR64, NR32, NR64, tile, versioned
+from .microkernel import MR32, MR64, NR32, NR64, host_lanes, tile, tile_half, versioned
 from .scratch import buffer
 
 GROUP = 16  # pixel blocks per forward task
@@ -55,9 +55,24 @@ RUN_MERGE_BELOW = 16  # forward: below this many channels a kernel row is one ru
 PAD_SERIAL_BELOW = 1 << 20  # padded copies of fewer bytes run on one thread (_pad_to)
 
 
-def blocking(dtype):
-    """(MR, NR) of the micro-kernel for dtype."""
-    return (MR32, NR32) if np.dtype(dtype).itemsize == 4 else (MR64, NR64)
+def blocking(dtype, half=False):
+    """(MR, NR) of the micro-kernel for dtype (NR/2 for its half-width form)."""
+    mr, nr = (MR32, NR32) if np.dtype(dtype).itemsize == 4 else (MR64, NR64)
+    return (mr, nr // 2) if half else (mr, nr)
+
+
+# Half-width tiles for GEMMs of at most NR/2 output channels (K = 16 float32 on
+# AVX-512, a first layer's or a 16-channel input's gradient), on AVX-512 hosts only:
+# there a full-width tile would leave half its lanes idle, while AVX-512 chips run two
+# 256-bit FMAs in the time of one 512-bit (Zen 4), or as many (Intel), so the half
+# tile does the same useful work in at most the same time (numbers: benchmarks/DESIGN.md,
+# conv2d_nhwc.py). On AVX2 the half width would be 128 bits: no gain.
+HALF_TILES = host_lanes(4) == 16
+
+
+def use_half(K, dtype):
+    """Whether a GEMM with K output channels (lanes) runs on half-width tiles."""
+    return HALF_TILES and K <= blocking(dtype)[1] // 2
 
 
 def _out_size(size, k, stride, padding, dilation):
@@ -222,15 +237,14 @@ def _nchw_rows(a, Kp, out):
 # --- the implicit GEMMs -----------------------------------------------------------------
 
 @njit(inline="always")
-def _tile_shape(a):
-    if a.itemsize == 4:
-        return MR32, NR32
-    return MR64, NR64
+def _tile_shape(a, half):
+    mr, nr = (MR32, NR32) if a.itemsize == 4 else (MR64, NR64)
+    return (mr, nr // 2) if half else (mr, nr)
 
 
 @versioned
 @njit(parallel=True, cache=True)
-def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
+def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half):
     """out[obase[m] + k*kstride] = bias[k] + sum over taps t, c < C of
     xf[pix[m] + taps[t] + c] * wp[step (t, c)], for all pixels m and k < K: a tap's C
     values are its channels, or (dilation 1 along the width, few channels) a whole
@@ -240,7 +254,7 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
     the owned part is copied from."""
     M = pix.size
     T = taps.size
-    mr, nr = _tile_shape(xf)
+    mr, nr = _tile_shape(xf, half)
     nb = -(-M // mr)
     ng = -(-nb // GROUP)
     nk = -(-K // nr)
@@ -271,8 +285,12 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
                     dst, drows, d0, doff = out, orows, r, k0
                 else:
                     dst, drows, d0, doff = buf, brows, 0, 0
-                tile(xf, rows, r, taps, 0, T, C, 1, wp, kb * panel, nr,
-                     dst, drows, d0, doff, bias, k0)
+                if half:
+                    tile_half(xf, rows, r, taps, 0, T, C, 1, wp, kb * panel, nr,
+                              dst, drows, d0, doff, bias, k0)
+                else:
+                    tile(xf, rows, r, taps, 0, T, C, 1, wp, kb * panel, nr,
+                         dst, drows, d0, doff, bias, k0)
                 if direct:
                     continue
                 for i in range(b * mr - start, min(mr, M - start)):
@@ -289,7 +307,7 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride):
 @versioned
 @njit(parallel=True, cache=True)
 def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, dyf, Kp,
-                 groups, partial):
+                 groups, partial, half):
     """partial[g, torows[q] + k] += sum over the pixels m of group g's chunks of
     xf[pix(m) + trows[q]] * dyf[m*Kp + k], for every tile row q (tiles of MR rows, see
     weight_tiles) and k < Kp (a multiple of NR). Chunk ch is count[ch] segments of
@@ -298,7 +316,7 @@ def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, 
     [g*n/groups, (g+1)*n/groups) in order; within a chunk, tile by tile, all panels
     (the tile's input values stay in L1 across the panels; panels as the outer loop
     were no faster: benchmarks/DESIGN.md, conv2d_nhwc.py)."""
-    mr, nr = _tile_shape(xf)
+    mr, nr = _tile_shape(xf, half)
     nchunks = first.size
     ntiles = trows.size // mr
     nk = Kp // nr
@@ -311,8 +329,12 @@ def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, 
             b0 = seg_m[s0] * Kp
             for q in range(ntiles):
                 for kb in range(nk):
-                    tile(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf, b0 + kb * nr,
-                         Kp, part, torows, q * mr, kb * nr, none, 0)
+                    if half:
+                        tile_half(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf,
+                                  b0 + kb * nr, Kp, part, torows, q * mr, kb * nr, none, 0)
+                    else:
+                        tile(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf, b0 + kb * nr,
+                             Kp, part, torows, q * mr, kb * nr, none, 0)
 
 
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
@@ -324,7 +346,8 @@ def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride, origin=(0,
     N, Hp, Wp, C = xp.shape
     K, _, R, S = w.shape
     (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
-    _, nr = blocking(xp.dtype)
+    half = use_half(K, xp.dtype)
+    _, nr = blocking(xp.dtype, half)
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw)
     if origin != (0, 0):  # (read-only like the cached table: one compiled signature)
         pix = _frozen(pix + (origin[0] * Wp + origin[1]) * C)
@@ -337,7 +360,7 @@ def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride, origin=(0,
     else:
         taps, run = tap_table(R, S, dh, dw, Wp, C), C
     _forward_gemm(xp.reshape(-1), pix, taps, run, pack_weights(w, nr),
-                  _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride)
+                  _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride, half)
 
 
 def _padded_input(x, padding, nchw):
@@ -471,7 +494,8 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     """conv2d backward-weight, groups = 1: dy, x NHWC (or both NCHW with nchw=True) ->
     dw (K, C, R, S)."""
     K, C, R, S = w_shape
-    mr, nr = blocking(x.dtype)
+    half = use_half(K, x.dtype)
+    mr, nr = blocking(x.dtype, half)
     Kp = -(-K // nr) * nr
     xp = _padded_input(x, padding, nchw)
     N, Hp, Wp, _ = xp.shape
@@ -496,7 +520,7 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     partial = buffer("partial", groups * (L + 1) * Kp, x.dtype).reshape(
         groups, (L + 1) * Kp)  # + a scratch row
     _weight_gemm(xp.reshape(-1), _frozen(pix[seg_m]), seg_m, first, count, length, stride[1] * C,
-                 trows, torows, dyf, Kp, groups, partial)
+                 trows, torows, dyf, Kp, groups, partial, half)
     # The partial sums added in group order (NumPy reduces over the leading axis one
     # slice at a time, in order).
     dwt = np.add.reduce(partial.reshape(groups, L + 1, Kp)[:, :L], axis=0)

@@ -44,6 +44,10 @@ vectors of `lanes` values per tile row, NR = NV*lanes output channels, MR rows:
         24 accumulators + 2 + 1 = 27 registers
     unknown CPUs: the AVX2 blocking (LLVM splits wider vectors; correct everywhere)
 
+`tile_half` is the same kernel on vectors of half the width (NR/2 columns, the same MR):
+for GEMMs with at most NR/2 output channels, where `tile` would compute zeros in half its
+lanes (conv2d_nhwc.use_half decides).
+
 Optimizations:
   * outer products, not dot products: per contraction step NV vector loads of B and MR
     scalar loads of A broadcast to vectors feed MR*NV FMAs; no horizontal sums;
@@ -116,14 +120,8 @@ MR64, NR64 = blocking(np.float64)
 # --- the reference semantics (also the NUMBA_DISABLE_JIT / no-intrinsic fallback) -------
 
 @njit(inline="always")
-def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
-                   ooff, init, ioff):
-    """Plain loops with the semantics of `tile` (see the module docstring); MR and NR
-    follow from the dtype, as for the intrinsic."""
-    if A.itemsize == 4:
-        mr, nr = MR32, NR32
-    else:
-        mr, nr = MR64, NR64
+def _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
+               init, ioff, mr, nr):
     acc = np.empty(mr * nr, dtype=out.dtype)  # all rows read before any is written
     for i in range(mr):
         for j in range(nr):
@@ -136,6 +134,31 @@ def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, oro
     for i in range(mr):
         for j in range(nr):
             out[orows[o0 + i] + ooff + j] = acc[i * nr + j]
+
+
+@njit(inline="always")
+def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
+                   ooff, init, ioff):
+    """Plain loops with the semantics of `tile` (see the module docstring); MR and NR
+    follow from the dtype, as for the intrinsic."""
+    if A.itemsize == 4:
+        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
+                   ooff, init, ioff, MR32, NR32)
+    else:
+        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
+                   ooff, init, ioff, MR64, NR64)
+
+
+@njit(inline="always")
+def tile_half_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
+                        o0, ooff, init, ioff):
+    """Plain loops with the semantics of `tile_half`: NR/2 columns."""
+    if A.itemsize == 4:
+        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
+                   ooff, init, ioff, MR32, NR32 // 2)
+    else:
+        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
+                   ooff, init, ioff, MR64, NR64 // 2)
 
 
 # --- the intrinsic -----------------------------------------------------------------------
@@ -179,105 +202,115 @@ def _build_intrinsic():
             back.set_metadata("llvm.loop", loop_id)
         builder.position_at_end(end)
 
-    def _shape(bits):
+    def _shape(bits, half=False):
         mr, nr = (MR32, NR32) if bits == 32 else (MR64, NR64)
+        if half:  # half-width vectors: NR/2 columns
+            nr //= 2
         return mr, nr, 2, nr // 2  # MR, NR, NV, lanes
 
-    @intrinsic
-    def tile(typingctx, A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
-             o0, ooff, init, ioff):
-        floats = (A, B, out, init)
-        tables = (rows, toff, orows)
-        ints = (r0, t0, T, Cn, a_cs, b0, b_stride, o0, ooff, ioff)
-        if not (all(isinstance(a, types.Array) and a.ndim == 1 for a in floats + tables)
-                and A.dtype in (types.float32, types.float64)
-                and all(a.dtype == A.dtype for a in floats)
-                and all(a.dtype == types.int64 for a in tables)
-                and all(isinstance(v, types.Integer) for v in ints)):
-            return None
-        sig = types.void(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
-                         o0, ooff, init, ioff)
+    def make_tile(half):
+        """The tile intrinsic, full width (NR columns) or half width (NR/2: output
+        channels that fit one half, where full-width lanes would idle)."""
+        def tile(typingctx, A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
+                 o0, ooff, init, ioff):
+            floats = (A, B, out, init)
+            tables = (rows, toff, orows)
+            ints = (r0, t0, T, Cn, a_cs, b0, b_stride, o0, ooff, ioff)
+            if not (all(isinstance(a, types.Array) and a.ndim == 1 for a in floats + tables)
+                    and A.dtype in (types.float32, types.float64)
+                    and all(a.dtype == A.dtype for a in floats)
+                    and all(a.dtype == types.int64 for a in tables)
+                    and all(isinstance(v, types.Integer) for v in ints)):
+                return None
+            sig = types.void(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
+                             o0, ooff, init, ioff)
 
-        def codegen(context, builder, sig, args):
-            at = dict(zip(("A", "rows", "r0", "toff", "t0", "T", "Cn", "a_cs", "B", "b0",
-                           "b_stride", "out", "orows", "o0", "ooff", "init", "ioff"),
-                          zip(args, sig.args)))
-            i64 = ir.IntType(64)
+            def codegen(context, builder, sig, args):
+                at = dict(zip(("A", "rows", "r0", "toff", "t0", "T", "Cn", "a_cs", "B", "b0",
+                               "b_stride", "out", "orows", "o0", "ooff", "init", "ioff"),
+                              zip(args, sig.args)))
+                i64 = ir.IntType(64)
 
-            def integer(name):
-                val, ty = at[name]
-                return context.cast(builder, val, ty, types.int64)
+                def integer(name):
+                    val, ty = at[name]
+                    return context.cast(builder, val, ty, types.int64)
 
-            def array(name):
-                val, ty = at[name]
-                return context.make_array(ty)(context, builder, val)
+                def array(name):
+                    val, ty = at[name]
+                    return context.make_array(ty)(context, builder, val)
 
-            r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v, o0_v, ooff_v, ioff_v = (
-                integer(n) for n in ("r0", "t0", "T", "Cn", "a_cs", "b0", "b_stride",
-                                     "o0", "ooff", "ioff"))
-            dtype = sig.args[0].dtype
-            fty = context.get_value_type(dtype)
-            bits = 32 if dtype == types.float32 else 64
-            mr, nr, nv, lanes = _shape(bits)
-            vty = ir.VectorType(fty, lanes)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                f"llvm.fma.v{lanes}f{bits}")
-            align = bits // 8
-            a_ptr, b_ptr, out_ptr = (array(n).data for n in ("A", "B", "out"))
-            rows_ptr, toff_ptr, orows_ptr = (array(n).data for n in ("rows", "toff", "orows"))
-            init_arr = array("init")
+                r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v, o0_v, ooff_v, ioff_v = (
+                    integer(n) for n in ("r0", "t0", "T", "Cn", "a_cs", "b0", "b_stride",
+                                         "o0", "ooff", "ioff"))
+                dtype = sig.args[0].dtype
+                fty = context.get_value_type(dtype)
+                bits = 32 if dtype == types.float32 else 64
+                mr, nr, nv, lanes = _shape(bits, half)
+                vty = ir.VectorType(fty, lanes)
+                fma = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                    f"llvm.fma.v{lanes}f{bits}")
+                align = bits // 8
+                a_ptr, b_ptr, out_ptr = (array(n).data for n in ("A", "B", "out"))
+                rows_ptr, toff_ptr, orows_ptr = (array(n).data for n in ("rows", "toff", "orows"))
+                init_arr = array("init")
 
-            def vptr(ptr, idx):
-                return builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer())
+                def vptr(ptr, idx):
+                    return builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer())
 
-            def entry(ptr, first, i):
-                return builder.load(builder.gep(ptr, [builder.add(first, ir.Constant(i64, i))]))
+                def entry(ptr, first, i):
+                    return builder.load(builder.gep(ptr, [builder.add(first, ir.Constant(i64, i))]))
 
-            def lane(base, v):
-                return builder.add(base, ir.Constant(i64, v * lanes))
+                def lane(base, v):
+                    return builder.add(base, ir.Constant(i64, v * lanes))
 
-            # Where each tile row lives in out, and where it starts from.
-            out_rows = [builder.add(entry(orows_ptr, o0_v, i), ooff_v) for i in range(mr)]
-            from_init = builder.icmp_signed(">", init_arr.nitems, ir.Constant(i64, 0))
-            init_ptr = builder.gep(init_arr.data, [ioff_v])
-            # Accumulators: allocas promoted to registers (see the module docstring).
-            accs = []
-            for i in range(mr):
-                for v in range(nv):
-                    src = builder.select(from_init, vptr(init_ptr, ir.Constant(i64, v * lanes)),
-                                         vptr(out_ptr, lane(out_rows[i], v)))
-                    accs.append(cgutils.alloca_once_value(builder, builder.load(src, align=align)))
-            bases = [entry(rows_ptr, r0_v, i) for i in range(mr)]
-            zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-            undef = ir.Constant(vty, ir.Undefined)
-            with cgutils.for_range(builder, T_v) as tloop:
-                t = tloop.index
-                off = builder.load(builder.gep(toff_ptr, [builder.add(t0_v, t)]))
-                # B index of step (t, 0): b0 + t*Cn*b_stride
-                bt = builder.add(b0_v, builder.mul(builder.mul(t, Cn_v), bst_v))
-                a_t = [builder.add(base, off) for base in bases]
-                with _counted_loop(builder, Cn_v) as c:
-                    bidx = builder.add(bt, builder.mul(c, bst_v))
-                    ws = [builder.load(vptr(b_ptr, lane(bidx, v)), align=align)
-                          for v in range(nv)]
-                    ac = builder.mul(c, acs_v)
-                    for i in range(mr):
-                        a = builder.load(builder.gep(a_ptr, [builder.add(a_t[i], ac)]))
-                        a = builder.shuffle_vector(
-                            builder.insert_element(undef, a, ir.Constant(i64, 0)),
-                            undef, zero_mask)
-                        for v in range(nv):
-                            slot = accs[i * nv + v]
-                            builder.store(builder.call(
-                                fma, [a, ws[v], builder.load(slot)]), slot)
-            for i in range(mr):
-                for v in range(nv):
-                    builder.store(builder.load(accs[i * nv + v]),
-                                  vptr(out_ptr, lane(out_rows[i], v)), align=align)
-            return context.get_dummy_value()
+                # Where each tile row lives in out, and where it starts from.
+                out_rows = [builder.add(entry(orows_ptr, o0_v, i), ooff_v) for i in range(mr)]
+                from_init = builder.icmp_signed(">", init_arr.nitems, ir.Constant(i64, 0))
+                init_ptr = builder.gep(init_arr.data, [ioff_v])
+                # Accumulators: allocas promoted to registers (see the module docstring).
+                accs = []
+                for i in range(mr):
+                    for v in range(nv):
+                        src = builder.select(from_init, vptr(init_ptr, ir.Constant(i64, v * lanes)),
+                                             vptr(out_ptr, lane(out_rows[i], v)))
+                        accs.append(cgutils.alloca_once_value(
+                            builder, builder.load(src, align=align)))
+                bases = [entry(rows_ptr, r0_v, i) for i in range(mr)]
+                zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+                undef = ir.Constant(vty, ir.Undefined)
+                with cgutils.for_range(builder, T_v) as tloop:
+                    t = tloop.index
+                    off = builder.load(builder.gep(toff_ptr, [builder.add(t0_v, t)]))
+                    # B index of step (t, 0): b0 + t*Cn*b_stride
+                    bt = builder.add(b0_v, builder.mul(builder.mul(t, Cn_v), bst_v))
+                    a_t = [builder.add(base, off) for base in bases]
+                    with _counted_loop(builder, Cn_v) as c:
+                        bidx = builder.add(bt, builder.mul(c, bst_v))
+                        ws = [builder.load(vptr(b_ptr, lane(bidx, v)), align=align)
+                              for v in range(nv)]
+                        ac = builder.mul(c, acs_v)
+                        for i in range(mr):
+                            a = builder.load(builder.gep(a_ptr, [builder.add(a_t[i], ac)]))
+                            a = builder.shuffle_vector(
+                                builder.insert_element(undef, a, ir.Constant(i64, 0)),
+                                undef, zero_mask)
+                            for v in range(nv):
+                                slot = accs[i * nv + v]
+                                builder.store(builder.call(
+                                    fma, [a, ws[v], builder.load(slot)]), slot)
+                for i in range(mr):
+                    for v in range(nv):
+                        builder.store(builder.load(accs[i * nv + v]),
+                                      vptr(out_ptr, lane(out_rows[i], v)), align=align)
+                return context.get_dummy_value()
 
-        return sig, codegen
+            return sig, codegen
+
+        tile.__name__ = tile.__qualname__ = "tile_half" if half else "tile"
+        return intrinsic(tile)
+
+    tile, tile_half = make_tile(False), make_tile(True)
 
     @intrinsic
     def fma_chains(typingctx, n, out):
@@ -318,7 +351,7 @@ def _build_intrinsic():
 
         return sig, codegen
 
-    return tile, fma_chains
+    return tile, tile_half, fma_chains
 
 
 @njit(inline="always")
@@ -341,14 +374,15 @@ def fma_chains_reference(n, out):
 
 
 if numba.config.DISABLE_JIT:
-    tile, fma_chains = tile_reference, fma_chains_reference
+    tile, tile_half, fma_chains = tile_reference, tile_half_reference, fma_chains_reference
     INTRINSIC = False
 else:
     try:
-        tile, fma_chains = _build_intrinsic()
+        tile, tile_half, fma_chains = _build_intrinsic()
         INTRINSIC = True
     except Exception:  # pragma: no cover - an llvmlite without vector IR support
-        tile, fma_chains = tile_reference, fma_chains_reference
+        tile, tile_half, fma_chains = (tile_reference, tile_half_reference,
+                                       fma_chains_reference)
         INTRINSIC = False
 
 

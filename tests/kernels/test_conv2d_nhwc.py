@@ -50,6 +50,13 @@ def run_tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0
             init, ioff)
 
 
+@njit
+def run_tile_half(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
+                  init, ioff):
+    mk.tile_half(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
+                 init, ioff)
+
+
 def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
                init, ioff, mr, nr):
     """The documented semantics, with NumPy (float64 products): the new out."""
@@ -66,6 +73,7 @@ def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, 
     return new
 
 
+@pytest.mark.parametrize("half", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_init", [True, False])
 @pytest.mark.parametrize("r0, t0, T, Cn, a_cs, b0, extra", [
@@ -75,8 +83,8 @@ def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, 
     (1, 2, 4, 1, 0, 0, 0),      # the backward-weight form: Cn = 1, table-driven steps
     (0, 0, 2, 9, 3, 2, 0),      # strided channels
 ])
-def test_tile_matches_its_semantics(dtype, with_init, r0, t0, T, Cn, a_cs, b0, extra):
-    mr, nr = nhwc.blocking(dtype)
+def test_tile_matches_its_semantics(half, dtype, with_init, r0, t0, T, Cn, a_cs, b0, extra):
+    mr, nr = nhwc.blocking(dtype, half)
     rng = np.random.default_rng(T * 31 + Cn)
     A = rng.standard_normal(4000).astype(dtype)
     rows = rng.integers(0, 1000, r0 + mr + 2).astype(np.int64)
@@ -95,14 +103,15 @@ def test_tile_matches_its_semantics(dtype, with_init, r0, t0, T, Cn, a_cs, b0, e
     want = tile_numpy(*args, out, orows, o0, ooff, init, ioff, mr, nr)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     got = out.copy()
-    run_tile(*args, got, orows, o0, ooff, init, ioff)
+    (run_tile_half if half else run_tile)(*args, got, orows, o0, ooff, init, ioff)
     shared = orows[o0 + mr - 1] + ooff + np.arange(nr)  # written twice: either value
     keep = np.ones(out.size, bool)
     keep[shared] = False
     np.testing.assert_allclose(got[keep], want[keep], rtol=tol, atol=tol * max(1, T * Cn))
     # The plain-loop fallback (NUMBA_DISABLE_JIT) has the same semantics.
     fallback = out.copy()
-    mk.tile_reference.py_func(*args, fallback, orows, o0, ooff, init, ioff)
+    (mk.tile_half_reference if half else mk.tile_reference).py_func(
+        *args, fallback, orows, o0, ooff, init, ioff)
     np.testing.assert_allclose(fallback[keep], want[keep], rtol=tol,
                                atol=tol * max(1, T * Cn))
 
@@ -433,3 +442,24 @@ def test_small_padded_copies_run_on_one_thread_with_the_same_result(monkeypatch,
     assert numba.get_num_threads() == saved  # restored
     if real is not None:
         assert seen == [1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C, K, stride", [(1, 16, 1), (16, 12, 1), (5, 3, 2), (9, 8, 1)])
+def test_half_width_tiles_give_the_same_bits(monkeypatch, dtype, C, K, stride):
+    """GEMMs of at most NR/2 output channels run on half-width tiles (AVX-512 hosts):
+    the same products in the same order as the full-width tile, so the same bits, in
+    all three passes; both match the reference."""
+    half = nhwc.blocking(dtype)[1] // 2
+    if K > half or C > half:
+        pytest.skip("channels wider than a half tile on this host")
+    case = make_case(np.random.default_rng(C * K), 2, C, 9, 10, K, 3, 3, (stride, stride),
+                     (1, 1), (1, 1), dtype)
+    monkeypatch.setattr(nhwc, "HALF_TILES", True)
+    assert nhwc.use_half(K, dtype)
+    got = nhwc_passes(case)
+    check(case)
+    monkeypatch.setattr(nhwc, "HALF_TILES", False)
+    assert not nhwc.use_half(K, dtype)
+    for a, b in zip(got, nhwc_passes(case)):
+        np.testing.assert_array_equal(a, b)
