@@ -55,14 +55,13 @@ RUN_MERGE_BELOW = 16  # forward: below this many channels a kernel row is one ru
 PAD_SERIAL_BELOW = 1 << 20  # padded copies of fewer bytes run on one thread (_pad_to)
 
 
-def blocking(dtype, half=False):
-    """(MR, NR) of the micro-kernel for dtype (NR/2 for its half-width form)."""
-    mr, nr = (MR32, NR32) if np.dtype(dtype).itemsize == 4 else (MR64, NR64)
-    return (mr, nr // 2) if half else (mr, nr)
+def blocking(dtype):
+    """(MR, NR) of the micro-kernel for dtype."""
+    return (MR32, NR32) if np.dtype(dtype).itemsize == 4 else (MR64, NR64)
 
 
-# Half-width tiles for GEMMs of at most NR/2 output channels (K = 16 float32 on
-# AVX-512, a first layer's or a 16-channel input's gradient), on AVX-512 hosts only:
+# Half-width tiles for a last panel of at most NR/2 output channels (K = 16 or 48 float32
+# on AVX-512: a 16-channel layer, or the input gradient of one), on AVX-512 hosts only:
 # there a full-width tile would leave half its lanes idle, while AVX-512 chips run two
 # 256-bit FMAs in the time of one 512-bit (Zen 4), or as many (Intel), so the half
 # tile does the same useful work in at most the same time (numbers: benchmarks/DESIGN.md,
@@ -70,9 +69,11 @@ def blocking(dtype, half=False):
 HALF_TILES = host_lanes(4) == 16
 
 
-def use_half(K, dtype):
-    """Whether a GEMM with K output channels (lanes) runs on half-width tiles."""
-    return HALF_TILES and K <= blocking(dtype)[1] // 2
+def half_tail(K, dtype):
+    """Whether the last panel of a GEMM with K output channels (lanes) runs on a
+    half-width tile: it holds at most NR/2 of them."""
+    nr = blocking(dtype)[1]
+    return HALF_TILES and 0 < K % nr <= nr // 2
 
 
 def _out_size(size, k, stride, padding, dilation):
@@ -237,24 +238,26 @@ def _nchw_rows(a, Kp, out):
 # --- the implicit GEMMs -----------------------------------------------------------------
 
 @njit(inline="always")
-def _tile_shape(a, half):
-    mr, nr = (MR32, NR32) if a.itemsize == 4 else (MR64, NR64)
-    return (mr, nr // 2) if half else (mr, nr)
+def _tile_shape(a):
+    if a.itemsize == 4:
+        return MR32, NR32
+    return MR64, NR64
 
 
 @versioned
 @njit(parallel=True, cache=True)
-def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half):
+def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half_tail):
     """out[obase[m] + k*kstride] = bias[k] + sum over taps t, c < C of
     xf[pix[m] + taps[t] + c] * wp[step (t, c)], for all pixels m and k < K: a tap's C
     values are its channels, or (dilation 1 along the width, few channels) a whole
     kernel row's S*C; wp packed by pack_weights, bias padded to the packed width. Tiles
-    write their rows of out directly where they can (kstride 1, a full panel of NR
-    channels, a block that does not overlap the previous one), else into a buffer that
-    the owned part is copied from."""
+    write their rows of out directly where they can (kstride 1, a full panel, a block
+    that does not overlap the previous one), else into a buffer that the owned part is
+    copied from. With half_tail, a last panel of at most NR/2 channels runs on the
+    half-width tile (reading the first NR/2 columns of the packed panel)."""
     M = pix.size
     T = taps.size
-    mr, nr = _tile_shape(xf, half)
+    mr, nr = _tile_shape(xf)
     nb = -(-M // mr)
     ng = -(-nb // GROUP)
     nk = -(-K // nr)
@@ -276,10 +279,12 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half):
         for kb in range(nk):
             k0 = kb * nr
             kn = min(nr, K - k0)
+            half = half_tail and kn <= nr // 2
             for b in range(b0, b1):
                 r = (b - b0) * mr
                 start = min(b * mr, last)
-                direct = kstride == 1 and kn == nr and start == b * mr and M >= mr
+                width = nr // 2 if half else nr
+                direct = kstride == 1 and kn == width and start == b * mr and M >= mr
                 # (one call site with either destination: the tile is expanded once)
                 if direct:
                     dst, drows, d0, doff = out, orows, r, k0
@@ -307,19 +312,20 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half):
 @versioned
 @njit(parallel=True, cache=True)
 def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, dyf, Kp,
-                 groups, partial, half):
+                 groups, partial, half_tail):
     """partial[g, torows[q] + k] += sum over the pixels m of group g's chunks of
     xf[pix(m) + trows[q]] * dyf[m*Kp + k], for every tile row q (tiles of MR rows, see
-    weight_tiles) and k < Kp (a multiple of NR). Chunk ch is count[ch] segments of
+    weight_tiles) and k < Kp (a multiple of NR, or of NR/2 with half_tail: then the
+    last panel runs on the half-width tile). Chunk ch is count[ch] segments of
     length[ch] pixels from segment first[ch] on, consecutive in m (see weight_chunks);
     a segment's pixels are a_cs apart in xf, from seg_pix. Group g takes the chunks
     [g*n/groups, (g+1)*n/groups) in order; within a chunk, tile by tile, all panels
     (the tile's input values stay in L1 across the panels; panels as the outer loop
     were no faster: benchmarks/DESIGN.md, conv2d_nhwc.py)."""
-    mr, nr = _tile_shape(xf, half)
+    mr, nr = _tile_shape(xf)
     nchunks = first.size
     ntiles = trows.size // mr
-    nk = Kp // nr
+    nk = -(-Kp // nr)
     for g in prange(groups):
         part = partial[g]
         part[:] = 0
@@ -329,7 +335,7 @@ def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, 
             b0 = seg_m[s0] * Kp
             for q in range(ntiles):
                 for kb in range(nk):
-                    if half:
+                    if half_tail and Kp - kb * nr <= nr // 2:  # (a last half panel)
                         tile_half(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf,
                                   b0 + kb * nr, Kp, part, torows, q * mr, kb * nr, none, 0)
                     else:
@@ -346,8 +352,7 @@ def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride, origin=(0,
     N, Hp, Wp, C = xp.shape
     K, _, R, S = w.shape
     (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
-    half = use_half(K, xp.dtype)
-    _, nr = blocking(xp.dtype, half)
+    _, nr = blocking(xp.dtype)
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw)
     if origin != (0, 0):  # (read-only like the cached table: one compiled signature)
         pix = _frozen(pix + (origin[0] * Wp + origin[1]) * C)
@@ -360,7 +365,8 @@ def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride, origin=(0,
     else:
         taps, run = tap_table(R, S, dh, dw, Wp, C), C
     _forward_gemm(xp.reshape(-1), pix, taps, run, pack_weights(w, nr),
-                  _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride, half)
+                  _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride,
+                  half_tail(K, xp.dtype))
 
 
 def _padded_input(x, padding, nchw):
@@ -494,9 +500,10 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     """conv2d backward-weight, groups = 1: dy, x NHWC (or both NCHW with nchw=True) ->
     dw (K, C, R, S)."""
     K, C, R, S = w_shape
-    half = use_half(K, x.dtype)
-    mr, nr = blocking(x.dtype, half)
-    Kp = -(-K // nr) * nr
+    mr, nr = blocking(x.dtype)
+    tail = half_tail(K, x.dtype)
+    step = nr // 2 if tail else nr  # dy's rows padded to this (no copy where K is one)
+    Kp = -(-K // step) * step
     xp = _padded_input(x, padding, nchw)
     N, Hp, Wp, _ = xp.shape
     if nchw:
@@ -520,7 +527,7 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     partial = buffer("partial", groups * (L + 1) * Kp, x.dtype).reshape(
         groups, (L + 1) * Kp)  # + a scratch row
     _weight_gemm(xp.reshape(-1), _frozen(pix[seg_m]), seg_m, first, count, length, stride[1] * C,
-                 trows, torows, dyf, Kp, groups, partial, half)
+                 trows, torows, dyf, Kp, groups, partial, tail)
     # The partial sums added in group order (NumPy reduces over the leading axis one
     # slice at a time, in order).
     dwt = np.add.reduce(partial.reshape(groups, L + 1, Kp)[:, :L], axis=0)
