@@ -275,6 +275,16 @@ def fma_peak_gflops(threads=None, seconds=0.2, repeats=5) -> float:
     return threads * n * mr * nr * 2 / best / 1e9
 
 
+def warm_up_cores(threads=None, seconds=1.0) -> None:
+    """Keep every thread busy for about `seconds` before timing parallel work. On a VM,
+    cores left idle (or one core busy, the other idle, as in the compile measurement)
+    for a while ran the next parallel work several times slower for up to a second or
+    two: the MLP b256 step measured 83 steps/s right after 20 s of one-core work, 533
+    a moment later, and 374-429 with this warm-up first (benchmarks/DESIGN.md,
+    harness.py)."""
+    fma_peak_gflops(threads, seconds=seconds / 5, repeats=5)
+
+
 def gemm_gflops(n=2048, repeats=5) -> float:
     """float32 GEMM throughput of NumPy's BLAS: what a library call reaches."""
     import numpy as np
