@@ -65,6 +65,8 @@ for dt in (np.float32, np.float64):
         K.max_pool2d_backward_nhwc(y, idx, xh.shape, k, s, (1, 1))
     y = K.avg_pool2d_forward_nhwc(xh, (3, 3), (2, 2), (1, 1), False, True)
     K.avg_pool2d_backward_nhwc(y, xh.shape, (3, 3), (2, 2), (1, 1), False, True)
+    y = K.avg_pool2d_forward_nhwc(xh, (2, 2), (2, 2), (0, 0), False, True)  # disjoint
+    K.avg_pool2d_backward_nhwc(y, xh.shape, (2, 2), (2, 2), (0, 0), False, True)
 print(f"{t_import:.3f} {time.perf_counter() - t0:.3f}")
 """
 

@@ -407,6 +407,41 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
                         dr[lane] += g[lane]
 
 
+@njit(**_JIT)
+def avg_pool_bwd_disjoint(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
+    """avg_pool_bwd for windows that do not overlap (kh <= sh, kw <= sw): a pixel lies in
+    at most one window, so it takes 0 + that window's dy / divisor directly, in one
+    parallel pass; no share array written in a first pass (and read back), one parallel
+    region instead of two. The same division and the same 0 + share, so the same bits."""
+    B, Ho, Wo, L = dy.shape
+    H, W = dx.shape[1], dx.shape[2]
+    zero = dy.dtype.type(0)
+    hcnt, hwho = _covering(H, kh, sh, ph, Ho)
+    wcnt, wwho = _covering(W, kw, sw, pw, Wo)
+    for task in prange(B * H * _n_lane_blocks(L)):
+        b, h, l0, l1 = _row_task(task, H, L)
+        for w in range(W):
+            dr = dx[b, h, w, l0:l1]
+            if hcnt[h] == 0 or wcnt[w] == 0:  # in no window (stride > kernel)
+                for lane in range(l1 - l0):
+                    dr[lane] = zero
+                continue
+            oh, ow = hwho[h, 0], wwho[w, 0]
+            div = dx.dtype.type(_avg_divisor(oh * sh - ph, kh, H, ph, count_include_pad)
+                                * _avg_divisor(ow * sw - pw, kw, W, pw, count_include_pad))
+            g = dy[b, oh, ow, l0:l1]
+            for lane in range(l1 - l0):
+                dr[lane] = zero + g[lane] / div
+
+
+def _avg_backward(dy, kernel_size, stride, padding, count_include_pad, dx):
+    """avg_pool_bwd, or its one-pass form where the windows are disjoint."""
+    kh, kw = kernel_size
+    sh, sw = stride
+    kernel = avg_pool_bwd_disjoint if kh <= sh and kw <= sw else avg_pool_bwd
+    kernel(dy, kh, kw, sh, sw, padding[0], padding[1], bool(count_include_pad), dx)
+
+
 # ------------------------------------------------------------- NCHW through the lanes
 
 def nchw_to_lanes(x):
@@ -478,8 +513,7 @@ def avg_pool2d_forward_lanes(x, kernel_size, stride, padding, count_include_pad,
 def avg_pool2d_backward_lanes(dy, x_shape, kernel_size, stride, padding, count_include_pad):
     N, C, H, W = x_shape
     dx = np.empty((1, H, W, N * C), dtype=dy.dtype)
-    avg_pool_bwd(nchw_to_lanes(dy), kernel_size[0], kernel_size[1], stride[0], stride[1],
-                 padding[0], padding[1], bool(count_include_pad), dx)
+    _avg_backward(nchw_to_lanes(dy), kernel_size, stride, padding, count_include_pad, dx)
     return lanes_to_nchw(dx, N, C)
 
 
@@ -516,8 +550,7 @@ def avg_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode, count_in
 def avg_pool2d_backward_nhwc(dy, x_shape, kernel_size, stride, padding, ceil_mode,
                              count_include_pad):
     dx = np.empty(x_shape, dtype=dy.dtype)
-    avg_pool_bwd(dy, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
-                 padding[1], bool(count_include_pad), dx)
+    _avg_backward(dy, kernel_size, stride, padding, count_include_pad, dx)
     return dx
 
 

@@ -199,3 +199,32 @@ def test_window_intrinsics_match_their_references(dtype):
             assert np.isnan(y1[5:5 + n][~finite]).all()
             np.testing.assert_allclose(y1[n + 12:2 * n + 12], window.sum(axis=0) / 3,
                                        rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, s, p, include_pad", [
+    ((2, 2), (2, 2), (0, 0), True),    # the common 2x2 pool
+    ((2, 3), (3, 3), (1, 1), False),   # stride > kernel: pixels in no window get 0
+    ((3, 3), (3, 3), (1, 1), True),    # padded windows: the divisor counts the padding
+    ((1, 2), (2, 2), (0, 1), False),
+])
+def test_avg_backward_for_disjoint_windows_is_one_pass_with_the_same_bits(dtype, k, s, p,
+                                                                          include_pad):
+    """Disjoint windows (k <= s): one pass, each pixel 0 + its window's dy / divisor;
+    bitwise the two-pass kernel (shares first), -0 included, and the reference."""
+    rng = np.random.default_rng(sum(k) + 10 * sum(s))
+    N, C, H, W = 2, 70, 9, 11
+    Ho, Wo = out_hw(np.empty((N, C, H, W)), k, s, p, True)
+    dy = rng.standard_normal((N, Ho, Wo, C)).astype(dtype)
+    dy[..., ::5] = -0.0
+    one = np.empty((N, H, W, C), dtype)
+    two = np.empty((N, H, W, C), dtype)
+    lanes.avg_pool_bwd_disjoint(dy, *k, *s, *p, include_pad, one)
+    lanes.avg_pool_bwd(dy, *k, *s, *p, include_pad, two)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(np.signbit(one), np.signbit(two))
+    got = lanes.avg_pool2d_backward_nhwc(dy, (N, H, W, C), k, s, p, True, include_pad)
+    np.testing.assert_array_equal(got, one)
+    want = ref.avg_pool2d_backward(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)),
+                                   (N, C, H, W), k, s, p, True, include_pad)
+    np.testing.assert_array_equal(got.transpose(0, 3, 1, 2), want)
