@@ -280,10 +280,10 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half_tail)
             k0 = kb * nr
             kn = min(nr, K - k0)
             half = half_tail and kn <= nr // 2
+            width = nr // 2 if half else nr
             for b in range(b0, b1):
                 r = (b - b0) * mr
                 start = min(b * mr, last)
-                width = nr // 2 if half else nr
                 direct = kstride == 1 and kn == width and start == b * mr and M >= mr
                 # (one call site with either destination: the tile is expanded once)
                 if direct:

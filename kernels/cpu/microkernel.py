@@ -46,7 +46,7 @@ vectors of `lanes` values per tile row, NR = NV*lanes output channels, MR rows:
 
 `tile_half` is the same kernel on vectors of half the width (NR/2 columns, the same MR):
 for GEMMs with at most NR/2 output channels, where `tile` would compute zeros in half its
-lanes (conv2d_nhwc.use_half decides).
+lanes (conv2d_nhwc.half_tail decides, for the last panel of a GEMM).
 
 Optimizations:
   * outer products, not dot products: per contraction step NV vector loads of B and MR

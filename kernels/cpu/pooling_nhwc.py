@@ -412,7 +412,9 @@ def avg_pool_bwd_disjoint(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     """avg_pool_bwd for windows that do not overlap (kh <= sh, kw <= sw): a pixel lies in
     at most one window, so it takes 0 + that window's dy / divisor directly, in one
     parallel pass; no share array written in a first pass (and read back), one parallel
-    region instead of two. The same division and the same 0 + share, so the same bits."""
+    region instead of two. The same division and the same 0 + share, so the same bits.
+    (The twin of max_pool_bwd_disjoint; one kernel for both, branching per pixel on the
+    kind of pool, measured 0.62-0.83x on 2x2 pools, so they stay two.)"""
     B, Ho, Wo, L = dy.shape
     H, W = dx.shape[1], dx.shape[2]
     zero = dy.dtype.type(0)
