@@ -118,10 +118,21 @@ def blas_info() -> str:
 
 
 def set_threads(threads: int) -> None:
-    """Numba's and NumPy's BLAS threads (a torch child sets its own)."""
+    """Numba's threads and those of every OpenBLAS loaded in this process: NumPy's, and
+    SciPy's, which the 1x1 convolutions call (a torch child sets its own)."""
     import numba
+    import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS now, so that it is set too)
+    from minidl.kernels import _openblas_libraries
     numba.set_num_threads(threads)
     openblas_call("openblas_set_num_threads", ctypes.c_int(threads))
+    for path in _openblas_libraries():
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(ctypes.c_int(threads))
+                break
 
 
 def endless(loader):

@@ -49,6 +49,27 @@ print(k.BLAS_THREAD_TIMEOUT_LATE); print(i.blas_thread_policy())
     assert late == "False" and "OPENBLAS_THREAD_TIMEOUT=10)" in policy
 
 
+def test_every_loaded_openblas_follows_the_policy_and_the_bench_thread_count():
+    """SciPy's wheels bring an OpenBLAS of their own, which the 1x1 convolution with a
+    bias calls (kernels/cpu/conv2d_nhwc.py): loaded after minidl, it reads the timeout
+    too, and the benchmark's thread count reaches it as well as NumPy's."""
+    code = """
+import ctypes
+import minidl, minidl.kernels as k
+from minidl.kernels.cpu import conv2d_nhwc  # noqa: F401  (loads SciPy's BLAS)
+from minidl.benchmarks import harness
+harness.set_threads(1)
+for path in k._openblas_libraries():
+    lib = ctypes.CDLL(path)
+    lib.openblas_thread_timeout.restype = ctypes.c_int
+    n = [getattr(lib, s) for s in ("scipy_openblas_get_num_threads64_",
+         "scipy_openblas_get_num_threads", "openblas_get_num_threads") if hasattr(lib, s)][0]
+    print(path, lib.openblas_thread_timeout(), n())
+"""
+    rows = [line.rsplit(" ", 2) for line in _run(code).splitlines()]
+    assert rows and all(t == "18" and n == "1" for _, t, n in rows), rows
+
+
 def test_where_openblas_cannot_be_told_later_info_says_so(monkeypatch):
     import minidl.info as info
     from minidl import kernels
