@@ -21,7 +21,7 @@ Machine state (`describe_machine`) records the CPU model and its vector flags, c
 thread counts, BLAS, library versions and the load average, so a comparison of two runs
 (`minidl bench compare`) can say when they did not run on comparable machines.
 
-torch is only ever imported in child processes (`run_child`): imported here, its OpenMP
+torch is only ever imported in child processes (`Child`): imported here, its OpenMP
 runtime would bind Numba's OpenMP layer to torch's settings and slow the numba kernels
 (the measurements are in benchmarks/RESULTS.md, "Measured settings behind the harness").
 """
@@ -37,6 +37,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -360,16 +361,58 @@ def child_env() -> dict:
 
 # torch first: its OpenMP runtime must load before the worker module imports `kernels`
 # (which sets OMP_WAIT_POLICY for Numba).
-_CHILD = ("import json, sys; import torch; import {module} as m; "
-          "print(json.dumps(m.{function}(json.loads(sys.stdin.read()))))")
+_SERVE = ("import json, sys{preload}; import {module} as m\n"
+          "for line in sys.stdin:\n"
+          "    answer = json.dumps(m.{function}(json.loads(line)))\n"
+          "    print('{marker}' + answer, flush=True)\n")
+_MARK = "@minidl-child@ "
 
 
-def run_child(module, request, function="torch_worker", timeout=None):
-    """`module.function(request)` in a fresh process; request and answer as JSON."""
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(module=module, function=function)],
-                         input=json.dumps(request), capture_output=True, text=True,
-                         env=child_env(), cwd=ROOT, timeout=timeout, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{module}.{function} in a child process failed:\n"
-                           f"{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class Child:
+    """A torch child that stays up and answers one request at a time, so that a row's
+    torch timing is taken right after minidl's (host speed can swing by 2x within a
+    minute on shared machines: ratios of timings taken a minute apart would carry that
+    swing). Requests and answers are JSON lines; the child idles in a blocking read
+    between them. Use as a context manager.
+
+    >>> with Child("json", "dumps", preload=()) as c:  # any module.function(request)
+    ...     c.call([1, 2])
+    '[1, 2]'
+    """
+
+    def __init__(self, module, function="torch_worker", preload=("torch",)):
+        code = _SERVE.format(module=module, function=function, marker=_MARK,
+                             preload="".join(f"; import {p}" for p in preload))
+        self.what = f"{module}.{function}"
+        self.stderr = tempfile.TemporaryFile("w+")  # (a pipe nobody reads could fill up)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, env=child_env(), cwd=ROOT)
+
+    def call(self, request):
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            for line in self.proc.stdout:  # (anything else the child prints is skipped)
+                if line.startswith(_MARK):
+                    return json.loads(line[len(_MARK):])
+        except BrokenPipeError:
+            pass
+        self.proc.kill()
+        self.proc.wait()
+        self.stderr.seek(0)
+        raise RuntimeError(f"{self.what} in a child process failed:\n"
+                           f"{self.stderr.read()[-2000:]}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.proc.stdout.close()
+        self.stderr.close()
+

@@ -25,6 +25,7 @@ from minidl.benchmarks.harness import clean_blas_env
 
 clean_blas_env()  # before NumPy loads OpenBLAS (if it has not yet); reported in the result
 
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -65,18 +66,28 @@ def time_local(case_list, mode="full", backends=BACKENDS, progress=None) -> list
 
 
 def run_kernels(specs, threads, mode="full", backends=BACKENDS, progress=None) -> list[dict]:
-    """Rows (dicts) of the kernels table for these specs, without rates (see annotate)."""
+    """Rows (dicts) of the kernels table for these specs, without rates (see annotate).
+    Each case's torch timings are taken right after minidl's, by a torch child that
+    stays up for the whole table (harness.Child): side by side in time, not a minute
+    apart."""
     case_list = [cases.build(s) for s in specs]
-    local = time_local(case_list, mode, backends, progress)
-    torch_res, torch_error = [None] * len(case_list), None
-    if "torch" in backends and harness.torch_available():
-        if progress:
-            progress("torch (child process)")
-        try:
-            torch_res = harness.run_child("minidl.benchmarks.cases", {
-                "mode": mode, "specs": specs, "torch_threads": sorted({1, threads})})
-        except (RuntimeError, subprocess.TimeoutExpired) as e:
-            torch_error = str(e)
+    use_torch = "torch" in backends and harness.torch_available()
+    local, torch_res, torch_error = [], [None] * len(case_list), None
+    with harness.Child("minidl.benchmarks.cases") if use_torch else \
+            contextlib.nullcontext() as child:
+        for i, (case, spec) in enumerate(zip(case_list, specs)):
+            if progress:
+                progress(f"[{i + 1}/{len(case_list)}] {case.kernel} {case.case} {case.pass_}")
+            local += time_local([case], mode, backends)
+            if child is None or torch_error:
+                continue
+            if mode == "full":
+                time.sleep(harness.BLAS_SPIN_S)
+            try:
+                torch_res[i] = child.call({"mode": mode, "specs": [spec],
+                                           "torch_threads": sorted({1, threads})})[0]
+            except RuntimeError as e:
+                torch_error = str(e)
     rows = []
     for case, loc, tor in zip(case_list, local, torch_res):
         row = {"kernel": case.kernel, "case": case.case, "pass": case.pass_,
@@ -116,36 +127,39 @@ def annotate(rows, limits):
 # --- training steps -----------------------------------------------------------------------
 
 def run_train(threads, quick=False, use_torch=True, case_list=None) -> list[dict]:
-    """One row per training case: minidl and (best) torch steps/s, their ratio."""
+    """One row per training case: minidl and (best) torch steps/s, their ratio; each
+    case's torch steps are timed right after minidl's (see run_kernels)."""
     mode = "quick" if quick else "full"
     plan = list(case_list or cases.TRAIN_CASES)
     harness.warm_up_cores(threads)  # (after a one-core phase the first steps run slow)
     rows = []
-    for name, kind, batch in plan:
-        # image models in both memory formats, as torch: the faster one is the row's
-        formats = ("nchw", "channels_last") if kind in cases.IMAGE_MODELS else ("nchw",)
-        configs = {f: cases.time_minidl_step(kind, batch, threads, mode, f == "channels_last")
-                   for f in formats}
-        best = min(configs, key=lambda f: configs[f]["median_s"])
-        t = configs[best]
-        rows.append({"case": name, "batch": batch, "threads": threads, "minidl": t,
-                     "minidl_steps_s": 1 / t["median_s"], "minidl_min_steps_s": 1 / t["q3_s"],
-                     "minidl_max_steps_s": 1 / t["q1_s"],
-                     "minidl_config": best if len(formats) > 1 else "-",
-                     "minidl_configs": {f: 1 / r["median_s"] for f, r in configs.items()},
-                     "steps": t["samples"] * t["calls_per_sample"],
-                     "minidl_first_step_s": configs["nchw"]["first_call_s"]})
-    if use_torch and harness.torch_available():
-        res = harness.run_child("minidl.benchmarks.cases", {"cases": plan, "mode": mode,
-                                                     "threads": sorted({1, threads})},
-                                function="train_worker")
-        for row in rows:
-            configs = res[row["case"]]
-            best = min(configs, key=lambda c: configs[c]["median_s"])
-            row.update(torch=configs[best], torch_steps_s=1 / configs[best]["median_s"],
-                       torch_threads=configs[best]["threads"], torch_config=best,
-                       torch_configs={c: 1 / r["median_s"] for c, r in configs.items()},
-                       ratio_vs_torch=row["minidl_steps_s"] * configs[best]["median_s"])
+    use_torch = use_torch and harness.torch_available()
+    with harness.Child("minidl.benchmarks.cases", "train_worker") if use_torch else \
+            contextlib.nullcontext() as child:
+        for name, kind, batch in plan:
+            # image models in both memory formats, as torch: the faster one is the row's
+            formats = ("nchw", "channels_last") if kind in cases.IMAGE_MODELS else ("nchw",)
+            configs = {f: cases.time_minidl_step(kind, batch, threads, mode,
+                                                 f == "channels_last") for f in formats}
+            best = min(configs, key=lambda f: configs[f]["median_s"])
+            t = configs[best]
+            row = {"case": name, "batch": batch, "threads": threads, "minidl": t,
+                   "minidl_steps_s": 1 / t["median_s"], "minidl_min_steps_s": 1 / t["q3_s"],
+                   "minidl_max_steps_s": 1 / t["q1_s"],
+                   "minidl_config": best if len(formats) > 1 else "-",
+                   "minidl_configs": {f: 1 / r["median_s"] for f, r in configs.items()},
+                   "steps": t["samples"] * t["calls_per_sample"],
+                   "minidl_first_step_s": configs["nchw"]["first_call_s"]}
+            rows.append(row)
+            if child is None:
+                continue
+            tc = child.call({"cases": [[name, kind, batch]], "mode": mode,
+                             "threads": sorted({1, threads})})[name]
+            best = min(tc, key=lambda c: tc[c]["median_s"])
+            row.update(torch=tc[best], torch_steps_s=1 / tc[best]["median_s"],
+                       torch_threads=tc[best]["threads"], torch_config=best,
+                       torch_configs={c: 1 / r["median_s"] for c, r in tc.items()},
+                       ratio_vs_torch=row["minidl_steps_s"] * tc[best]["median_s"])
     harness.set_threads(threads)
     return rows
 
