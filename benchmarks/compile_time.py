@@ -6,19 +6,47 @@ cache writes), then again with the cache on disk (`cache=True`: loads only).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
-CHILD = r"""
+PREAMBLE = r"""
+import json
 import time
 t0 = time.perf_counter()
 import numpy as np
+from numba.core import event
 import minidl.kernels.cpu as K
 from minidl.kernels.cpu import conv2d_nhwc as NHWC
 t_import = time.perf_counter() - t0
+
+
+class Compiles(event.Listener):
+    # Seconds of each outermost compilation (callees compiled on the way count for
+    # their caller), summed per kernel over its dtypes and signatures.
+    def __init__(self):
+        self.starts, self.by_kernel = [], {}
+
+    def on_start(self, ev):
+        self.starts.append(time.perf_counter())
+
+    def on_end(self, ev):
+        dt = time.perf_counter() - self.starts.pop()
+        if not self.starts:
+            f = ev.data["dispatcher"].py_func
+            name = f.__module__.rsplit(".", 1)[-1] + "." + f.__name__
+            self.by_kernel[name] = self.by_kernel.get(name, 0.0) + dt
+
+
+compiles = Compiles()
+event.register("numba:compile", compiles)
+"""
+
+# Every kernel family in float32 and float64, through the public entry points.
+WORKLOAD = r"""
 rng = np.random.default_rng(0)
 for dt in (np.float32, np.float64):
     x = rng.standard_normal((4, 6, 9, 9)).astype(dt)
@@ -67,22 +95,31 @@ for dt in (np.float32, np.float64):
     K.avg_pool2d_backward_nhwc(y, xh.shape, (3, 3), (2, 2), (1, 1), False, True)
     y = K.avg_pool2d_forward_nhwc(xh, (2, 2), (2, 2), (0, 0), False, True)  # disjoint
     K.avg_pool2d_backward_nhwc(y, xh.shape, (2, 2), (2, 2), (0, 0), False, True)
-print(f"{t_import:.3f} {time.perf_counter() - t0:.3f}")
+"""
+
+EPILOGUE = r"""
+print(json.dumps({"import_s": t_import, "kernels_s": time.perf_counter() - t0,
+                  "by_kernel": compiles.by_kernel}))
 """
 
 
-def measure() -> dict:
+def measure(workload=WORKLOAD) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         out = {}
         for label in ("cold", "warm"):
             t0 = time.perf_counter()
-            res = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=root,
+            res = subprocess.run([sys.executable, "-c", PREAMBLE + workload + EPILOGUE],
+                                 env=env, cwd=root,
                                  capture_output=True, text=True, check=True)
             wall = time.perf_counter() - t0
-            t_import, t_total = map(float, res.stdout.split())
-            out[label] = {"process_wall_s": wall, "import_s": t_import, "kernels_s": t_total}
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            out[label] = {"process_wall_s": wall, "import_s": r["import_s"],
+                          "kernels_s": r["kernels_s"]}
+            if label == "cold":  # where the compile time goes, slowest first
+                out[label]["by_kernel_s"] = dict(sorted(r["by_kernel"].items(),
+                                                        key=lambda kv: -kv[1]))
     return out
 
 
@@ -91,6 +128,8 @@ def main():
     for label, r in res.items():
         print(f"{label}: all kernels, float32 + float64, first calls {r['kernels_s']:.1f} s "
               f"(import {r['import_s']:.2f} s), whole process {r['process_wall_s']:.1f} s")
+    for name, sec in list(res["cold"]["by_kernel_s"].items())[:12]:
+        print(f"  {sec:6.1f} s  {name}")
 
 
 if __name__ == "__main__":

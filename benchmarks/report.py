@@ -162,7 +162,21 @@ def _compile(c):
          "warm: cache on disk"],
         [["kernels / whole process", f"{c['cold']['kernels_s']:.1f} s / "
           f"{c['cold']['process_wall_s']:.1f} s", f"{c['warm']['kernels_s']:.1f} s / "
-          f"{c['warm']['process_wall_s']:.1f} s"]])
+          f"{c['warm']['process_wall_s']:.1f} s"]]) + _compile_breakdown(c["cold"])
+
+
+COMPILE_TOP = 12  # kernels named in the compile-time breakdown
+
+
+def _compile_breakdown(cold):
+    """The kernels that take longest to compile cold (both dtypes, all signatures; a
+    kernel's callees count for it)."""
+    top = list(cold.get("by_kernel_s", {}).items())[:COMPILE_TOP]
+    if not top:
+        return []
+    rest = cold["kernels_s"] - sum(s for _, s in top)
+    return ["", "Slowest to compile (cold, seconds, float32 + float64): " + ", ".join(
+        f"{name} {sec:.1f}" for name, sec in top) + f"; everything else {rest:.1f}."]
 
 
 def _train(rows):

@@ -212,3 +212,16 @@ def test_cli_arguments_survive_a_fresh_process():
                               markdown=None, bench_command=None, only=None, backend=None)
     assert _argv(args) == ["--suite", "train", "--threads", "2", "--quick", "--json",
                            os.path.abspath("r.json")]
+
+
+def test_compile_time_names_what_compiles_cold_and_nothing_warm():
+    """benchmarks/compile_time.py: the cold run compiles (and reports per kernel), the
+    warm run loads the cache; one small kernel stands in for every kernel."""
+    from minidl.benchmarks import compile_time, report
+    toy = "K.global_avg_pool2d_forward(np.ones((1, 2, 3, 3), np.float32))\n"
+    res = compile_time.measure(toy)
+    assert list(res["cold"]["by_kernel_s"]) == ["pooling._global_avg_fwd"]
+    assert 0 < res["cold"]["by_kernel_s"]["pooling._global_avg_fwd"] <= res["cold"]["kernels_s"]
+    assert 0 < res["warm"]["kernels_s"] < res["cold"]["kernels_s"]  # a cache load
+    text = "\n".join(report._compile(res))
+    assert "Slowest to compile" in text and "pooling._global_avg_fwd" in text
