@@ -362,6 +362,7 @@ def child_env() -> dict:
 # torch first: its OpenMP runtime must load before the worker module imports `kernels`
 # (which sets OMP_WAIT_POLICY for Numba).
 _SERVE = ("import json, sys{preload}; import {module} as m\n"
+          "print('{marker}null', flush=True)\n"  # ready: imports done
           "for line in sys.stdin:\n"
           "    answer = json.dumps(m.{function}(json.loads(line)))\n"
           "    print('{marker}' + answer, flush=True)\n")
@@ -388,21 +389,27 @@ class Child:
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr,
                                      text=True, env=child_env(), cwd=ROOT)
+        # Wait until it has imported torch (seconds of one core's time): nothing is timed
+        # in this process meanwhile.
+        self._answer()
 
-    def call(self, request):
-        try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
-            for line in self.proc.stdout:  # (anything else the child prints is skipped)
-                if line.startswith(_MARK):
-                    return json.loads(line[len(_MARK):])
-        except BrokenPipeError:
-            pass
+    def _answer(self):
+        for line in self.proc.stdout:  # (anything else the child prints is skipped)
+            if line.startswith(_MARK):
+                return json.loads(line[len(_MARK):])
         self.proc.kill()
         self.proc.wait()
         self.stderr.seek(0)
         raise RuntimeError(f"{self.what} in a child process failed:\n"
                            f"{self.stderr.read()[-2000:]}")
+
+    def call(self, request):
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # (it died: _answer reports why)
+        return self._answer()
 
     def __enter__(self):
         return self

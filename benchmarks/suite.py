@@ -65,6 +65,16 @@ def time_local(case_list, mode="full", backends=BACKENDS, progress=None) -> list
     return out
 
 
+def _torch_child(stack, use_torch, function):
+    """(a torch child entered on `stack`, None) or (None, why not)."""
+    if not use_torch:
+        return None, None
+    try:
+        return stack.enter_context(harness.Child("minidl.benchmarks.cases", function)), None
+    except RuntimeError as e:
+        return None, str(e)
+
+
 def run_kernels(specs, threads, mode="full", backends=BACKENDS, progress=None) -> list[dict]:
     """Rows (dicts) of the kernels table for these specs, without rates (see annotate).
     Each case's torch timings are taken right after minidl's, by a torch child that
@@ -72,9 +82,9 @@ def run_kernels(specs, threads, mode="full", backends=BACKENDS, progress=None) -
     apart."""
     case_list = [cases.build(s) for s in specs]
     use_torch = "torch" in backends and harness.torch_available()
-    local, torch_res, torch_error = [], [None] * len(case_list), None
-    with harness.Child("minidl.benchmarks.cases") if use_torch else \
-            contextlib.nullcontext() as child:
+    local, torch_res = [], [None] * len(case_list)
+    with contextlib.ExitStack() as stack:
+        child, torch_error = _torch_child(stack, use_torch, "torch_worker")
         for i, (case, spec) in enumerate(zip(case_list, specs)):
             if progress:
                 progress(f"[{i + 1}/{len(case_list)}] {case.kernel} {case.case} {case.pass_}")
@@ -133,9 +143,11 @@ def run_train(threads, quick=False, use_torch=True, case_list=None) -> list[dict
     plan = list(case_list or cases.TRAIN_CASES)
     harness.warm_up_cores(threads)  # (after a one-core phase the first steps run slow)
     rows = []
-    use_torch = use_torch and harness.torch_available()
-    with harness.Child("minidl.benchmarks.cases", "train_worker") if use_torch else \
-            contextlib.nullcontext() as child:
+    with contextlib.ExitStack() as stack:
+        child, error = _torch_child(stack, use_torch and harness.torch_available(),
+                                    "train_worker")
+        if error:
+            raise RuntimeError(error)
         for name, kind, batch in plan:
             # image models in both memory formats, as torch: the faster one is the row's
             formats = ("nchw", "channels_last") if kind in cases.IMAGE_MODELS else ("nchw",)
@@ -155,6 +167,8 @@ def run_train(threads, quick=False, use_torch=True, case_list=None) -> list[dict
                 continue
             tc = child.call({"cases": [[name, kind, batch]], "mode": mode,
                              "threads": sorted({1, threads})})[name]
+            if mode == "full":  # (torch's idle OpenMP workers spin a while)
+                time.sleep(harness.BLAS_SPIN_S)
             best = min(tc, key=lambda c: tc[c]["median_s"])
             row.update(torch=tc[best], torch_steps_s=1 / tc[best]["median_s"],
                        torch_threads=tc[best]["threads"], torch_config=best,
