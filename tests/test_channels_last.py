@@ -80,6 +80,10 @@ CASES = {
     "batch_norm_eval": lambda t: F.batch_norm(t, md.tensor(_rand(5, 5)),
                                               md.tensor(np.abs(_rand(5, 6)) + 0.5),
                                               training=False),
+    "batch_norm_relu": lambda t: F.batch_norm_relu(t, None, None, md.tensor(_rand(5, 3)),
+                                                   md.tensor(_rand(5, 4)), training=True),
+    "batch_norm_relu_eval": lambda t: F.batch_norm_relu(
+        t, md.tensor(_rand(5, 5)), md.tensor(np.abs(_rand(5, 6)) + 0.5), training=False),
     "max_pool": lambda t: F.max_pool2d(t, 3, 2, 1),
     "max_pool_ceil": lambda t: F.max_pool2d(t, 2, 2, 0, ceil_mode=True),
     "avg_pool": lambda t: F.avg_pool2d(t, 3, 1, 1, count_include_pad=False),

@@ -43,7 +43,10 @@ def test_profile_breaks_a_step_down_per_op_and_pass(tmp_path, capsys):
     rows = {(r["op"], r["pass"]): r for r in report["rows"]}
     assert rows[("Conv2d 3x3", "forward")]["calls"] == 3      # the model's three convs
     assert rows[("Conv2d 3x3", "backward")]["calls"] == 3
-    assert rows[("BatchNorm2d", "forward")]["calls"] == 3
+    # each BatchNorm2d is followed by a ReLU: nn.Sequential runs them as one fused op
+    assert rows[("BatchNorm2d+ReLU", "forward")]["calls"] == 3
+    assert rows[("BatchNormReLU", "backward")]["calls"] == 3
+    assert ("ReLU", "forward") not in rows
     assert rows[("Conv2d 3x3", "forward")]["gflops"] > 0
     assert ("optimizer step", "update") in rows
     total = sum(r["share"] for r in report["rows"])

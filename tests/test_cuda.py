@@ -271,6 +271,22 @@ def test_batchnorm_kernels(rng, shape):
                                                      1e-5),
                          ref.batch_norm_eval_backward(dy, x, g, rm, rv, 1e-5)):
         close(got, want, 1e-9)
+    # a fused ReLU (relu=True, relu_out=...): the same contract as the CPU kernels
+    y, mean, var = kc.batch_norm_train_forward(dev(x - 5), dev(g), dev(b), 1e-5, relu=True)
+    ry, rmean, rvar = ref.batch_norm_train_forward(x - 5, g, b, 1e-5, relu=True)
+    close(y, ry, 1e-9)
+    for got, want in zip(kc.batch_norm_train_backward(dev(dy), dev(x - 5), dev(g), mean, var,
+                                                      1e-5, relu_out=y),
+                         ref.batch_norm_train_backward(dy, x - 5, g, rmean, rvar, 1e-5,
+                                                       relu_out=ry)):
+        close(got, want, 1e-9)
+    y = kc.batch_norm_eval_forward(dev(x), dev(g), dev(b), dev(rm), dev(rv), 1e-5, relu=True)
+    ry = ref.batch_norm_eval_forward(x, g, b, rm, rv, 1e-5, relu=True)
+    close(y, ry, 1e-9)
+    for got, want in zip(kc.batch_norm_eval_backward(dev(dy), dev(x), dev(g), dev(rm), dev(rv),
+                                                     1e-5, relu_out=y),
+                         ref.batch_norm_eval_backward(dy, x, g, rm, rv, 1e-5, relu_out=ry)):
+        close(got, want, 1e-9)
 
 
 def test_parameters_converted_on_the_fly_are_not_overwritten(rng):

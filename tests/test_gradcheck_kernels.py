@@ -34,8 +34,17 @@ def test_conv2d(n, c, h, w, k, r, stride, padding, dilation, groups, rng):
 
 @pytest.mark.parametrize("shape", [(5, 3), (2, 3, 3, 2), (1, 2, 3, 3)])
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm(shape, training, rng):
+@pytest.mark.parametrize("op", ["batch_norm", "batch_norm_relu"])
+@pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
+def test_batch_norm(shape, training, op, fmt, rng):
+    if fmt == "channels_last" and len(shape) == 2:
+        pytest.skip("2-D input has no memory format")
     x = t64(rng, *shape, scale=2.0)
+    if fmt == "channels_last":
+        x = x.detach().to(memory_format=md.channels_last)
+        x.requires_grad = True
+        assert x.is_contiguous(memory_format=md.channels_last)
+    bn = getattr(F, op)  # batch_norm_relu: relu(batch_norm(...)) fused
     c = shape[1]
     gamma, beta = t64(rng, c), t64(rng, c)
     rm = md.tensor(rng.standard_normal(c))
@@ -43,11 +52,11 @@ def test_batch_norm(shape, training, rng):
     if training:
         # Running stats are updated in place on every call: give gradcheck fresh copies.
         def fn(x, g, b):
-            return F.batch_norm(x, md.tensor(rm.data.copy()), md.tensor(rv.data.copy()), g, b,
-                                training=True)
+            return bn(x, md.tensor(rm.data.copy()), md.tensor(rv.data.copy()), g, b,
+                      training=True)
     else:
         def fn(x, g, b):
-            return F.batch_norm(x, rm, rv, g, b, training=False)
+            return bn(x, rm, rv, g, b, training=False)
     assert md.gradcheck(fn, [x, gamma, beta], atol=1e-5, rtol=1e-4)
 
 

@@ -31,6 +31,8 @@ math. This one is about moving each byte as few times as possible, on any thread
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from .elementwise import act_backward
+
 _LANES_MAX = 2048  # widest piece of a plane: its lanes (2 x 16 KiB) stay in L1/L2
 _PIECE = 16384  # values of one channel per piece: the unit of parallel work
 _ROW_TASKS_MAX = 16  # row blocks of the row layout: bounds the partial sums to combine
@@ -113,12 +115,20 @@ def _piece_grad_moments(dy3, x3, c, n0, n1, l0, l1, center):
 
 
 @njit(cache=True, fastmath=False)
-def _piece_affine(x3, y3, c, n0, n1, l0, l1, center, scale, shift):
-    """y = (x - center) * scale + shift, with coefficients of x's dtype (see _coefs)."""
+def _piece_affine(x3, y3, relu, c, n0, n1, l0, l1, center, scale, shift):
+    """y = (x - center) * scale + shift, with coefficients of x's dtype (see _coefs),
+    then max(y, 0) with a fused ReLU (the ReLU kernel's select: NaN kept). Two loops,
+    so that the plain one is exactly the unfused kernel's."""
+    zero = x3.dtype.type(0)
     for n in range(n0, n1):
         xr, yr = x3[n, c, l0:l1], y3[n, c, l0:l1]
-        for j in range(xr.size):
-            yr[j] = (xr[j] - center) * scale + shift
+        if relu:
+            for j in range(xr.size):
+                v = (xr[j] - center) * scale + shift
+                yr[j] = zero if v < zero else v
+        else:
+            for j in range(xr.size):
+                yr[j] = (xr[j] - center) * scale + shift
 
 
 @njit(cache=True, fastmath=False)
@@ -156,9 +166,10 @@ def _build(parallel):
     parallel=False) as plain loops. Same code, so bitwise the same results."""
     loop = prange if parallel else range
 
-    def plane_forward(x3, gamma, beta, mean_in, var_in, eps, train, PN, PL, fused):
+    def plane_forward(x3, gamma, beta, mean_in, var_in, eps, train, PN, PL, fused, relu):
         """y = (x - mean) / sqrt(var + eps) * gamma + beta over (N, C, L) x3, with the
-        batch statistics (train) or mean_in, var_in (eval). Returns (y3, mean, var)."""
+        batch statistics (train) or mean_in, var_in (eval), then max(y, 0) if relu.
+        Returns (y3, mean, var)."""
         N, C, L = x3.shape
         P = PN * PL
         y3 = np.empty_like(x3)
@@ -197,7 +208,7 @@ def _build(parallel):
             # applied to x - mu rather than x (see _coefs)
             _coefs(mu, gamma[c] / np.sqrt(v + eps), np.float64(beta[c]), cf[t])
             n0, n1, l0, l1 = (0, N, 0, L) if fused else _piece(N, L, PN, PL, p)
-            _piece_affine(x3, y3, c, n0, n1, l0, l1, cf[t, 0], cf[t, 1], cf[t, 2])
+            _piece_affine(x3, y3, relu, c, n0, n1, l0, l1, cf[t, 0], cf[t, 1], cf[t, 2])
         return y3, mean, var
 
     def plane_backward(dy3, x3, gamma, mean, var, eps, train, PN, PL, fused):
@@ -245,10 +256,11 @@ def _build(parallel):
                                cf[t, 0], cf[t, 1], cf[t, 2], mean[c])
         return dx3, dgamma, dbeta
 
-    def rows_forward(x3, gamma, beta, mean_in, var_in, eps, train, T):
+    def rows_forward(x3, gamma, beta, mean_in, var_in, eps, train, T, relu):
         """Forward for (N, C, L) x3 with short planes (L = 1 for (N, C) input). Task t
         takes samples [t*N//T, (t+1)*N//T), each a contiguous row of J = C*L values,
-        and adds them column-wise into its own partial sums: the columns are the lanes."""
+        and adds them column-wise into its own partial sums: the columns are the lanes.
+        max(y, 0) if relu."""
         N, C, L = x3.shape
         J = C * L
         x2 = x3.reshape(N, J)
@@ -300,11 +312,17 @@ def _build(parallel):
         # per-column copies of the per-channel coefficients keep the inner loop a plain
         # vectorizable sweep along the row
         cj, sj, hj = np.repeat(cf[0], L), np.repeat(cf[1], L), np.repeat(cf[2], L)
+        zero = x3.dtype.type(0)
         for t in loop(T):
             for n in range(t * N // T, (t + 1) * N // T):
                 xr, yr = x2[n], y2[n]
-                for j in range(J):
-                    yr[j] = (xr[j] - cj[j]) * sj[j] + hj[j]
+                if relu:  # (as in _piece_affine)
+                    for j in range(J):
+                        v = (xr[j] - cj[j]) * sj[j] + hj[j]
+                        yr[j] = zero if v < zero else v
+                else:
+                    for j in range(J):
+                        yr[j] = (xr[j] - cj[j]) * sj[j] + hj[j]
         return y2.reshape(N, C, L), mean, var
 
     def rows_backward(dy3, x3, gamma, mean, var, eps, train, T):
@@ -412,19 +430,26 @@ def _plane_plan(x):
     return PN, PL, fused
 
 
-def _forward(x, gamma, beta, mean_in, var_in, eps, train):
+def _forward(x, gamma, beta, mean_in, var_in, eps, train, relu):
     plane_fwd, _, rows_fwd, _ = _SERIAL if x.size < _SERIAL_BELOW else _PARALLEL
     x3, rows = _layout(x)
     if rows:
-        y, mean, var = rows_fwd(x3, gamma, beta, mean_in, var_in, eps, train, _row_tasks(x3))
+        y, mean, var = rows_fwd(x3, gamma, beta, mean_in, var_in, eps, train, _row_tasks(x3),
+                                relu)
     else:
         PN, PL, fused = _plane_plan(x)
-        y, mean, var = plane_fwd(x3, gamma, beta, mean_in, var_in, eps, train, PN, PL, fused)
+        y, mean, var = plane_fwd(x3, gamma, beta, mean_in, var_in, eps, train, PN, PL, fused,
+                                 relu)
     return y.reshape(x.shape), mean, var
 
 
-def _backward(dy, x, gamma, mean, var, eps, train):
+def _backward(dy, x, gamma, mean, var, eps, train, relu_out):
     _, plane_bwd, _, rows_bwd = _SERIAL if x.size < _SERIAL_BELOW else _PARALLEL
+    if relu_out is not None:
+        # The fused ReLU's gradient, dy * [relu_out > 0], in a pass of its own: masking
+        # inside the two passes below reads relu_out twice, and measured no faster than
+        # this (numbers: benchmarks/DESIGN.md, batchnorm.py).
+        dy = act_backward(dy, relu_out, "relu")
     x3, rows = _layout(x)
     dy3 = np.ascontiguousarray(dy).reshape(x3.shape)
     if rows:
@@ -435,19 +460,19 @@ def _backward(dy, x, gamma, mean, var, eps, train):
     return dx.reshape(x.shape), dgamma, dbeta
 
 
-def batch_norm_train_forward(x, gamma, beta, eps):
+def batch_norm_train_forward(x, gamma, beta, eps, relu=False):
     # the running-statistics slots are unused in training; gamma fills them so that
     # training and eval share one compiled specialization
-    return _forward(x, gamma, beta, gamma, gamma, eps, True)
+    return _forward(x, gamma, beta, gamma, gamma, eps, True, relu)
 
 
-def batch_norm_train_backward(dy, x, gamma, mean, var, eps):
-    return _backward(dy, x, gamma, mean, var, eps, True)
+def batch_norm_train_backward(dy, x, gamma, mean, var, eps, relu_out=None):
+    return _backward(dy, x, gamma, mean, var, eps, True, relu_out)
 
 
-def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps):
-    return _forward(x, gamma, beta, running_mean, running_var, eps, False)[0]
+def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps, relu=False):
+    return _forward(x, gamma, beta, running_mean, running_var, eps, False, relu)[0]
 
 
-def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps):
-    return _backward(dy, x, gamma, running_mean, running_var, eps, False)
+def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps, relu_out=None):
+    return _backward(dy, x, gamma, running_mean, running_var, eps, False, relu_out)

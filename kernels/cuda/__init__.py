@@ -67,14 +67,17 @@ def _bn_blocks(c):
     return max(1, min(c, REDUCE_BLOCKS)), THREADS
 
 
-def batch_norm_train_forward(x, gamma, beta, eps):
+# A fused ReLU (relu=True, relu_out=...) runs here as the activation kernels' own pass
+# after (forward) or before (backward) batch norm's: the contract's results, unfused.
+
+def batch_norm_train_forward(x, gamma, beta, eps, relu=False):
     n, c, L = _ncl(x)
     y = CudaArray(x.shape, x.dtype)
     mean, var = CudaArray((c,), x.dtype), CudaArray((c,), x.dtype)
     gamma, beta = _dev(gamma, x.dtype), _dev(beta, x.dtype)
     _bn.bn_train_forward[_bn_blocks(c)](x._dev, gamma._dev, beta._dev, n, c, L, float(eps),
                                         y._dev, mean._dev, var._dev)
-    return y, mean, var
+    return (bias_act_forward(y, None, "relu") if relu else y), mean, var
 
 
 def _bn_backward(dy, x, gamma, mean, var, eps, training):
@@ -87,11 +90,13 @@ def _bn_backward(dy, x, gamma, mean, var, eps, training):
     return dx, dgamma, dbeta
 
 
-def batch_norm_train_backward(dy, x, gamma, mean, var, eps):
+def batch_norm_train_backward(dy, x, gamma, mean, var, eps, relu_out=None):
+    if relu_out is not None:
+        dy = act_backward(dy, relu_out, "relu")
     return _bn_backward(dy, x, gamma, mean, var, eps, True)
 
 
-def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps):
+def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps, relu=False):
     n, c, L = _ncl(x)
     y = CudaArray(x.shape, x.dtype)
     if y.size:
@@ -99,10 +104,12 @@ def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps):
                                     for a in (gamma, beta, running_mean, running_var))
         _bn.bn_eval_forward[grid1d(y.size)](x._dev, gamma._dev, beta._dev, rmean._dev,
                                             rvar._dev, c, L, float(eps), y._dev)
-    return y
+    return bias_act_forward(y, None, "relu") if relu else y
 
 
-def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps):
+def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps, relu_out=None):
+    if relu_out is not None:
+        dy = act_backward(dy, relu_out, "relu")
     return _bn_backward(dy, x, gamma, running_mean, running_var, eps, False)
 
 

@@ -17,8 +17,19 @@ def _per_channel(x):
     return (0, 2, 3), (1, -1, 1, 1)
 
 
-def batch_norm_train_forward(x, gamma, beta, eps):
-    """Algorithm 1 of the paper; returns (y, mean, var) with var the biased variance."""
+def _relu(y, relu):
+    """A fused ReLU after the normalization (relu=True): max(y, 0), NaN kept."""
+    return np.maximum(y, 0) if relu else y
+
+
+def _relu_masked(dy, relu_out):
+    """dy through a fused ReLU, given its output: 0 where relu_out <= 0 (or NaN)."""
+    return dy if relu_out is None else np.where(relu_out > 0, dy, 0).astype(dy.dtype)
+
+
+def batch_norm_train_forward(x, gamma, beta, eps, relu=False):
+    """Algorithm 1 of the paper; returns (y, mean, var) with var the biased variance.
+    relu=True applies max(y, 0) to the (rounded) output: BN followed by a ReLU, fused."""
     axes, shape = _per_channel(x)
     x64 = np.asarray(x, dtype=np.float64)
     # mu_B = 1/m sum_i x_i
@@ -31,11 +42,13 @@ def batch_norm_train_forward(x, gamma, beta, eps):
     xhat = xc / np.sqrt(var + eps).reshape(shape)
     # y_i = gamma * xhat_i + beta
     y = gamma.reshape(shape) * xhat + beta.reshape(shape)
-    return y.astype(x.dtype), mean.astype(x.dtype), var.astype(x.dtype)
+    return _relu(y.astype(x.dtype), relu), mean.astype(x.dtype), var.astype(x.dtype)
 
 
-def batch_norm_train_backward(dy, x, gamma, mean, var, eps):
-    """The paper's backward pass (Sec. 3), given the forward's batch mean and var.
+def batch_norm_train_backward(dy, x, gamma, mean, var, eps, relu_out=None):
+    """The paper's backward pass (Sec. 3), given the forward's batch mean and var. With a
+    fused ReLU (relu_out: the forward's output), dy first goes through the ReLU's
+    backward: dy * [relu_out > 0].
 
     The paper's chain rule, with l the loss and dl/dy = dy:
         dl/dxhat_i = dy_i * gamma
@@ -51,7 +64,7 @@ def batch_norm_train_backward(dy, x, gamma, mean, var, eps):
     axes, shape = _per_channel(x)
     m = x.size // x.shape[1]
     x64 = np.asarray(x, dtype=np.float64)
-    dy64 = np.asarray(dy, dtype=np.float64)
+    dy64 = np.asarray(_relu_masked(dy, relu_out), dtype=np.float64)
     inv_std = 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
     xhat = (x64 - mean.reshape(shape)) * inv_std.reshape(shape)
     dbeta = dy64.sum(axis=axes)
@@ -70,20 +83,20 @@ def _folded(gamma, beta, running_mean, running_var, eps):
     return scale, shift
 
 
-def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps):
+def batch_norm_eval_forward(x, gamma, beta, running_mean, running_var, eps, relu=False):
     _, shape = _per_channel(x)
     scale, shift = _folded(gamma, beta, running_mean, running_var, eps)
     y = np.asarray(x, dtype=np.float64) * scale.reshape(shape) + shift.reshape(shape)
-    return y.astype(x.dtype)
+    return _relu(y.astype(x.dtype), relu)
 
 
-def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps):
+def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps, relu_out=None):
     """Gradient of the eval forward: the statistics are constants here, so dx is just dy
     times the per-channel scale; dgamma and dbeta are as in training with xhat computed
     from the running statistics."""
     axes, shape = _per_channel(x)
     inv_std = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
-    dy64 = np.asarray(dy, dtype=np.float64)
+    dy64 = np.asarray(_relu_masked(dy, relu_out), dtype=np.float64)
     xhat = (np.asarray(x, dtype=np.float64) - running_mean.reshape(shape)) * inv_std.reshape(shape)
     dbeta = dy64.sum(axis=axes)
     dgamma = (dy64 * xhat).sum(axis=axes)

@@ -10,7 +10,7 @@ live in `minidl.nn`. Each op sits next to its backward in one of these files:
     loss.py        cross_entropy mse_loss
     dropout.py     dropout
     conv.py        conv2d                       (backend kernels: kernels/*/conv2d.py)
-    normalization.py batch_norm                 (backend kernels: kernels/*/batchnorm.py)
+    normalization.py batch_norm, batch_norm_relu (backend kernels: kernels/*/batchnorm.py)
     pooling.py     max_pool2d avg_pool2d adaptive_avg_pool2d  (kernels/*/pooling.py)
 
 Tensor's operators and methods (`a + b`, `x.sum()`) are declared in minidl/tensor.py
@@ -22,7 +22,7 @@ from .. import tensor as _tensor_module
 from ._util import ShapeError
 from .conv import conv2d
 from .dropout import dropout
-from .normalization import batch_norm
+from .normalization import batch_norm, batch_norm_relu
 from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .activation import log_softmax, relu, sigmoid, softmax, tanh
 from .linalg import linear, matmul

@@ -31,7 +31,30 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     training=True normalizes with the batch's mean and biased variance and updates the
     running statistics in place; training=False uses the running statistics. Without
     running statistics (None) the batch's are used in both modes, as in PyTorch."""
-    op = "batch_norm"
+    return _batch_norm("batch_norm", x, running_mean, running_var, weight, bias, training,
+                       momentum, eps, relu=False)
+
+
+def batch_norm_relu(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                    weight: Tensor | None = None, bias: Tensor | None = None,
+                    training: bool = False, momentum: float = 0.1,
+                    eps: float = 1e-5) -> Tensor:
+    """relu(batch_norm(x, ...)) as one tape node (a minidl extension; PyTorch has no
+    such function): the same values and gradients, bitwise, with one pass over memory
+    fewer each way and one op fewer on the tape. nn.Sequential runs a BatchNorm
+    followed by a ReLU through it.
+
+    >>> import minidl as md
+    >>> x = md.tensor([[-1.0], [0.0], [1.0]])
+    >>> batch_norm_relu(x, None, None).data.ravel().round(4).tolist()
+    [0.0, 0.0, 1.2247]
+    """
+    return _batch_norm("batch_norm_relu", x, running_mean, running_var, weight, bias,
+                       training, momentum, eps, relu=True)
+
+
+def _batch_norm(op, x, running_mean, running_var, weight, bias, training, momentum, eps,
+                relu):
     if x.ndim not in (2, 4):
         raise ShapeError(f"{op}: expected input of shape (N, C) or (N, C, H, W), got {x.shape}")
     c = x.shape[1]
@@ -53,21 +76,25 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     xd = to_kernel(x.data)
     gamma = weight.data if weight is not None else np.ones(c, dtype)
     beta = bias.data if bias is not None else np.zeros(c, dtype)
+    # With a fused ReLU the backward masks g by the output (relu_out): kept in the
+    # kernel's layout, as x is.
     if use_batch_stats:
-        out, mean, var = K.batch_norm_train_forward(xd, gamma, beta, eps)
-        out = from_kernel(out)
+        yd, mean, var = K.batch_norm_train_forward(xd, gamma, beta, eps, relu=relu)
         if training and running_mean is not None and running_var is not None:
             _update_running_stats(running_mean, running_var, mean, var, m, momentum)
 
         def grads(g):
-            return K.batch_norm_train_backward(g, xd, gamma, mean, var, eps)
+            return K.batch_norm_train_backward(g, xd, gamma, mean, var, eps,
+                                               relu_out=yd if relu else None)
     else:
         rm = running_mean.data.astype(dtype, copy=False)
         rv = running_var.data.astype(dtype, copy=False)
-        out = from_kernel(K.batch_norm_eval_forward(xd, gamma, beta, rm, rv, eps))
+        yd = K.batch_norm_eval_forward(xd, gamma, beta, rm, rv, eps, relu=relu)
 
         def grads(g):
-            return K.batch_norm_eval_backward(g, xd, gamma, rm, rv, eps)
+            return K.batch_norm_eval_backward(g, xd, gamma, rm, rv, eps,
+                                              relu_out=yd if relu else None)
+    out = from_kernel(yd)
 
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
@@ -81,4 +108,4 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         if bias is not None:
             out_grads.append(dbeta)
         return tuple(out_grads)
-    return record(out, parents, backward, "BatchNorm")
+    return record(out, parents, backward, "BatchNormReLU" if relu else "BatchNorm")

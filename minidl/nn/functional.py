@@ -1,8 +1,8 @@
 """`minidl.nn.functional`: the stateless functions under PyTorch's names. They are the
 ops of `minidl.functions`; this module only gathers them where PyTorch users look."""
-from ..functions import (adaptive_avg_pool2d, avg_pool2d, batch_norm, conv2d, cross_entropy,
-                         dropout, flatten, linear, log_softmax, max_pool2d, mse_loss, relu,
-                         sigmoid, softmax, tanh)
+from ..functions import (adaptive_avg_pool2d, avg_pool2d, batch_norm, batch_norm_relu, conv2d,
+                         cross_entropy, dropout, flatten, linear, log_softmax, max_pool2d,
+                         mse_loss, relu, sigmoid, softmax, tanh)
 from ..functions._util import ShapeError
 
 
@@ -17,6 +17,7 @@ def pad(x, pad, value=0.0):
     return np_pad(x, widths, value)
 
 
-__all__ = ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy",
+__all__ = ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "batch_norm_relu", "conv2d",
+           "cross_entropy",
            "dropout", "flatten", "linear", "log_softmax", "max_pool2d", "mse_loss", "pad",
            "relu", "sigmoid", "softmax", "tanh"]

@@ -81,18 +81,30 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} has no forward() method")
 
     def __call__(self, *args, **kwargs):
+        return self._call(self.forward, *args, **kwargs)
+
+    def _call(self, forward, *args, **kwargs):
+        """forward(*args, **kwargs) between this module's forward pre- and post-hooks
+        (`forward` is self.forward, or a fused form of it: see Sequential)."""
         if not (self._forward_hooks or self._forward_pre_hooks):
-            return self.forward(*args, **kwargs)
+            return forward(*args, **kwargs)
         for hook in list(self._forward_pre_hooks.values()):
             res = hook(self, args)
             if res is not None:
                 args = res if isinstance(res, tuple) else (res,)
-        out = self.forward(*args, **kwargs)
+        out = forward(*args, **kwargs)
         for hook in list(self._forward_hooks.values()):
             res = hook(self, args, out)
             if res is not None:
                 out = res
         return out
+
+    def _hooks_only_observe(self) -> bool:
+        """No forward hook that may read or change this module's values: none at all, or
+        only timers that mark themselves `_minidl_observer` (minidl.profiler's). Only
+        then may a container fuse this module with its neighbour."""
+        hooks = (*self._forward_pre_hooks.values(), *self._forward_hooks.values())
+        return all(getattr(h, "_minidl_observer", False) for h in hooks)
 
     # ---- registration ----------------------------------------------------------
     def _check_init(self, what: str) -> None:

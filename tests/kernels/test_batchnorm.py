@@ -286,12 +286,73 @@ def test_parallel_kernels_open_two_parallel_regions(kernel, args):
     fn = numba.njit(parallel=True, cache=False)(cpu._PARALLEL[kernel].py_func)
     x = np.ones((4, 3, 5), np.float32)
     g = np.ones(3, np.float32)
-    if args == "plane":
-        call = (x, g, g, g, g, 1e-5, True, 1, 2, False)
-    else:
-        call = (x, g, g, g, g, 1e-5, True, 2)
-    if kernel in (1, 3):  # backward: (dy, x, gamma, mean, var, eps, train, ...)
-        call = (x,) + call[:2] + call[3:]
+    plan = (1, 2, False) if args == "plane" else (2,)
+    if kernel in (0, 2):  # forward: (x, gamma, beta, mean, var, eps, train, plan..., relu)
+        call = (x, g, g, g, g, 1e-5, True) + plan + (True,)
+    else:  # backward: (dy, x, gamma, mean, var, eps, train, plan...)
+        call = (x, x, g, g, g, 1e-5, True) + plan
     fn(*call)
     parfors = fn.overloads[fn.signatures[0]].metadata["parfor_diagnostics"].get_parfors()
     assert len(parfors) == 2
+
+
+# --- a ReLU fused into batch norm (relu=True / relu_out) --------------------------------
+
+@pytest.mark.parametrize("mode_name", list(MODES))
+@pytest.mark.parametrize("shape", [(9, 5), (5, 3, 4, 3), (1, 2, 1, 1), (3, 4, 7, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_relu_is_bitwise_bn_then_relu(mode_name, shape, dtype, train):
+    """relu(bn(x)) in one kernel gives bitwise what the ReLU kernels give after the plain
+    batch norm, forward and backward, on every code path; NaN and exact zeros included
+    (the mask is relu_out > 0: a NaN output passes no gradient, as in act_backward)."""
+    from minidl.kernels.cpu import elementwise
+    rng = np.random.default_rng(len(shape) * 100 + shape[0])
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::7] = 0.0
+    if x.size > 3:
+        x.reshape(-1)[3] = np.nan
+    g = rng.uniform(0.5, 2.0, shape[1]).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    rm = rng.standard_normal(shape[1]).astype(dtype)
+    rv = rng.uniform(0.5, 2, shape[1]).astype(dtype)
+    with mode(mode_name):
+        if train:
+            y, mean, var = cpu.batch_norm_train_forward(x, g, b, 1e-5)
+            yf, mf, vf = cpu.batch_norm_train_forward(x, g, b, 1e-5, relu=True)
+            np.testing.assert_array_equal(mf, mean)
+            np.testing.assert_array_equal(vf, var)
+        else:
+            mean, var = rm, rv
+            y = cpu.batch_norm_eval_forward(x, g, b, rm, rv, 1e-5)
+            yf = cpu.batch_norm_eval_forward(x, g, b, rm, rv, 1e-5, relu=True)
+        relu_y = elementwise.bias_act_forward(y, None, "relu")
+        np.testing.assert_array_equal(yf, relu_y)
+        bwd = cpu.batch_norm_train_backward if train else cpu.batch_norm_eval_backward
+        fused = bwd(dy, x, g, mean, var, 1e-5, relu_out=yf)
+        plain = bwd(elementwise.act_backward(dy, yf, "relu"), x, g, mean, var, 1e-5)
+    for u, v in zip(fused, plain):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("shape", [(7, 4), (3, 5, 4, 4)])
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_relu_matches_reference(shape, train):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape)
+    g, b = rng.uniform(0.5, 2.0, shape[1]), rng.standard_normal(shape[1])
+    dy = rng.standard_normal(shape)
+    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    out = {}
+    for mod in (cpu, ref):
+        if train:
+            y, mean, var = mod.batch_norm_train_forward(x, g, b, 1e-5, relu=True)
+            grads = mod.batch_norm_train_backward(dy, x, g, mean, var, 1e-5, relu_out=y)
+        else:
+            y = mod.batch_norm_eval_forward(x, g, b, rm, rv, 1e-5, relu=True)
+            grads = mod.batch_norm_eval_backward(dy, x, g, rm, rv, 1e-5, relu_out=y)
+        out[mod] = (y,) + tuple(grads)
+    assert (out[ref][0] == 0).any() and (out[ref][0] > 0).any()  # the mask matters
+    for u, v in zip(out[cpu], out[ref]):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)

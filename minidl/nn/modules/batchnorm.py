@@ -62,6 +62,14 @@ class _BatchNorm(Module):
         raise NotImplementedError
 
     def forward(self, x):
+        return self._normalize(x, F.batch_norm)
+
+    def forward_relu(self, x):
+        """relu(self.forward(x)) in one fused op (F.batch_norm_relu); what nn.Sequential
+        runs for this module followed by a ReLU."""
+        return self._normalize(x, F.batch_norm_relu)
+
+    def _normalize(self, x, fn):
         self._check_input(x)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
@@ -70,8 +78,8 @@ class _BatchNorm(Module):
                 factor = 1.0 / float(self.num_batches_tracked.data)
         # Without running statistics, batch statistics are used in eval mode too.
         use_batch_stats = self.training or self.running_mean is None
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch_stats, factor, self.eps)
+        return fn(x, self.running_mean, self.running_var, self.weight, self.bias,
+                  use_batch_stats, factor, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -15,6 +15,16 @@ def _index(i, n: int, what: str) -> int:
     return i % n
 
 
+def _fuses_with_relu(m, nxt) -> bool:
+    """A batch norm directly followed by a ReLU, neither with its forward replaced by a
+    subclass nor watched by a hook that could see the intermediate values."""
+    from .activation import ReLU
+    from .batchnorm import _BatchNorm
+    return (isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward
+            and isinstance(nxt, ReLU) and type(nxt).forward is ReLU.forward
+            and m._hooks_only_observe() and nxt._hooks_only_observe())
+
+
 class Sequential(Module):
     """Sequential(m0, m1, ...) or Sequential(OrderedDict(name=module)): forward feeds
     each module's output to the next. Children are named "0", "1", ... by default."""
@@ -29,8 +39,18 @@ class Sequential(Module):
                 self.add_module(str(i), module)
 
     def forward(self, x):
-        for module in self._modules.values():
-            x = module(x)
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            m = modules[i]
+            if i + 1 < len(modules) and _fuses_with_relu(m, modules[i + 1]):
+                # BatchNorm then ReLU as one op (F.batch_norm_relu): bitwise the same
+                # values and gradients, one pass over memory fewer each way
+                x = m._call(m.forward_relu, x)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
         return x
 
     def __len__(self) -> int:
