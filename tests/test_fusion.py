@@ -85,3 +85,33 @@ def test_a_relu_subclass_with_its_own_forward_runs_it():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), Leaky())
     y = model(md.randn(8, 3))
     assert (y.data < 0).any()
+
+
+def test_training_steps_are_bitwise_the_same_fused_or_not():
+    """A small conv-BN-ReLU network, three SGD steps: fused (default) and kept apart by a
+    hook on each ReLU give the same losses and parameters, bit for bit."""
+    def run(fuse):
+        md.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+                              nn.ReLU(), nn.Conv2d(4, 3, 3, bias=False), nn.BatchNorm2d(3),
+                              nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        if not fuse:
+            for m in model:
+                if isinstance(m, nn.ReLU):
+                    m.register_forward_hook(lambda *args: None)
+        opt = md.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        rng, losses = np.random.default_rng(3), []
+        for _ in range(3):
+            x = md.tensor(rng.standard_normal((5, 2, 6, 6)).astype(np.float32))
+            y = md.tensor(rng.integers(0, 3, 5))
+            opt.zero_grad()
+            loss = md.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.data.copy())
+        return losses, model.state_dict()
+
+    (la, sa), (lb, sb) = run(True), run(False)
+    np.testing.assert_array_equal(la, lb)
+    for k in sa:
+        np.testing.assert_array_equal(np.asarray(sa[k]), np.asarray(sb[k]), err_msg=k)
