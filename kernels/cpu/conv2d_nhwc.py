@@ -601,8 +601,12 @@ def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
 def conv2d_backward_weight_nhwc(dy, x, w_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K), x (N, H, W, C) -> dw (K, C, R, S); groups = 1."""
     if _is_pointwise(w_shape, stride, padding):
+        # dw^T = x^T dy, transposed back (a small copy): OpenBLAS runs this orientation
+        # of the long-contraction GEMM up to 2x faster than dy^T x (numbers:
+        # benchmarks/DESIGN.md, conv2d_nhwc.py), as conv2d.py found for its columns
         K, C = w_shape[:2]
-        return (dy.reshape(-1, K).T @ x.reshape(-1, C)).reshape(w_shape)
+        dwt = x.reshape(-1, C).T @ dy.reshape(-1, K)
+        return np.ascontiguousarray(dwt.T).reshape(w_shape)
     return backward_weight(dy, x, w_shape, stride, padding, dilation)
 
 
