@@ -575,7 +575,14 @@ def _step_fn(model, opt, batches, loss_fn):
     return step
 
 
-def time_minidl_step(kind, batch, threads, mode="full", channels_last=False) -> dict:
+def _train_mode(mode, repeats):
+    """TRAIN_MODES[mode], with `repeats` samples when given (a round of several)."""
+    default, min_sample, budget = TRAIN_MODES[mode]
+    return (repeats or default), min_sample, budget
+
+
+def time_minidl_step(kind, batch, threads, mode="full", channels_last=False,
+                     repeats=None) -> dict:
     import minidl as md
     from minidl import nn, optim
     md.set_num_threads(threads)
@@ -588,10 +595,11 @@ def time_minidl_step(kind, batch, threads, mode="full", channels_last=False) -> 
     batches = [(md.tensor(x).to(memory_format=fmt) if x.ndim == 4 else md.tensor(x),
                 md.tensor(y)) for x, y in train_data(kind, batch)]
     return measure(_step_fn(model, opt, batches, nn.functional.cross_entropy),
-                   *TRAIN_MODES[mode])
+                   *_train_mode(mode, repeats))
 
 
-def time_torch_step(kind, batch, threads, channels_last=False, mode="full") -> dict:
+def time_torch_step(kind, batch, threads, channels_last=False, mode="full",
+                    repeats=None) -> dict:
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -602,7 +610,7 @@ def time_torch_step(kind, batch, threads, channels_last=False, mode="full") -> d
                 else torch.from_numpy(x), torch.from_numpy(y))
                for x, y in train_data(kind, batch)]
     return measure(_step_fn(model, opt, batches, torch.nn.functional.cross_entropy),
-                   *TRAIN_MODES[mode])
+                   *_train_mode(mode, repeats))
 
 
 def train_worker(request):
@@ -617,7 +625,9 @@ def train_worker(request):
                 if kind in IMAGE_MODELS:
                     config = f"{'channels_last' if cl else 'nchw'}, {config}"
                 out[name][config] = dict(time_torch_step(kind, batch, threads, cl,
-                                                         request["mode"]), threads=threads)
+                                                         request["mode"],
+                                                         request.get("repeats")),
+                                         threads=threads)
     return out
 
 

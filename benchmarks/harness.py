@@ -172,7 +172,7 @@ def measure(fn, repeats=7, min_sample=0.01, budget=2.0) -> dict:
             fn()
         samples.append((time.perf_counter() - t0) / inner)
     return summarize(samples, calls_per_sample=inner, first_call_s=first,
-                     warmup_calls=warm_calls, warmup_s=warm_s)
+                     warmup_calls=warm_calls, warmup_s=warm_s, samples_s=samples)
 
 
 def summarize(samples, **extra) -> dict:

@@ -196,8 +196,11 @@ def _train(rows):
     return (["## Training steps (forward, backward, SGD momentum)", ""] + _table(head, body)
             + ["", "Steps/s: 1 / the median time of a step, over samples of "
                f"{' or '.join(sorted({str(r['steps']) for r in rows}))} steps in all after "
-               "warm-up (benchmarks/harness.py); min-max: the steps/s of the interquartile "
-               "range. minidl / torch > 1: minidl is faster."]
+               "warm-up (benchmarks/harness.py)"
+               + (f", taken in {rows[0]['rounds']} rounds in which minidl and torch take turns"
+                  if rows and rows[0].get("rounds", 1) > 1 else "")
+               + "; min-max: the steps/s of the interquartile range. minidl / torch > 1: "
+               "minidl is faster."]
             + _spread_warning([(r["case"], r.get("minidl")) for r in rows]))
 
 

@@ -136,11 +136,28 @@ def annotate(rows, limits):
 
 # --- training steps -----------------------------------------------------------------------
 
+TRAIN_ROUNDS = 3  # full runs: minidl and torch take turns this many times per case
+
+
+def _merged(parts):
+    """One timing from several rounds of the same measurement: the statistics of all
+    their samples (each the mean step time over its round's calls_per_sample steps)."""
+    samples = [x for p in parts for x in p["samples_s"]]
+    return harness.summarize(samples, samples_s=samples,
+                             steps=sum(p["samples"] * p["calls_per_sample"] for p in parts),
+                             first_call_s=parts[0]["first_call_s"])
+
+
 def run_train(threads, quick=False, use_torch=True, case_list=None) -> list[dict]:
-    """One row per training case: minidl and (best) torch steps/s, their ratio; each
-    case's torch steps are timed right after minidl's (see run_kernels)."""
+    """One row per training case: minidl and (best) torch steps/s, their ratio. On a
+    shared machine the speed of the host drifts over seconds, so minidl and torch take
+    turns (TRAIN_ROUNDS rounds of a third of the samples each, every configuration in
+    every round), and each side's statistics pool its rounds: both sides see the same
+    stretch of time."""
     mode = "quick" if quick else "full"
     plan = list(case_list or cases.TRAIN_CASES)
+    rounds = 1 if quick else TRAIN_ROUNDS
+    repeats = None if quick else -(-cases.TRAIN_MODES["full"][0] // rounds)
     harness.warm_up_cores(threads)  # (after a one-core phase the first steps run slow)
     rows = []
     with contextlib.ExitStack() as stack:
@@ -151,8 +168,20 @@ def run_train(threads, quick=False, use_torch=True, case_list=None) -> list[dict
         for name, kind, batch in plan:
             # image models in both memory formats, as torch: the faster one is the row's
             formats = ("nchw", "channels_last") if kind in cases.IMAGE_MODELS else ("nchw",)
-            configs = {f: cases.time_minidl_step(kind, batch, threads, mode,
-                                                 f == "channels_last") for f in formats}
+            mine, theirs = {f: [] for f in formats}, {}
+            for _ in range(rounds):
+                for f in formats:
+                    mine[f].append(cases.time_minidl_step(kind, batch, threads, mode,
+                                                          f == "channels_last", repeats))
+                if child is None:
+                    continue
+                answer = child.call({"cases": [[name, kind, batch]], "mode": mode,
+                                     "threads": sorted({1, threads}), "repeats": repeats})
+                for c, r in answer[name].items():
+                    theirs.setdefault(c, []).append(r)
+                if mode == "full":  # (torch's idle OpenMP workers spin a while)
+                    time.sleep(harness.BLAS_SPIN_S)
+            configs = {f: _merged(parts) for f, parts in mine.items()}
             best = min(configs, key=lambda f: configs[f]["median_s"])
             t = configs[best]
             row = {"case": name, "batch": batch, "threads": threads, "minidl": t,
@@ -160,15 +189,13 @@ def run_train(threads, quick=False, use_torch=True, case_list=None) -> list[dict
                    "minidl_max_steps_s": 1 / t["q1_s"],
                    "minidl_config": best if len(formats) > 1 else "-",
                    "minidl_configs": {f: 1 / r["median_s"] for f, r in configs.items()},
-                   "steps": t["samples"] * t["calls_per_sample"],
+                   "steps": t["steps"], "rounds": rounds,
                    "minidl_first_step_s": configs["nchw"]["first_call_s"]}
             rows.append(row)
-            if child is None:
+            if not theirs:
                 continue
-            tc = child.call({"cases": [[name, kind, batch]], "mode": mode,
-                             "threads": sorted({1, threads})})[name]
-            if mode == "full":  # (torch's idle OpenMP workers spin a while)
-                time.sleep(harness.BLAS_SPIN_S)
+            tc = {c: dict(_merged(parts), threads=parts[0]["threads"])
+                  for c, parts in theirs.items()}
             best = min(tc, key=lambda c: tc[c]["median_s"])
             row.update(torch=tc[best], torch_steps_s=1 / tc[best]["median_s"],
                        torch_threads=tc[best]["threads"], torch_config=best,

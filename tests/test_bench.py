@@ -225,3 +225,12 @@ def test_compile_time_names_what_compiles_cold_and_nothing_warm():
     assert 0 < res["warm"]["kernels_s"] < res["cold"]["kernels_s"]  # a cache load
     text = "\n".join(report._compile(res))
     assert "Slowest to compile" in text and "pooling._global_avg_fwd" in text
+
+
+def test_training_rounds_pool_their_samples():
+    from minidl.benchmarks import suite
+    a = {"samples_s": [1.0, 3.0], "samples": 2, "calls_per_sample": 5, "first_call_s": 9.0}
+    b = {"samples_s": [2.0, 10.0, 4.0], "samples": 3, "calls_per_sample": 4, "first_call_s": 1.0}
+    t = suite._merged([a, b])
+    assert t["median_s"] == 3.0 and t["samples"] == 5 and t["max_s"] == 10.0
+    assert t["steps"] == 2 * 5 + 3 * 4 and t["first_call_s"] == 9.0
