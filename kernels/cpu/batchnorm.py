@@ -27,6 +27,9 @@ math. This one is about moving each byte as few times as possible, on any thread
   computed in float64 and rounded once (see _coefs).
 * Small inputs (the paper's MLP: (60, 100), three calls per step) cost less than waking
   the thread pool, so below _SERIAL_BELOW elements the same code runs compiled serially.
+* A ReLU after batch norm can be fused (relu=True): the normalizing pass writes max(y, 0)
+  instead of y, one pass over memory fewer than a ReLU of its own. Its backward
+  (relu_out=) masks dy first, in the ReLU kernel's pass, then runs the plain backward.
 """
 import numpy as np
 from numba import get_num_threads, njit, prange

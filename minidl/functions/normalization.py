@@ -41,7 +41,8 @@ def batch_norm_relu(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
                     eps: float = 1e-5) -> Tensor:
     """relu(batch_norm(x, ...)) as one tape node (a minidl extension; PyTorch has no
     such function): the same values and gradients, bitwise, with one pass over memory
-    fewer each way and one op fewer on the tape. nn.Sequential runs a BatchNorm
+    fewer forward (the ReLU is applied as batch norm writes its output) and one op fewer
+    on the tape. nn.Sequential runs a BatchNorm
     followed by a ReLU through it.
 
     >>> import minidl as md

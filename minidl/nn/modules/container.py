@@ -45,7 +45,7 @@ class Sequential(Module):
             m = modules[i]
             if i + 1 < len(modules) and _fuses_with_relu(m, modules[i + 1]):
                 # BatchNorm then ReLU as one op (F.batch_norm_relu): bitwise the same
-                # values and gradients, one pass over memory fewer each way
+                # values and gradients, one pass over memory and one op fewer
                 x = m._call(m.forward_relu, x)
                 i += 2
             else:
