@@ -8,6 +8,8 @@ of 10^5 values near 10^4 would otherwise lose the digits the tests check.
 """
 import numpy as np
 
+from .elementwise import act_backward, bias_act_forward
+
 
 def _per_channel(x):
     """Reduction axes (all but the channel axis) and a shape that broadcasts a (C,)
@@ -18,13 +20,13 @@ def _per_channel(x):
 
 
 def _relu(y, relu):
-    """A fused ReLU after the normalization (relu=True): max(y, 0), NaN kept."""
-    return np.maximum(y, 0) if relu else y
+    """A fused ReLU after the normalization (relu=True): the ReLU's own reference."""
+    return bias_act_forward(y, None, "relu") if relu else y
 
 
 def _relu_masked(dy, relu_out):
-    """dy through a fused ReLU, given its output: 0 where relu_out <= 0 (or NaN)."""
-    return dy if relu_out is None else np.where(relu_out > 0, dy, 0).astype(dy.dtype)
+    """dy through a fused ReLU, given its output (relu_out): the ReLU's own backward."""
+    return dy if relu_out is None else act_backward(dy, relu_out, "relu")
 
 
 def batch_norm_train_forward(x, gamma, beta, eps, relu=False):
