@@ -98,15 +98,23 @@ def _openblas():
     return None
 
 
-def openblas_call(stem, *args, restype=ctypes.c_int):
-    """Call OpenBLAS's `stem` function under whichever symbol name the build exports."""
-    lib = _openblas()
-    for name in (f"scipy_{stem}64_", f"{stem}64_", stem):
+def _symbol(lib, stem):
+    """OpenBLAS's `stem` function in `lib` under whichever name the build exports
+    (NumPy's scipy-openblas64 and SciPy's scipy-openblas prefix and suffix it), or None."""
+    for name in (f"scipy_{stem}64_", f"scipy_{stem}", f"{stem}64_", stem):
         fn = getattr(lib, name, None) if lib is not None else None
         if fn is not None:
-            fn.restype = restype
-            return fn(*args)
+            return fn
     return None
+
+
+def openblas_call(stem, *args, restype=ctypes.c_int):
+    """Call the `stem` function of NumPy's OpenBLAS."""
+    fn = _symbol(_openblas(), stem)
+    if fn is None:
+        return None
+    fn.restype = restype
+    return fn(*args)
 
 
 def blas_info() -> str:
@@ -125,15 +133,13 @@ def set_threads(threads: int) -> None:
     import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS now, so that it is set too)
     from minidl.kernels import _openblas_libraries
     numba.set_num_threads(threads)
-    openblas_call("openblas_set_num_threads", ctypes.c_int(threads))
-    for path in _openblas_libraries():
-        lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(threads))
-                break
+    libraries = _openblas_libraries()  # (empty where /proc/self/maps cannot be read)
+    for lib in map(ctypes.CDLL, libraries):
+        fn = _symbol(lib, "openblas_set_num_threads")
+        if fn is not None:
+            fn(ctypes.c_int(threads))
+    if not libraries:
+        openblas_call("openblas_set_num_threads", ctypes.c_int(threads))
 
 
 def endless(loader):
