@@ -6,6 +6,8 @@ from collections import OrderedDict
 
 from ...functions import concatenate
 from ..module import Module
+from .activation import ReLU
+from .batchnorm import _BatchNorm
 
 
 def _index(i, n: int, what: str) -> int:
@@ -18,8 +20,6 @@ def _index(i, n: int, what: str) -> int:
 def _fuses_with_relu(m, nxt) -> bool:
     """A batch norm directly followed by a ReLU, neither with its forward replaced by a
     subclass nor watched by a hook that could see the intermediate values."""
-    from .activation import ReLU
-    from .batchnorm import _BatchNorm
     return (isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward
             and isinstance(nxt, ReLU) and type(nxt).forward is ReLU.forward
             and m._hooks_only_observe() and nxt._hooks_only_observe())
