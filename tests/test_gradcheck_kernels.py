@@ -88,6 +88,9 @@ def test_first_layer_skips_input_gradient(rng):
     (lambda: F.conv2d(md.randn(1, 1, 4, 4), md.randn(1, 1, 3, 3, dtype=md.float64)), "dtype"),
     (lambda: F.batch_norm(md.randn(4, 5), md.zeros(3), md.ones(3)), r"\(3,\).*\(4, 5\)"),
     (lambda: F.batch_norm(md.randn(1, 5), None, None, training=True), "more than 1 value"),
+    (lambda: F.batch_norm_relu(md.randn(4, 5), md.zeros(3), md.ones(3)),
+     r"batch_norm_relu: running_mean has shape \(3,\).*\(4, 5\)"),
+    (lambda: F.batch_norm_relu(md.randn(3, 5, 2), None, None), r"batch_norm_relu.*\(3, 5, 2\)"),
     (lambda: F.max_pool2d(md.randn(1, 1, 4, 4), 2, padding=2), "at most half"),
 ])
 def test_bad_input_gives_clear_errors(call, pattern):
