@@ -6,10 +6,11 @@ as the memory-bandwidth yardstick.
 
 Kernels: batch norm training forward/backward and eval forward, max/avg/global pooling
 forward/backward (GB/s of compulsory traffic and % of the measured copy rate), conv2d
-forward/backward (GFLOP/s, and % of PyTorch/cuDNN), the GEMM. Training steps: the
-Figure 1 MLP (784-100-100-100-10, with and without BN, batch 60, SGD momentum) and a
-small BN CNN, minidl vs PyTorch. --quick: tiny shapes and 2 repeats, which also run on
-numba-cuda's simulator (NUMBA_ENABLE_CUDASIM=1) to check the harness.
+forward/backward (GFLOP/s), the GEMM, each beside PyTorch's time for the same pass
+(float32: TF32 off; cuDNN in benchmark mode). Training steps: the Figure 1 MLP
+(784-100-100-100-10, with and without BN, batch 60, SGD momentum), a small BN CNN and
+BN-Inception-lite (batch 32), minidl vs PyTorch. --quick: tiny shapes and 2 repeats,
+which also run on numba-cuda's simulator (NUMBA_ENABLE_CUDASIM=1) to check the harness.
 """
 from __future__ import annotations
 
@@ -41,14 +42,40 @@ def timeit(fn, repeat: int, warmup: int = 1, sync=_sync) -> float:
     return statistics.median(times)
 
 
+# Where the PyTorch peer runs: the GPU; the tests set "cpu" to check the peer's code
+# on a machine without one (with --quick on the simulator).
+TORCH_DEVICE = "cuda"
+
+
+def _torch_sync():
+    import torch
+    if TORCH_DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def _torch_cuda():
+    """PyTorch with CUDA at its best in float32: cuDNN picks its fastest algorithms
+    (benchmark mode); TF32 is off, so both sides compute in float32."""
     try:
         import torch
-        if torch.cuda.is_available():
+        if TORCH_DEVICE == "cpu" or torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
             return torch
     except Exception:
         pass
     return None
+
+
+def _torch_backward(torch, fn, inputs, dy, repeat) -> float:
+    """Seconds of the backward pass alone of fn(*inputs) (the graph is kept between
+    runs), for the inputs that require gradients."""
+    out = fn(*inputs)
+    grad = torch.tensor(dy, device=TORCH_DEVICE)
+    wrt = [t for t in inputs if t.requires_grad]
+    return timeit(lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True), repeat,
+                  sync=_torch_sync)
 
 
 def copy_bandwidth(n: int, repeat: int) -> float:
@@ -86,64 +113,90 @@ def kernel_rows(quick: bool, repeat: int) -> list:
             row["vs_torch"] = torch_seconds / seconds
         rows.append(row)
 
+    dyh = rng.standard_normal(shape).astype(np.float32)
     y, mean, var = kc.batch_norm_train_forward(dx_, g, b, 1e-5)
-    tt = None
+    tt = tb_ = None
     if torch:
-        tx = torch.tensor(x, device="cuda")
-        tw = torch.ones(c, device="cuda")
-        tb = torch.zeros(c, device="cuda")
-        tt = timeit(lambda: torch.nn.functional.batch_norm(tx, None, None, tw, tb, True),
-                    repeat, sync=torch.cuda.synchronize)
+        F = torch.nn.functional
+        tx = torch.tensor(x, device=TORCH_DEVICE)
+        txg = tx.clone().requires_grad_()
+        tw, tb = torch.ones(c, device=TORCH_DEVICE), torch.zeros(c, device=TORCH_DEVICE)
+        tt = timeit(lambda: F.batch_norm(tx, None, None, tw, tb, True), repeat,
+                    sync=_torch_sync)
+        tb_ = _torch_backward(torch, lambda a, w_, b_: F.batch_norm(a, None, None, w_, b_, True),
+                              (txg, tw.clone().requires_grad_(), tb.clone().requires_grad_()),
+                              dyh, repeat)
     add("batch_norm_train_forward", timeit(lambda: kc.batch_norm_train_forward(dx_, g, b, 1e-5),
                                            repeat), traffic=3 * nbytes, torch_seconds=tt)
     add("batch_norm_train_backward",
         timeit(lambda: kc.batch_norm_train_backward(dy, dx_, g, mean, var, 1e-5), repeat),
-        traffic=5 * nbytes)
+        traffic=5 * nbytes, torch_seconds=tb_)
+    te = None
+    if torch:
+        rm, rv = torch.zeros(c, device=TORCH_DEVICE), torch.ones(c, device=TORCH_DEVICE)
+        te = timeit(lambda: F.batch_norm(tx, rm, rv, tw, tb, False), repeat, sync=_torch_sync)
     add("batch_norm_eval_forward",
         timeit(lambda: kc.batch_norm_eval_forward(dx_, g, b, mean, var, 1e-5), repeat),
-        traffic=2 * nbytes)
+        traffic=2 * nbytes, torch_seconds=te)
     yp, arg = kc.max_pool2d_forward(dx_, (2, 2), (2, 2), (0, 0), False)
-    tt = None
+    ts = [None] * 5
     if torch:
-        tt = timeit(lambda: torch.nn.functional.max_pool2d(tx, 2), repeat,
-                    sync=torch.cuda.synchronize)
+        def avg3(a):
+            return F.avg_pool2d(a, 3, 1, 1)
+        sync = _torch_sync
+        ts = [timeit(lambda: F.max_pool2d(tx, 2), repeat, sync=sync),
+              _torch_backward(torch, lambda a: F.max_pool2d(a, 2), (txg,),
+                              np.ones(yp.shape, np.float32), repeat),
+              timeit(lambda: avg3(tx), repeat, sync=sync),
+              _torch_backward(torch, avg3, (txg,), dyh, repeat),
+              timeit(lambda: tx.mean((2, 3)), repeat, sync=sync)]
     add("max_pool2d_forward 2x2", timeit(lambda: kc.max_pool2d_forward(
         dx_, (2, 2), (2, 2), (0, 0), False), repeat), traffic=nbytes * (1 + 0.25 + 0.5),
-        torch_seconds=tt)
+        torch_seconds=ts[0])
     dyp = CudaArray.from_host(np.ones(yp.shape, np.float32))
     add("max_pool2d_backward 2x2", timeit(lambda: kc.max_pool2d_backward(dyp, arg, shape),
-                                          repeat), traffic=nbytes * (1 + 0.25 + 0.5))
+                                          repeat), traffic=nbytes * (1 + 0.25 + 0.5),
+        torch_seconds=ts[1])
     add("avg_pool2d_forward 3x3 s1 p1", timeit(lambda: kc.avg_pool2d_forward(
-        dx_, (3, 3), (1, 1), (1, 1), False, True), repeat), traffic=2 * nbytes)
+        dx_, (3, 3), (1, 1), (1, 1), False, True), repeat), traffic=2 * nbytes,
+        torch_seconds=ts[2])
     add("avg_pool2d_backward 3x3 s1 p1", timeit(lambda: kc.avg_pool2d_backward(
-        dy, shape, (3, 3), (1, 1), (1, 1), False, True), repeat), traffic=2 * nbytes)
+        dy, shape, (3, 3), (1, 1), (1, 1), False, True), repeat), traffic=2 * nbytes,
+        torch_seconds=ts[3])
     add("global_avg_pool2d_forward", timeit(lambda: kc.global_avg_pool2d_forward(dx_), repeat),
-        traffic=nbytes)
+        traffic=nbytes, torch_seconds=ts[4])
 
     k = 4 if quick else 64
     w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
     dw = CudaArray.from_host(w)
     args = ((1, 1), (1, 1), (1, 1), 1)
     flops = 2 * shape[0] * k * shape[2] * shape[3] * c * 9
-    tt = None
-    if torch:
-        tw4 = torch.tensor(w, device="cuda")
-        tt = timeit(lambda: torch.nn.functional.conv2d(tx, tw4, padding=1), repeat,
-                    sync=torch.cuda.synchronize)
-    add("conv2d_forward 3x3", timeit(lambda: kc.conv2d_forward(dx_, dw, None, *args), repeat),
-        flops=flops, torch_seconds=tt)
+    ts = [None] * 3
     yconv = kc.conv2d_forward(dx_, dw, None, *args)
+    if torch:
+        tw4 = torch.tensor(w, device=TORCH_DEVICE)
+        tw4g = tw4.clone().requires_grad_()
+        dyc = yconv.to_host()
+
+        def conv(a, w_):
+            return F.conv2d(a, w_, padding=1)
+        ts = [timeit(lambda: conv(tx, tw4), repeat, sync=_torch_sync),
+              _torch_backward(torch, conv, (txg, tw4), dyc, repeat),
+              _torch_backward(torch, conv, (tx, tw4g), dyc, repeat)]
+    add("conv2d_forward 3x3", timeit(lambda: kc.conv2d_forward(dx_, dw, None, *args), repeat),
+        flops=flops, torch_seconds=ts[0])
     add("conv2d_backward_input 3x3",
-        timeit(lambda: kc.conv2d_backward_input(yconv, dw, shape, *args), repeat), flops=flops)
+        timeit(lambda: kc.conv2d_backward_input(yconv, dw, shape, *args), repeat), flops=flops,
+        torch_seconds=ts[1])
     add("conv2d_backward_weight 3x3",
         timeit(lambda: kc.conv2d_backward_weight(yconv, dx_, w.shape, *args), repeat),
-        flops=flops)
+        flops=flops, torch_seconds=ts[2])
     m = 8 if quick else 1024
     a = CudaArray.from_host(rng.standard_normal((m, m)).astype(np.float32))
     tt = None
     if torch:
-        ta = torch.randn(m, m, device="cuda")
-        tt = timeit(lambda: ta @ ta, repeat, sync=torch.cuda.synchronize)
+        ta = torch.randn(m, m, device=TORCH_DEVICE)
+        tt = timeit(lambda: ta @ ta, repeat, sync=_torch_sync)
     add(f"matmul {m}x{m}", timeit(lambda: a @ a, repeat), flops=2 * m ** 3, torch_seconds=tt)
     return rows
 
@@ -157,54 +210,75 @@ def _minidl_step(model, opt, x, y):
     return loss
 
 
+def _step_row(name, model, tmodel, xs, ys, repeat, torch) -> dict:
+    """One training step (SGD with momentum, cross-entropy) of a minidl model on the GPU
+    and, with PyTorch CUDA, of the same network in PyTorch on the same data."""
+    import minidl
+    from minidl import optim
+    model = model.to("cuda")
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = minidl.tensor(xs, device="cuda"), minidl.tensor(ys, device="cuda")
+    row = {"step": name, "ms": timeit(lambda: _minidl_step(model, opt, x, y), repeat) * 1e3}
+    if torch is not None and tmodel is not None:
+        tmodel = tmodel.to(TORCH_DEVICE)
+        topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+        tx, ty = torch.tensor(xs, device=TORCH_DEVICE), torch.tensor(ys, device=TORCH_DEVICE)
+
+        def tstep():
+            topt.zero_grad()
+            torch.nn.functional.cross_entropy(tmodel(tx), ty).backward()
+            topt.step()
+        row["torch_ms"] = timeit(tstep, repeat, sync=_torch_sync) * 1e3
+        row["vs_torch"] = row["torch_ms"] / row["ms"]
+    return row
+
+
+def _torch_mlp(torch, feat, width, classes, bn):
+    layers, w_in = [], feat
+    for h in width:
+        layers += [torch.nn.Linear(w_in, h, bias=not bn)]
+        layers += [torch.nn.BatchNorm1d(h)] if bn else []
+        layers += [torch.nn.Sigmoid()]
+        w_in = h
+    return torch.nn.Sequential(*layers, torch.nn.Linear(w_in, classes))
+
+
+def _cnn(nn):
+    """The small BN CNN of the table, in minidl's nn or torch.nn (the same names)."""
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 10))
+
+
 def train_rows(quick: bool, repeat: int) -> list:
     import minidl
-    from minidl import nn, optim
-    from minidl.models import mlp
+    from minidl import models, nn
     torch = _torch_cuda()
     rng = np.random.default_rng(0)
     rows = []
     batch, width = (4, (6, 5)) if quick else (60, (100, 100, 100))
-    feat = 10 if quick else 784
+    feat, classes = (10, 3) if quick else (784, 10)
     xs = rng.standard_normal((batch, feat)).astype(np.float32)
-    ys = rng.integers(0, 10 if not quick else 3, batch)
+    ys = rng.integers(0, classes, batch)
     for bn in (False, True):
-        model = mlp(in_features=feat, hidden=width, num_classes=10 if not quick else 3,
-                    bn=bn).to("cuda")
-        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x, y = minidl.tensor(xs, device="cuda"), minidl.tensor(ys, device="cuda")
-        t = timeit(lambda m=model, o=opt, xx=x, yy=y: _minidl_step(m, o, xx, yy), repeat)
-        row = {"step": f"Figure 1 MLP{' + BN' if bn else ''}, batch {batch}", "ms": t * 1e3}
-        if torch:
-            layers, w_in = [], feat
-            for h in width:
-                layers += [torch.nn.Linear(w_in, h, bias=not bn)]
-                layers += [torch.nn.BatchNorm1d(h)] if bn else []
-                layers += [torch.nn.Sigmoid()]
-                w_in = h
-            layers.append(torch.nn.Linear(w_in, 10 if not quick else 3))
-            tm = torch.nn.Sequential(*layers).cuda()
-            topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
-            tx, ty = torch.tensor(xs, device="cuda"), torch.tensor(ys, device="cuda")
-
-            def tstep(tm=tm, topt=topt, tx=tx, ty=ty):
-                topt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(tm(tx), ty)
-                loss.backward()
-                topt.step()
-            row["torch_ms"] = timeit(tstep, repeat, sync=torch.cuda.synchronize) * 1e3
-            row["vs_torch"] = row["torch_ms"] / row["ms"]
-        rows.append(row)
+        rows.append(_step_row(
+            f"Figure 1 MLP{' + BN' if bn else ''}, batch {batch}",
+            models.mlp(in_features=feat, hidden=width, num_classes=classes, bn=bn),
+            torch and _torch_mlp(torch, feat, width, classes, bn), xs, ys, repeat, torch))
     n, hw = (2, 6) if quick else (32, 28)
-    cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1, bias=False),
-                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(16, 10)).to("cuda")
-    opt = optim.SGD(cnn.parameters(), lr=0.01, momentum=0.9)
-    xc = minidl.tensor(rng.standard_normal((n, 1, hw, hw)).astype(np.float32), device="cuda")
-    yc = minidl.tensor(rng.integers(0, 10, n), device="cuda")
-    rows.append({"step": f"BN CNN, batch {n}, {hw}x{hw}",
-                 "ms": timeit(lambda: _minidl_step(cnn, opt, xc, yc), repeat) * 1e3})
+    rows.append(_step_row(
+        f"BN CNN, batch {n}, {hw}x{hw}", _cnn(nn), torch and _cnn(torch.nn),
+        rng.standard_normal((n, 1, hw, hw)).astype(np.float32), rng.integers(0, 10, n),
+        repeat, torch))
+    if not quick:  # minutes on the simulator
+        from minidl.benchmarks.inception_torch import torch_bn_inception_lite
+        n = 32
+        rows.append(_step_row(
+            f"BN-Inception-lite, batch {n}, 28x28", models.bn_inception_lite(),
+            torch and torch_bn_inception_lite(),
+            rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n),
+            repeat, torch))
     stats = minidl.cuda.memory_stats()
     rows.append({"step": "caching allocator", "driver_allocations": stats["driver_allocations"],
                  "cached_MB": stats["cached_bytes"] / 2 ** 20})

@@ -678,6 +678,21 @@ def test_bench_device_cuda_quick_runs(capsys):
 
 
 @pytest.mark.slow
+def test_bench_device_cuda_times_every_row_against_torch(monkeypatch):
+    """The PyTorch peer's code, run on the CPU here: every kernel row (backward passes
+    too) and every training step gets a torch time."""
+    pytest.importorskip("torch")
+    from minidl.benchmarks import cuda as bench
+    monkeypatch.setattr(bench, "TORCH_DEVICE", "cpu")
+    kernels = bench.kernel_rows(quick=True, repeat=1)
+    train = bench.train_rows(quick=True, repeat=1)
+    steps = [r for r in train if "ms" in r]
+    assert len(kernels) == 12 and len(steps) == 3
+    for row in kernels + steps:
+        assert row["torch_ms"] > 0 and row["vs_torch"] > 0, row
+
+
+@pytest.mark.slow
 def test_shape_ops_and_their_gradients_match_cpu(rng):
     a = rng.standard_normal((2, 3, 4))
     results = []
