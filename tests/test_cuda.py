@@ -34,6 +34,15 @@ def _fast_simulator_threads():
     sys.setswitchinterval(old)
 
 
+# Tests of the simulator itself, or that the shapes here reach past the tiles that the
+# kernels use on the simulator (the GPU's tiles are larger).
+simulator_only = pytest.mark.skipif(not minidl.cuda.is_simulator(),
+                                    reason="about the simulator's own tiles and threads")
+# Shapes past the GPU's tiles and blocks: seconds on a GPU, far too slow on the simulator.
+hardware_only = pytest.mark.skipif(minidl.cuda.is_simulator(),
+                                   reason="shapes sized to the GPU's tiles")
+
+
 def dev(a):
     return CudaArray.from_host(np.asarray(a))
 
@@ -196,6 +205,14 @@ def test_reductions(rng, shape, axis):
                                       np.isnan(getattr(nan, f)(axis=axis)))
 
 
+@hardware_only
+@pytest.mark.parametrize("shape,axis", [((3, 300001), 1), ((70001, 5), 0), ((1000, 999), None),
+                                        ((2, 33), 1), ((40, 3, 5000), (0, 2))])
+def test_reductions_past_the_gpu_blocks(rng, shape, axis):
+    test_reductions(rng, shape, axis)
+
+
+@simulator_only
 def test_reduction_paths_cover_the_shapes():
     """The two-pass and thread-per-output paths of kernels/cuda/reduction.py are taken
     by the shapes of test_reductions that ask for them."""
@@ -320,6 +337,7 @@ def test_where_with_operands_made_on_the_fly():
           [[0.0, 1.0, 2.0], [-1.0, -1.0, -1.0]])
 
 
+@simulator_only
 def test_simulated_threads_of_a_block_share_one_shared_array():
     """The simulator creates a block's shared arrays lazily, on the first call from each
     source line. Without the lock that kernels/cuda/_simulator.py adds, threads arriving
@@ -482,6 +500,46 @@ def test_second_identical_step_allocates_nothing_from_the_driver():
     assert minidl.cuda.memory_stats()["cached_bytes"] > 0
 
 
+def test_a_buffer_freed_in_a_reference_cycle_is_not_handed_out_dead(monkeypatch):
+    """numba-cuda frees a buffer's memory from a weakref callback when the buffer's last
+    pointer object dies. When a reference cycle holding an array is collected, Python
+    runs those callbacks before the `_Block.__del__` that returns the buffer to a free
+    list, so a buffer reachable only through its block came back with freed memory
+    (ReferenceError on a GPU). Buffers here stand in for numba-cuda's, with the same
+    callback."""
+    import gc
+    import weakref
+    from minidl.kernels.cuda import array as arr
+
+    class Pointer:
+        pass
+
+    class Buffer:
+        def __init__(self, n, dtype):
+            self.size, self.dtype = n, np.dtype(dtype)
+            self.nbytes = n * self.dtype.itemsize
+            self.pointer, self.freed = Pointer(), []
+            weakref.finalize(self.pointer, self.freed.append, True)
+
+    allocator = arr.CachingAllocator()
+    monkeypatch.setattr(arr, "ALLOCATOR", allocator)
+    monkeypatch.setattr(arr.cuda, "device_array", lambda n, dtype: Buffer(n, dtype))
+    gc.disable()
+    try:
+        cycle = [arr._Block(10, np.dtype(np.float32))]
+        cycle.append(cycle)
+        del cycle
+        gc.collect()
+    finally:
+        gc.enable()
+    buf = allocator.allocate(10, np.dtype(np.float32))
+    assert allocator.driver_allocations == 1 and not buf.freed  # reused, memory alive
+    allocator.release(buf)
+    del buf
+    allocator.empty_cache()
+    assert not allocator.owned and not allocator.free
+
+
 CONV_CASES = [  # (x shape, w shape, stride, padding, dilation, groups)
     ((2, 3, 5, 4), (4, 3, 3, 2), (1, 1), (1, 0), (1, 1), 1),
     ((1, 4, 6, 5), (2, 2, 3, 3), (2, 1), (1, 2), (1, 2), 2),
@@ -504,6 +562,28 @@ CONV_CASES = [  # (x shape, w shape, stride, padding, dilation, groups)
 @pytest.mark.parametrize("dt,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
 def test_conv2d_kernels(rng, shape, wshape, stride, padding, dilation, groups, dt, tol):
     """The tiled implicit-GEMM kernels (kernels/cuda/conv2d.py) against the reference."""
+    _check_conv2d(rng, shape, wshape, stride, padding, dilation, groups, dt, tol)
+
+
+GPU_CONV_CASES = [
+    # pixels, output channels and contraction past one GPU tile (BM = BN = 64), none a
+    # multiple of it; backward-weight split over the contraction
+    ((3, 70, 19, 23), (130, 70, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # groups, stride and dilation in one direction each, a 3x1 kernel
+    ((2, 64, 15, 17), (96, 32, 3, 1), (2, 1), (1, 0), (1, 2), 2),
+    # a first layer: 3 channels, 7x7 stride 2
+    ((1, 3, 64, 65), (66, 3, 7, 7), (2, 2), (3, 3), (1, 1), 1),
+]
+
+
+@hardware_only
+@pytest.mark.parametrize("shape,wshape,stride,padding,dilation,groups", GPU_CONV_CASES)
+def test_conv2d_kernels_past_the_gpu_tiles(rng, shape, wshape, stride, padding, dilation,
+                                           groups):
+    _check_conv2d(rng, shape, wshape, stride, padding, dilation, groups, np.float64, 1e-9)
+
+
+def _check_conv2d(rng, shape, wshape, stride, padding, dilation, groups, dt, tol):
     x = rng.standard_normal(shape).astype(dt)
     w = rng.standard_normal(wshape).astype(dt)
     b = rng.standard_normal(wshape[0]).astype(dt)
@@ -524,6 +604,7 @@ def test_conv2d_kernels(rng, shape, wshape, stride, padding, dilation, groups, d
     close(kc.conv2d_backward_bias(dev(dy)), ref.conv2d_backward_bias(dy), tol)
 
 
+@simulator_only
 def test_conv2d_tiles_and_splits_cover_the_cases():
     """The cases above reach past one block tile in every GEMM dimension and run
     backward-weight both whole and split over the contraction (split-K)."""

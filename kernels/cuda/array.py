@@ -53,10 +53,20 @@ def _bucket(n: int) -> int:
 
 class CachingAllocator:
     """Free lists of device buffers by (dtype, capacity). `driver_allocations` counts the
-    buffers taken from the CUDA driver; a step that reuses freed buffers adds none."""
+    buffers taken from the CUDA driver; a step that reuses freed buffers adds none.
+
+    The allocator holds every buffer it made (`owned`), in use or free, until
+    `empty_cache` lets the free ones go. A buffer must never be reachable only through
+    the `_Block` that uses it: when a reference cycle holding a block is collected,
+    Python runs the weakref callbacks of the cycle first (numba-cuda's, which give a
+    buffer's memory back to the driver when its last pointer object dies) and only then
+    the block's `__del__`, which would put a buffer with freed memory on a free list
+    (ReferenceError at its next use; seen on a GPU, never on the simulator).
+    """
 
     def __init__(self):
         self.free = {}
+        self.owned = {}
         self.driver_allocations = 0
         self.cached_bytes = 0
 
@@ -68,7 +78,9 @@ class CachingAllocator:
             self.cached_bytes -= buf.nbytes
             return buf
         self.driver_allocations += 1
-        return cuda.device_array(key[1], dtype=dtype)
+        buf = cuda.device_array(key[1], dtype=dtype)
+        self.owned[id(buf)] = buf
+        return buf
 
     def release(self, buf) -> None:
         self.free.setdefault((buf.dtype.str, buf.size), []).append(buf)
@@ -76,6 +88,9 @@ class CachingAllocator:
 
     def empty_cache(self) -> None:
         """Give every cached buffer back to the driver."""
+        for bucket in self.free.values():
+            for buf in bucket:
+                del self.owned[id(buf)]
         self.free.clear()
         self.cached_bytes = 0
 
