@@ -99,15 +99,17 @@ ALLOCATOR = CachingAllocator()
 
 
 class _Block:
-    """One pooled buffer; returned to the allocator when the last array using it dies."""
-    __slots__ = ("buf", "__weakref__")
+    """One pooled buffer; returned to the allocator that made it when the last array
+    using it dies."""
+    __slots__ = ("buf", "allocator", "__weakref__")
 
     def __init__(self, n, dtype):
+        self.allocator = ALLOCATOR
         self.buf = ALLOCATOR.allocate(n, dtype)
 
     def __del__(self):
         try:
-            ALLOCATOR.release(self.buf)
+            self.allocator.release(self.buf)
         except Exception:  # interpreter shutdown
             pass
 
