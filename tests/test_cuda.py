@@ -77,6 +77,17 @@ def test_device_api_and_host_copies():
         np.asarray(t)  # implicit host copies are refused, as in PyTorch
 
 
+def test_small_grids_do_not_warn_at_every_launch():
+    """A 3-element add is a 1-block grid on purpose; numba-cuda's low-occupancy warning
+    (one per launch, on a GPU) is off unless NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS is set."""
+    import warnings
+    from numba.cuda.core import config
+    assert config.CUDA_LOW_OCCUPANCY_WARNINGS == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal((dev(np.ones(3)) + 1).to_host(), [2.0, 2.0, 2.0])
+
+
 def test_to_is_differentiable_both_ways():
     x = minidl.tensor([[1.0, -2.0], [3.0, 4.0]], dtype=np.float64, requires_grad=True)
     y = (x.to("cuda") * 3.0).relu().sum()

@@ -5,9 +5,16 @@ thread, so blocks and grids stay tiny there; on a GPU they are sized for occupan
 The kernels use grid-stride loops, so any grid covers any size."""
 from __future__ import annotations
 
+import os
+
 from numba.cuda.core import config as _config
 
 SIMULATOR = bool(_config.ENABLE_CUDASIM)
+# Grids are sized to the data (grid1d): a small tensor gets a small grid on purpose.
+# numba-cuda warns at every launch of fewer than 128 blocks, which buried a training
+# run's output on a GPU (and costs a warning per launch); it stays on where asked for.
+if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
+    _config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 if SIMULATOR:  # a race in the simulator's shared arrays: see _simulator.py
     from ._simulator import patch_shared_arrays
     patch_shared_arrays()
