@@ -42,6 +42,8 @@ _ROW_TASKS_MAX = 16  # row blocks of the row layout: bounds the partial sums to 
 _ROWS_MAX_L = 16  # maps of at most this many pixels use the row layout (serial inputs)
 _ROWS_MAX_L_PARALLEL = 9  # ... and above _SERIAL_BELOW elements (see _layout)
 _FUSE_MIN_C_PER_THREAD = 4  # channels per thread from which the plane layout fuses
+_PACK_MAX_C = 16  # (M, C) input with at most this many channels packs rows (see _pack)
+_PACK_COLUMNS = 128  # ... up to this many columns a row
 # Below this many elements the serial twin runs: waking the thread pool costs more than
 # the work, and far more when another process holds the other cores (numbers:
 # benchmarks/DESIGN.md, batchnorm.py; `python -m minidl.benchmarks.cases bn-sweep`).
@@ -164,6 +166,17 @@ def _stats(s1, s2, k, m):
     return k + d, max(s2 / m - d * d, 0.0)
 
 
+@njit(cache=True, fastmath=False)
+def _per_column(v, L, G):
+    """out[j] = v[(j // L) % C] for the J = G*C*L columns of the row layout (C = len(v)):
+    each column's copy of its channel's value."""
+    C = v.shape[0]
+    out = np.empty(G * C * L, v.dtype)
+    for j in range(out.shape[0]):
+        out[j] = v[(j // L) % C]
+    return out
+
+
 def _build(parallel):
     """The kernels, compiled with prange loops running in parallel or (for small inputs,
     parallel=False) as plain loops. Same code, so bitwise the same results."""
@@ -259,20 +272,22 @@ def _build(parallel):
                                cf[t, 0], cf[t, 1], cf[t, 2], mean[c])
         return dx3, dgamma, dbeta
 
-    def rows_forward(x3, gamma, beta, mean_in, var_in, eps, train, T, relu):
-        """Forward for (N, C, L) x3 with short planes (L = 1 for (N, C) input). Task t
-        takes samples [t*N//T, (t+1)*N//T), each a contiguous row of J = C*L values,
-        and adds them column-wise into its own partial sums: the columns are the lanes.
-        max(y, 0) if relu."""
-        N, C, L = x3.shape
-        J = C * L
+    def rows_forward(x3, gamma, beta, mean_in, var_in, eps, train, T, C, relu):
+        """Forward for (N, G*C, L) x3: rows of G samples of C channels with short planes
+        (L = 1 for (N, C) input; G > 1 packs G of its rows into one, see _pack). Task t
+        takes rows [t*N//T, (t+1)*N//T), each a contiguous run of J = G*C*L values, and
+        adds them column-wise into its own partial sums: the columns are the lanes;
+        column j is channel (j // L) % C. max(y, 0) if relu."""
+        N, GC, L = x3.shape
+        G = GC // C
+        J = GC * L
         x2 = x3.reshape(N, J)
         y2 = np.empty_like(x2)
         mean = np.empty(C, x3.dtype)
         var = np.empty(C, x3.dtype)
         cf = np.empty((3, C), x3.dtype)  # per channel (center, scale, shift), see _coefs
         if train:
-            k = np.repeat(x3[0, :, 0].astype(np.float64), L)  # each channel's first value
+            k = _per_column(x3[0, :C, 0].astype(np.float64), L, G)  # channels' first values
             S1 = np.empty((T, J))  # zeroed by the task that owns the row
             S2 = np.empty((T, J))
             for t in loop(T):
@@ -301,10 +316,11 @@ def _build(parallel):
                 s1c = 0.0
                 s2c = 0.0
                 for t in range(T):
-                    for j in range(c * L, (c + 1) * L):
-                        s1c += S1[t, j]
-                        s2c += S2[t, j]
-                mu, v = _stats(s1c, s2c, k[c * L], N * L)
+                    for g in range(G):
+                        for j in range((g * C + c) * L, (g * C + c + 1) * L):
+                            s1c += S1[t, j]
+                            s2c += S2[t, j]
+                mu, v = _stats(s1c, s2c, k[c * L], N * G * L)
                 mean[c], var[c] = mu, v
                 _coefs(mu, gamma[c] / np.sqrt(v + eps), np.float64(beta[c]), cf[:, c])
         else:
@@ -314,7 +330,7 @@ def _build(parallel):
                 _coefs(mu, gamma[c] / np.sqrt(v + eps), np.float64(beta[c]), cf[:, c])
         # per-column copies of the per-channel coefficients keep the inner loop a plain
         # vectorizable sweep along the row
-        cj, sj, hj = np.repeat(cf[0], L), np.repeat(cf[1], L), np.repeat(cf[2], L)
+        cj, sj, hj = _per_column(cf[0], L, G), _per_column(cf[1], L, G), _per_column(cf[2], L, G)
         zero = x3.dtype.type(0)
         for t in loop(T):
             for n in range(t * N // T, (t + 1) * N // T):
@@ -326,16 +342,17 @@ def _build(parallel):
                 else:
                     for j in range(J):
                         yr[j] = (xr[j] - cj[j]) * sj[j] + hj[j]
-        return y2.reshape(N, C, L), mean, var
+        return y2.reshape(x3.shape), mean, var
 
-    def rows_backward(dy3, x3, gamma, mean, var, eps, train, T):
+    def rows_backward(dy3, x3, gamma, mean, var, eps, train, T, C):
         """Backward for the row layout: the reductions of plane_backward, per column."""
-        N, C, L = x3.shape
-        J = C * L
+        N, GC, L = x3.shape
+        G = GC // C
+        J = GC * L
         x2 = x3.reshape(N, J)
         dy2 = dy3.reshape(N, J)
         dx2 = np.empty_like(x2)
-        mj = np.repeat(mean.astype(np.float64), L)
+        mj = _per_column(mean.astype(np.float64), L, G)
         G1 = np.empty((T, J))  # sum dy and sum dy * (x - mean), per task and column
         G2 = np.empty((T, J))
         for t in loop(T):
@@ -368,28 +385,29 @@ def _build(parallel):
         a = np.empty(C, x3.dtype)  # dx = a ((dy - g0) - (x - mean) g1), see _piece_grad_affine
         g0 = np.empty(C, x3.dtype)
         g1 = np.empty(C, x3.dtype)
-        m = N * L
+        m = N * G * L
         for c in range(C):
             sdy = 0.0
             sdyxc = 0.0
             for t in range(T):
-                for j in range(c * L, (c + 1) * L):
-                    sdy += G1[t, j]
-                    sdyxc += G2[t, j]
+                for g in range(G):
+                    for j in range((g * C + c) * L, (g * C + c + 1) * L):
+                        sdy += G1[t, j]
+                        sdyxc += G2[t, j]
             inv_std = 1.0 / np.sqrt(np.float64(var[c]) + eps)
             db, dg = sdy, sdyxc * inv_std
             dbeta[c], dgamma[c] = db, dg
             a[c] = gamma[c] * inv_std
             g0[c] = db / m if train else 0.0
             g1[c] = inv_std * dg / m if train else 0.0
-        aj, g0j, g1j = np.repeat(a, L), np.repeat(g0, L), np.repeat(g1, L)
-        mxj = np.repeat(mean, L)
+        aj, g0j, g1j = _per_column(a, L, G), _per_column(g0, L, G), _per_column(g1, L, G)
+        mxj = _per_column(mean, L, G)
         for t in loop(T):
             for n in range(t * N // T, (t + 1) * N // T):
                 gr, xr, dxr = dy2[n], x2[n], dx2[n]
                 for j in range(J):
                     dxr[j] = aj[j] * ((gr[j] - g0j[j]) - (xr[j] - mxj[j]) * g1j[j])
-        return dx2.reshape(N, C, L), dgamma, dbeta
+        return dx2.reshape(x3.shape), dgamma, dbeta
 
     jit = njit(parallel=parallel, cache=True, fastmath=False)
     return jit(plane_forward), jit(plane_backward), jit(rows_forward), jit(rows_backward)
@@ -419,6 +437,18 @@ def _layout(x):
     return x.reshape(N, C, H * W), H * W <= limit
 
 
+def _pack(x3):
+    """x3 for the row kernels: an (M, C, 1) input with few channels as (M/G, G*C, 1), G
+    of its rows in one (G the largest divisor of M up to _PACK_COLUMNS // C), so that a
+    sweep along a row is long enough to vectorize (16 float32 channels: a row is one
+    vector; measured in benchmarks/DESIGN.md, batchnorm.py)."""
+    M, C, L = x3.shape
+    G = _PACK_COLUMNS // C if L == 1 and C <= _PACK_MAX_C else 1
+    while M % G:
+        G -= 1
+    return x3.reshape(M // G, G * C, 1) if G > 1 else x3
+
+
 def _plane_plan(x):
     """(PN, PL, fused) for the plane layout: pieces across the batch and across a plane
     (from the shape only), and whether to fuse. Fusing a channel's statistics with its
@@ -437,8 +467,9 @@ def _forward(x, gamma, beta, mean_in, var_in, eps, train, relu):
     plane_fwd, _, rows_fwd, _ = _SERIAL if x.size < _SERIAL_BELOW else _PARALLEL
     x3, rows = _layout(x)
     if rows:
+        C, x3 = x3.shape[1], _pack(x3)
         y, mean, var = rows_fwd(x3, gamma, beta, mean_in, var_in, eps, train, _row_tasks(x3),
-                                relu)
+                                C, relu)
     else:
         PN, PL, fused = _plane_plan(x)
         y, mean, var = plane_fwd(x3, gamma, beta, mean_in, var_in, eps, train, PN, PL, fused,
@@ -456,7 +487,8 @@ def _backward(dy, x, gamma, mean, var, eps, train, relu_out):
     x3, rows = _layout(x)
     dy3 = np.ascontiguousarray(dy).reshape(x3.shape)
     if rows:
-        dx, dgamma, dbeta = rows_bwd(dy3, x3, gamma, mean, var, eps, train, _row_tasks(x3))
+        C, x3, dy3 = x3.shape[1], _pack(x3), _pack(dy3)
+        dx, dgamma, dbeta = rows_bwd(dy3, x3, gamma, mean, var, eps, train, _row_tasks(x3), C)
     else:
         PN, PL, fused = _plane_plan(x)
         dx, dgamma, dbeta = plane_bwd(dy3, x3, gamma, mean, var, eps, train, PN, PL, fused)

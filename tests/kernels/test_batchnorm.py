@@ -205,6 +205,25 @@ def test_matches_torch(shape, dtype, training, mod):
 
 # ------------------------------------------------------------------- numerical edges
 
+@pytest.mark.parametrize("shape, groups", [((64, 16), 8), ((50, 16), 5), ((13, 16), 1),
+                                           ((4096, 32), 1), ((4096, 8), 16), ((30, 3), 30),
+                                           ((1, 7), 1), ((40, 33), 1), ((8, 16, 1, 1), 8),
+                                           ((8, 16, 2, 2), 1)])
+@pytest.mark.parametrize("mode_name", ["serial-rows", "parallel-rows"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_rows_match_reference(shape, groups, mode_name, dtype):
+    """(M, C) input with few channels runs G of its rows as one (G the largest divisor
+    of M up to 128 // C; prime M: none), and so does (N, C, 1, 1) input, (N, C) in
+    memory; larger maps are not packed."""
+    c = make_case(np.random.default_rng(3), shape, dtype, 2.0, 3.0)
+    c["eps"] = 1e-5
+    x3, rows = cpu._layout(c["x"])
+    assert rows and cpu._pack(x3).shape[1] == groups * shape[1]
+    with mode(mode_name):
+        out = run_all(cpu, c)
+    compare(out, run_all(ref, c))
+
+
 @pytest.mark.parametrize("shape", [(6, 3), (1, 3), (4, 3, 5, 3), (1, 3, 1, 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mode_name", ["serial-rows", "serial-planes", "parallel-split"])
@@ -252,7 +271,8 @@ def test_large_mean_float32(shape, mode_name):
 # ------------------------------------------------------------------------ determinism
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
-@pytest.mark.parametrize("shape", [(5, 4, 9, 7), (3, 12, 6, 6), (37, 6), (2, 3, 40, 41)])
+@pytest.mark.parametrize("shape", [(5, 4, 9, 7), (3, 12, 6, 6), (37, 6), (2, 3, 40, 41),
+                                   (16384, 16)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_results_independent_of_thread_count(shape, dtype):
     """Pieces and their summation order depend on the shape only, so 1 and 2 threads give
@@ -286,7 +306,7 @@ def test_parallel_kernels_open_two_parallel_regions(kernel, args):
     fn = numba.njit(parallel=True, cache=False)(cpu._PARALLEL[kernel].py_func)
     x = np.ones((4, 3, 5), np.float32)
     g = np.ones(3, np.float32)
-    plan = (1, 2, False) if args == "plane" else (2,)
+    plan = (1, 2, False) if args == "plane" else (2, 3)  # rows: (T, C)
     if kernel in (0, 2):  # forward: (x, gamma, beta, mean, var, eps, train, plan..., relu)
         call = (x, g, g, g, g, 1e-5, True) + plan + (True,)
     else:  # backward: (dy, x, gamma, mean, var, eps, train, plan...)
