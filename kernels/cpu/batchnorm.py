@@ -22,7 +22,9 @@ math. This one is about moving each byte as few times as possible, on any thread
   while the channel is still in cache (fused); otherwise the pieces of all channels are
   summed in one parallel loop and normalized in a second (split). Row layout, for (N, C)
   and maps too small to stream per channel: a task is a block of samples, each one
-  contiguous row of C*H*W values, added column-wise into the task's partial sums.
+  contiguous row of C*H*W values, added column-wise into the task's partial sums. Rows
+  of 16 channels or fewer (a channels_last layer's (N*H*W, C) rows) are packed several
+  to a row first (_pack), so that a row is long enough to vectorize.
 * Element loops run in x's dtype (float32: twice the SIMD lanes), on coefficients
   computed in float64 and rounded once (see _coefs).
 * Small inputs (the paper's MLP: (60, 100), three calls per step) cost less than waking
