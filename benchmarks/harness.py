@@ -250,10 +250,11 @@ def describe_machine(threads) -> dict:
                      "numba": numba.__version__, "scipy": _version("scipy"),
                      "minidl": minidl.__version__, "torch": _version("torch")},
         "env": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
                 "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS"),
                 "removed_for_this_run": dict(REMOVED_ENV),
                 "torch_children": {k: v for k, v in child_env().items()
-                                   if k.startswith(("OMP_", "MALLOC_"))}},
+                                   if k.startswith(("OMP_", "GOMP_", "MALLOC_"))}},
         "malloc_tuning": _malloc.status,
     }
 
@@ -356,6 +357,7 @@ def child_env() -> dict:
     The variables are glibc's equivalent of minidl's mallopt calls, read at start-up."""
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
+    env.pop("GOMP_SPINCOUNT", None)  # (minidl's bounded spin, with its PASSIVE)
     env.pop("OPENBLAS_THREAD_TIMEOUT", None)  # minidl's BLAS policy, not torch's default
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     if os.environ.get("MINIDL_MALLOC_TUNING", "1") != "0":

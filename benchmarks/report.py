@@ -66,7 +66,9 @@ def _machine(result):
         f"- Load average (1, 5, 15 min): {_load(m.get('load_average'))} at the start, "
         f"{_load(m.get('load_average_after'))} at the end",
         f"- BLAS: {m['blas']}; Numba threading layer: {m['numba_threading_layer']}; "
-        f"OMP_WAIT_POLICY={m['env']['OMP_WAIT_POLICY']} for minidl (torch: its default); "
+        f"OMP_WAIT_POLICY={m['env']['OMP_WAIT_POLICY']}"
+        + (f", GOMP_SPINCOUNT={m['env']['GOMP_SPINCOUNT']}" if m["env"].get("GOMP_SPINCOUNT")
+           else "") + " for minidl (torch: its defaults); "
         f"malloc: {m['malloc_tuning']}{malloc_too}"
         + (f"; unset for this run: {', '.join(removed)}" if removed else ""),
         f"- Versions: Python {v['python']}, NumPy {v['numpy']}, Numba {v['numba']}, "

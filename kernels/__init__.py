@@ -15,6 +15,16 @@ import sys
 # halved the MLP b256 step (numbers: benchmarks/DESIGN.md, kernels/__init__.py), so say
 # so once, with the fix.
 OMP_WAIT_POLICY_LATE = "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ
+# PASSIVE alone sends the workers to sleep at once, and every parallel region then wakes
+# them (~50 us a region on a VM; a CNN step runs dozens back to back). A bounded spin
+# first, GOMP_SPINCOUNT iterations (GNU libgomp: ~10^5 a millisecond, so ~0.1 ms), keeps
+# them awake between back-to-back kernels and asleep during longer gaps: +20% CNN and
+# +7% BN-Inception-lite steps on 2 cores. The MLP steps run no parallel Numba kernel
+# next to their BLAS calls (see kernels/cpu/elementwise.py, _EXP_COST), so no spinning
+# worker competes with BLAS's (numbers: benchmarks/DESIGN.md, kernels/__init__.py).
+# Only with minidl's own policy: a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if OMP_WAIT_POLICY_LATE:
     import warnings

@@ -84,7 +84,8 @@ def openmp_wait_policy() -> str:
     if kernels.OMP_WAIT_POLICY_LATE:
         return (f"{value} too late: torch was imported before minidl and its OpenMP runtime "
                 "spins idle threads; import minidl first or set OMP_WAIT_POLICY=PASSIVE")
-    return f"OMP_WAIT_POLICY={value}"
+    spin = os.environ.get("GOMP_SPINCOUNT")
+    return f"OMP_WAIT_POLICY={value}" + (f", GOMP_SPINCOUNT={spin}" if spin else "")
 
 
 def collect() -> dict:

@@ -51,7 +51,7 @@ def test_json_machine_and_limits(quick_run):
     assert m["cores"] >= 1 and 1 <= m["usable_cores"] <= m["cores"]
     assert m["versions"]["numpy"] and m["versions"]["numba"]
     assert (m["versions"]["torch"] is not None) == HAS_TORCH
-    assert "OMP_WAIT_POLICY" not in m["env"]["torch_children"]
+    assert not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(m["env"]["torch_children"])
     for key in ("gemm_gflops", "copy_gbs", "triad_gbs"):
         assert positive(result["limits"][key])
     assert positive(result["wall_seconds"]["total"])
@@ -183,9 +183,11 @@ def test_full_case_list_matches_the_benchmark_shapes():
 def test_torch_child_gets_torchs_openmp_and_minidls_malloc_settings(monkeypatch):
     from minidl import _malloc
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
     monkeypatch.delenv("MINIDL_MALLOC_TUNING", raising=False)
     env = harness.child_env()
-    assert "OMP_WAIT_POLICY" not in env and ROOT in env["PYTHONPATH"].split(os.pathsep)
+    assert "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env
+    assert ROOT in env["PYTHONPATH"].split(os.pathsep)
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(_malloc.MMAP_THRESHOLD)
     assert env["MALLOC_TRIM_THRESHOLD_"] == str(_malloc.TRIM_THRESHOLD)
     monkeypatch.setenv("MINIDL_MALLOC_TUNING", "0")  # minidl's opt-out holds for torch too

@@ -98,3 +98,21 @@ def test_torch_imported_first_is_warned_about_once_with_the_fix():
                                                              "import minidl, torch")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert "torch was imported" not in out.stderr and "too late" not in out.stdout
+
+
+@pytest.mark.parametrize("env_in, spin, policy", [
+    ({}, "10000", "PASSIVE"),  # minidl's own: PASSIVE after a bounded spin
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, None, "ACTIVE"),  # the user's policy, no spin count
+    ({"GOMP_SPINCOUNT": "500"}, "500", "PASSIVE"),  # the user's spin count kept
+])
+def test_openmp_wait_policy_is_a_bounded_spin_unless_the_user_set_one(env_in, spin, policy):
+    code = ("import os, minidl, minidl.info as i; print(os.environ.get('GOMP_SPINCOUNT'), "
+            "os.environ['OMP_WAIT_POLICY']); print(i.openmp_wait_policy())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
+                                                              "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(env, **env_in), timeout=120)
+    assert out.returncode == 0, out.stderr
+    values, shown = out.stdout.splitlines()
+    assert values == f"{spin} {policy}"
+    assert shown == f"OMP_WAIT_POLICY={policy}" + (f", GOMP_SPINCOUNT={spin}" if spin else "")

@@ -22,9 +22,12 @@ _CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
 _CHUNK = 16384  # elements per parallel task of the flat kernels
 _ROWS_MAX_L = 16  # maps of at most this many pixels broadcast the bias along whole rows
 # Below this much work the serial twin runs (see kernels/cpu/batchnorm.py); sigmoid and
-# tanh count _EXP_COST per element: each costs about as much as that many relus.
+# tanh count _EXP_COST per element. 4 keeps the MLP steps' activations (up to batch 256
+# of 100 units) serial: a parallel one there ran between two BLAS calls and left its
+# workers spinning beside BLAS's (kernels/__init__.py); serial, it was no slower
+# (numbers: benchmarks/DESIGN.md, kernels/__init__.py).
 _SERIAL_BELOW = 1 << 17
-_EXP_COST = 8
+_EXP_COST = 4
 
 
 # (error_model="numpy" on the kernels that divide: Python's semantics would test every

@@ -182,3 +182,19 @@ def test_results_independent_of_thread_count():
         numba.set_num_threads(saved)
     for a, c in zip(*out):
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "relu"])
+def test_mlp_sized_activations_open_no_parallel_region(act, monkeypatch):
+    """The MLP steps' activations (batch up to 256, 100 units; with or without a bias)
+    run serially, so that no Numba worker is left spinning beside the BLAS calls around
+    them (kernels/__init__.py); larger inputs still run in parallel."""
+    def refuse(*args):
+        raise AssertionError("a parallel kernel ran")
+    monkeypatch.setattr(cpu, "_PARALLEL", (refuse,) * 4)
+    x = np.random.default_rng(0).standard_normal((256, 100)).astype(np.float32)
+    cpu.bias_act_forward(x, np.zeros(100, np.float32), act)
+    cpu.bias_act_forward(x, None, act)
+    cpu.act_backward(x, x, act)
+    with pytest.raises(AssertionError, match="parallel kernel ran"):
+        cpu.bias_act_forward(np.ones((4096, 100), np.float32), None, act)
