@@ -4,6 +4,8 @@ as the memory-bandwidth yardstick.
 
     python -m minidl.benchmarks.cuda [--quick] [--json FILE] [--markdown FILE]
 
+Host time per call: numba-cuda's launch of an empty kernel, an allocation, one minidl
+tensor op and one torch op on one element (what a launch-bound step pays per op).
 Kernels: batch norm training forward/backward and eval forward, max/avg/global pooling
 forward/backward (GB/s of compulsory traffic and % of the measured copy rate), conv2d
 forward/backward (GFLOP/s), the GEMM, each beside PyTorch's time for the same pass
@@ -285,6 +287,44 @@ def train_rows(quick: bool, repeat: int) -> list:
     return rows
 
 
+def overhead_rows(quick: bool) -> list:
+    """Host time per launch, in microseconds: where a launch-bound step's time goes. Each
+    row runs n calls back to back and synchronizes once, so the GPU's own work (one
+    element) hides behind the host's: numba-cuda's launch of an empty kernel, an
+    allocation from the caching allocator, minidl's `a + b` on one element (allocation,
+    dispatch, launch) and, with PyTorch CUDA, torch's `a + b` on one element."""
+    from numba import cuda
+
+    import minidl
+    from minidl.kernels.cuda.array import CudaArray
+    n = 5 if quick else 2000
+
+    @cuda.jit
+    def empty(x):
+        pass
+
+    a = CudaArray.from_host(np.ones(1, np.float32))
+    x = minidl.tensor(np.ones(1, np.float32), device="cuda")
+
+    def per_call(fn, sync=_sync):
+        def run():
+            for _ in range(n):
+                fn()
+        return timeit(run, 3, sync=sync) / n * 1e6
+
+    rows = [{"what": "numba-cuda launch of an empty kernel",
+             "us": per_call(lambda: empty[1, 1](a._dev))},
+            {"what": "CudaArray of one element (caching allocator)",
+             "us": per_call(lambda: CudaArray((1,), np.float32))},
+            {"what": "minidl a + b, one element (a tensor op)", "us": per_call(lambda: x + x)}]
+    torch = _torch_cuda()
+    if torch:
+        t = torch.ones(1, device=TORCH_DEVICE)
+        rows.append({"what": "torch a + b, one element", "us": per_call(lambda: t + t,
+                                                                        _torch_sync)})
+    return rows
+
+
 def _f(value, spec=".3f", suffix="") -> str:
     return "" if value is None else format(value, spec) + suffix
 
@@ -293,8 +333,10 @@ def markdown(result: dict) -> str:
     copy = result["copy_GBps"]
     lines = [f"# minidl CUDA benchmarks ({result['device']})", "",
              f"device-to-device copy: {copy:.0f} GB/s", "",
-             "| kernel | ms | GB/s | % of copy | GFLOP/s | torch ms | torch/minidl |",
-             "|---|---|---|---|---|---|---|"]
+             "| host time per call | us |", "|---|---|"]
+    lines += [f"| {r['what']} | {r['us']:.1f} |" for r in result.get("overhead", [])]
+    lines += ["", "| kernel | ms | GB/s | % of copy | GFLOP/s | torch ms | torch/minidl |",
+              "|---|---|---|---|---|---|---|"]
     for r in result["kernels"]:
         gb = r.get("GB/s")
         lines.append(" | ".join([
@@ -322,6 +364,7 @@ def main_with(quick=False, json_path=None, markdown_path=None) -> int:
     repeat = 2 if quick else 20
     result = {"device": minidl.cuda.status(),
               "copy_GBps": copy_bandwidth(1024 if quick else 1 << 26, repeat),
+              "overhead": overhead_rows(quick),
               "kernels": kernel_rows(quick, repeat), "train": train_rows(quick, repeat)}
     text = markdown(result)
     if json_path:

@@ -768,6 +768,7 @@ def test_bench_device_cuda_quick_runs(capsys):
     assert main(["bench", "--device", "cuda", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "batch_norm_train_forward" in out and "Figure 1 MLP + BN" in out
+    assert "numba-cuda launch of an empty kernel" in out
 
 
 @pytest.mark.slow
@@ -783,6 +784,10 @@ def test_bench_device_cuda_times_every_row_against_torch(monkeypatch):
     assert len(kernels) == 12 and len(steps) == 3
     for row in kernels + steps:
         assert row["torch_ms"] > 0 and row["vs_torch"] > 0, row
+    overhead = bench.overhead_rows(quick=True)
+    assert [r["what"].split()[0] for r in overhead] == ["numba-cuda", "CudaArray", "minidl",
+                                                        "torch"]
+    assert all(r["us"] > 0 for r in overhead)
 
 
 @pytest.mark.slow
