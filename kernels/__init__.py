@@ -32,7 +32,7 @@ if OMP_WAIT_POLICY_LATE:
                   "minidl's kernels share with it keeps spinning idle threads "
                   "(OMP_WAIT_POLICY came too late), which can slow training up to 2x on "
                   "few cores: import minidl before torch, or set OMP_WAIT_POLICY=PASSIVE "
-                  "in the environment", RuntimeWarning, stacklevel=2)
+                  "GOMP_SPINCOUNT=10000 in the environment", RuntimeWarning, stacklevel=2)
 
 # One policy for BLAS threads and Numba threads: OpenBLAS's workers spin for 2^28 cycles
 # (~0.1 s) after every multithreaded call before they sleep, and while they spin every

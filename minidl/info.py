@@ -83,7 +83,8 @@ def openmp_wait_policy() -> str:
     value = os.environ.get("OMP_WAIT_POLICY")
     if kernels.OMP_WAIT_POLICY_LATE:
         return (f"{value} too late: torch was imported before minidl and its OpenMP runtime "
-                "spins idle threads; import minidl first or set OMP_WAIT_POLICY=PASSIVE")
+                "spins idle threads; import minidl first or set OMP_WAIT_POLICY=PASSIVE "
+                "GOMP_SPINCOUNT=10000")
     spin = os.environ.get("GOMP_SPINCOUNT")
     return f"OMP_WAIT_POLICY={value}" + (f", GOMP_SPINCOUNT={spin}" if spin else "")
 
