@@ -537,17 +537,23 @@ def minidl_model(kind):
     return models.bn_inception_lite() if kind == "inception" else _cnn(nn)
 
 
+def torch_mlp_layers(tnn, in_features=784, hidden=(100, 100, 100), num_classes=10,
+                     bn=False) -> list:
+    """The layers of minidl.models.mlp in torch.nn (`tnn`): per hidden layer a Linear
+    (without bias before BN), BatchNorm1d with bn, a Sigmoid; then the classifier."""
+    layers, width = [], in_features
+    for h in hidden:
+        layers.append(tnn.Linear(width, h, bias=not bn))
+        layers += [tnn.BatchNorm1d(h)] if bn else []
+        layers.append(tnn.Sigmoid())
+        width = h
+    return layers + [tnn.Linear(width, num_classes)]
+
+
 def torch_model(kind):
     import torch.nn as tnn
     if kind in ("mlp", "mlp_bn"):  # the paper's 784-100-100-100-10 sigmoid MLP
-        bn = kind == "mlp_bn"
-        layers, width = [tnn.Flatten()], 784
-        for _ in range(3):
-            layers.append(tnn.Linear(width, 100, bias=not bn))
-            layers += [tnn.BatchNorm1d(100)] if bn else []
-            layers.append(tnn.Sigmoid())
-            width = 100
-        return tnn.Sequential(*layers, tnn.Linear(100, 10))
+        return tnn.Sequential(tnn.Flatten(), *torch_mlp_layers(tnn, bn=kind == "mlp_bn"))
     if kind == "inception":
         from minidl.benchmarks.inception_torch import torch_bn_inception_lite
         return torch_bn_inception_lite()

@@ -55,9 +55,10 @@ def _torch_sync():
         torch.cuda.synchronize()
 
 
-def _torch_cuda():
-    """PyTorch with CUDA at its best in float32: cuDNN picks its fastest algorithms
-    (benchmark mode); TF32 is off, so both sides compute in float32."""
+def _torch_peer():
+    """torch, set up as the peer on TORCH_DEVICE (None without it): at its best in
+    float32, cuDNN picking its fastest algorithms (benchmark mode), TF32 off so that both
+    sides compute in float32."""
     try:
         import torch
         if TORCH_DEVICE == "cpu" or torch.cuda.is_available():
@@ -92,7 +93,7 @@ def copy_bandwidth(n: int, repeat: int) -> float:
 def kernel_rows(quick: bool, repeat: int) -> list:
     import minidl.kernels.cuda as kc
     from minidl.kernels.cuda.array import CudaArray
-    torch = _torch_cuda()
+    torch = _torch_peer()
     rng = np.random.default_rng(0)
     shape = (2, 3, 6, 6) if quick else (64, 64, 28, 28)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -235,16 +236,6 @@ def _step_row(name, model, tmodel, xs, ys, repeat, torch) -> dict:
     return row
 
 
-def _torch_mlp(torch, feat, width, classes, bn):
-    layers, w_in = [], feat
-    for h in width:
-        layers += [torch.nn.Linear(w_in, h, bias=not bn)]
-        layers += [torch.nn.BatchNorm1d(h)] if bn else []
-        layers += [torch.nn.Sigmoid()]
-        w_in = h
-    return torch.nn.Sequential(*layers, torch.nn.Linear(w_in, classes))
-
-
 def _cnn(nn):
     """The small BN CNN of the table, in minidl's nn or torch.nn (the same names)."""
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
@@ -256,7 +247,8 @@ def _cnn(nn):
 def train_rows(quick: bool, repeat: int) -> list:
     import minidl
     from minidl import models, nn
-    torch = _torch_cuda()
+    from minidl.benchmarks.cases import torch_mlp_layers
+    torch = _torch_peer()
     rng = np.random.default_rng(0)
     rows = []
     batch, width = (4, (6, 5)) if quick else (60, (100, 100, 100))
@@ -267,7 +259,8 @@ def train_rows(quick: bool, repeat: int) -> list:
         rows.append(_step_row(
             f"Figure 1 MLP{' + BN' if bn else ''}, batch {batch}",
             models.mlp(in_features=feat, hidden=width, num_classes=classes, bn=bn),
-            torch and _torch_mlp(torch, feat, width, classes, bn), xs, ys, repeat, torch))
+            torch and torch.nn.Sequential(*torch_mlp_layers(torch.nn, feat, width, classes, bn)),
+            xs, ys, repeat, torch))
     n, hw = (2, 6) if quick else (32, 28)
     rows.append(_step_row(
         f"BN CNN, batch {n}, {hw}x{hw}", _cnn(nn), torch and _cnn(torch.nn),
@@ -317,7 +310,7 @@ def overhead_rows(quick: bool) -> list:
             {"what": "CudaArray of one element (caching allocator)",
              "us": per_call(lambda: CudaArray((1,), np.float32))},
             {"what": "minidl a + b, one element (a tensor op)", "us": per_call(lambda: x + x)}]
-    torch = _torch_cuda()
+    torch = _torch_peer()
     if torch:
         t = torch.ones(1, device=TORCH_DEVICE)
         rows.append({"what": "torch a + b, one element", "us": per_call(lambda: t + t,

@@ -42,8 +42,7 @@ def batch_norm_relu(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
     """relu(batch_norm(x, ...)) as one tape node (a minidl extension; PyTorch has no
     such function): the same values and gradients, bitwise, with one pass over memory
     fewer forward (the ReLU is applied as batch norm writes its output) and one op fewer
-    on the tape. nn.Sequential runs a BatchNorm
-    followed by a ReLU through it.
+    on the tape. nn.Sequential runs a BatchNorm followed by a ReLU through it.
 
     >>> import minidl as md
     >>> x = md.tensor([[-1.0], [0.0], [1.0]])

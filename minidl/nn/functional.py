@@ -18,6 +18,5 @@ def pad(x, pad, value=0.0):
 
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "batch_norm_relu", "conv2d",
-           "cross_entropy",
-           "dropout", "flatten", "linear", "log_softmax", "max_pool2d", "mse_loss", "pad",
-           "relu", "sigmoid", "softmax", "tanh"]
+           "cross_entropy", "dropout", "flatten", "linear", "log_softmax", "max_pool2d",
+           "mse_loss", "pad", "relu", "sigmoid", "softmax", "tanh"]
