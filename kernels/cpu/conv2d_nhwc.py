@@ -68,6 +68,8 @@ def blocking(dtype):
 # tile does the same useful work in at most the same time (numbers: benchmarks/DESIGN.md,
 # conv2d_nhwc.py). On AVX2 the half width would be 128 bits: no gain.
 HALF_TILES = host_lanes(4) == 16
+# 1x1 convolutions run on the micro-kernel where it beats BLAS: AVX-512 (_pointwise_on_blas)
+POINTWISE_TILES = host_lanes(4) == 16
 
 
 def half_tail(K, dtype):
@@ -247,7 +249,7 @@ def _tile_shape(a):
 
 @versioned
 @njit(parallel=True, cache=True)
-def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half_tail):
+def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half_tail, ng):
     """out[obase[m] + k*kstride] = bias[k] + sum over taps t, c < C of
     xf[pix[m] + taps[t] + c] * wp[step (t, c)], for all pixels m and k < K: a tap's C
     values are its channels, or (dilation 1 along the width, few channels) a whole
@@ -255,22 +257,23 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half_tail)
     write their rows of out directly where they can (kstride 1, a full panel, a block
     that does not overlap the previous one), else into a buffer that the owned part is
     copied from. With half_tail, a last panel of at most NR/2 channels runs on the
-    half-width tile (reading the first NR/2 columns of the packed panel)."""
+    half-width tile (reading the first NR/2 columns of the packed panel). The pixel
+    blocks are cut into ng tasks of consecutive blocks, as equal as can be (the tasks
+    decide only who computes a tile, not how: any ng gives the same results)."""
     M = pix.size
     T = taps.size
     mr, nr = _tile_shape(xf)
     nb = -(-M // mr)
-    ng = -(-nb // GROUP)
     nk = -(-K // nr)
     panel = T * C * nr
     last = max(M - mr, 0)
     for g in prange(ng):
         buf = np.empty(mr * nr, dtype=xf.dtype)
         brows = np.arange(mr) * nr  # the buffer's rows
-        rows = np.empty(GROUP * mr, dtype=np.int64)
-        orows = np.empty(GROUP * mr, dtype=np.int64)
-        b0 = g * GROUP
-        b1 = min(nb, b0 + GROUP)
+        b0 = g * nb // ng
+        b1 = (g + 1) * nb // ng
+        rows = np.empty((b1 - b0) * mr, dtype=np.int64)
+        orows = np.empty((b1 - b0) * mr, dtype=np.int64)
         for b in range(b0, b1):
             start = min(b * mr, last)
             for i in range(mr):
@@ -346,12 +349,14 @@ def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, 
 
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
 
-def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride, origin=(0, 0)):
-    """Forward of the padded NHWC input xp into out (flat), at obase + k*kstride; the
-    windows start at row and column `origin` of xp (not 0: a phase of backward-input
-    reading a part of a larger padded dy)."""
+def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
+             origin=(0, 0)):
+    """Forward of the padded NHWC input xp into out (flat), at obase + k*kstride, with
+    weights of w_shape (K, C, R, S) packed as pack_weights does (wp); the windows start
+    at row and column `origin` of xp (not 0: a phase of backward-input reading a part
+    of a larger padded dy)."""
     N, Hp, Wp, C = xp.shape
-    K, _, R, S = w.shape
+    K, _, R, S = w_shape
     (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
     _, nr = blocking(xp.dtype)
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw)
@@ -365,9 +370,19 @@ def _forward(xp, w, b, stride, dilation, out_hw, out, obase, kstride, origin=(0,
         taps, run = tap_table(R, 1, dh, 1, Wp, C), S * C
     else:
         taps, run = tap_table(R, S, dh, dw, Wp, C), C
-    _forward_gemm(xp.reshape(-1), pix, taps, run, pack_weights(w, nr),
+    _forward_gemm(xp.reshape(-1), pix, taps, run, wp,
                   _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride,
-                  half_tail(K, xp.dtype))
+                  half_tail(K, xp.dtype), _tasks(pix.size, blocking(xp.dtype)[0]))
+
+
+def _tasks(M, mr):
+    """How many forward tasks share the -(-M // mr) pixel blocks: tasks of at most GROUP
+    blocks, their count a multiple of the thread count, so that every thread gets the
+    same work (262 blocks of a (64, 96, 7, 7) convolution as 17 tasks of 16 split 9:8
+    between 2 threads; as 18 of 14-15, 131:131)."""
+    blocks, threads = -(-M // mr), numba.get_num_threads()
+    per_thread = -(-blocks // (GROUP * threads))
+    return max(1, threads * per_thread)
 
 
 def _padded_input(x, padding, nchw):
@@ -384,6 +399,9 @@ def _pad_to(a, top, left, Hp, Wp, nchw):
     """a (NCHW or NHWC) as an NHWC (N, Hp, Wp, C) copy, shifted by (top, left) and
     zero-padded (or cropped)."""
     N, C = a.shape[0], a.shape[1 if nchw else 3]
+    if not nchw and (top, left, Hp, Wp) == (0, 0) + a.shape[1:3] \
+            and a.flags.c_contiguous:
+        return a  # nothing to pad (a 1x1 or unpadded convolution): the kernels only read it
     out = buffer("padded", N * Hp * Wp * C, a.dtype).reshape(N, Hp, Wp, C)
     # A small copy is done sooner than the sleeping second thread wakes up (200 KB:
     # 43 against 92 us on 2 threads; numbers: benchmarks/DESIGN.md, conv2d_nhwc.py)
@@ -425,13 +443,32 @@ def forward(x, w, b, stride, padding, dilation, nchw=False):
     else:
         y = np.empty((N, Ho, Wo, K), dtype=x.dtype)
         obase, kstride = nhwc_table(N * Ho * Wo, K), 1
-    _forward(xp, w, b, stride, dilation, (Ho, Wo), y.reshape(-1), obase, kstride)
+    _forward(xp, w.shape, pack_weights(w, blocking(x.dtype)[1]), b, stride, dilation,
+             (Ho, Wo), y.reshape(-1), obase, kstride)
     return y
 
 
-def _flip(w):
-    """(K, C, R, S) -> (C, K, R, S) with the kernel rotated by 180 degrees."""
-    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+@functools.lru_cache(maxsize=64)
+def _pack_index(w_shape, rows, cols, nr):
+    """Where each value of the packed weights of backward-input comes from: the kernel
+    taps (rows, cols) of (K, C, R, S) weights (flipped: rows and columns in decreasing
+    order) as (C, K, len(rows), len(cols)) weights wt[c, k, a, b] = w[k, c, rows[a],
+    cols[b]], packed by pack_weights; flat indices into w, w.size for the zero padding
+    (see _gather). One gather then replaces the slicing, transposing and packing
+    copies (about 1 ms a call of a (64, 128, 14, 14) stride-2 input gradient)."""
+    K, C, R, S = w_shape
+    idx = np.arange(1, K * C * R * S + 1).reshape(K, C, R, S)
+    sub = idx[:, :, list(rows)][:, :, :, list(cols)].transpose(1, 0, 2, 3)
+    packed = pack_weights(sub, nr) - 1  # (the padding's zeros become -1)
+    return _frozen(np.where(packed < 0, K * C * R * S, packed))
+
+
+def _gather(w, index):
+    """w's values at a _pack_index table (0 where it says w.size)."""
+    wext = np.empty(w.size + 1, dtype=w.dtype)
+    wext[:-1] = w.reshape(-1)
+    wext[-1] = 0
+    return wext[index]
 
 
 def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
@@ -446,6 +483,7 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
         Ho, Wo = dy.shape[1:3]
     K, _, R, S = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    nr = blocking(dy.dtype)[1]
     dx = np.empty(x_shape, dtype=dy.dtype)
     dxf = dx.reshape(-1)
     if (sh, sw) == (1, 1):
@@ -453,48 +491,68 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
         dyp = _pad_to(dy, top, left, H + dh * (R - 1), W + dw * (S - 1), nchw)
         obase, kstride = (nchw_table(N, C, H, W), H * W) if nchw else \
             (nhwc_table(N * H * W, C), 1)
-        _forward(dyp, _flip(w), None, (1, 1), dilation, (H, W), dxf, obase, kstride)
+        flipped = tuple(range(R - 1, -1, -1)), tuple(range(S - 1, -1, -1))
+        _forward(dyp, (C, K, R, S), _gather(w, _pack_index(w.shape, *flipped, nr)), None,
+                 (1, 1), dilation, (H, W), dxf, obase, kstride)
         return dx
     assert dilation == (1, 1), "strided backward-input needs dilation 1"
-    from .conv2d_direct import _phase_taps
-    phases = [(rows, h0, u0, Hu, cols, w0, v0, Wu)
-              for rows, h0, u0, Hu in _phase_taps(R, sh, ph, H)
-              for cols, w0, v0, Wu in _phase_taps(S, sw, pw, W) if Hu > 0 and Wu > 0]
-    live = [p for p in phases if p[0] and p[4]]
-    # Phase (a, b) is a stride-1 correlation of dy shifted by (len(rows) - 1 - u0,
-    # len(cols) - 1 - v0) (see conv2d_direct.backward_input): one copy of dy, padded by
-    # the largest shift, serves every phase from its own origin.
-    top = max([0] + [len(p[0]) - 1 - p[2] for p in live])
-    left = max([0] + [len(p[4]) - 1 - p[6] for p in live])
-    Hd = max([top + Ho] + [top - (len(p[0]) - 1 - p[2]) + p[3] + len(p[0]) - 1 for p in live])
-    Wd = max([left + Wo] + [left - (len(p[4]) - 1 - p[6]) + p[7] + len(p[4]) - 1
-                            for p in live])
+    (top, left, Hd, Wd), phases = _phase_plan(N, C, H, W, Ho, Wo, R, S, stride, padding,
+                                              nchw)
+    live = any(p[2] is not None for p in phases)
     dyp = _pad_to(dy, top, left, Hd, Wd, nchw) if live else None
-    n = np.arange(N)[:, None, None]
-    for rows, h0, u0, Hu, cols, w0, v0, Wu in phases:
-        if not rows or not cols:  # no kernel offset reaches these pixels
+    for rows, cols, obase, kstride, (Hu, Wu), origin in phases:
+        if obase is None:  # no kernel offset reaches these pixels
+            h0, w0 = rows, cols
             if nchw:
                 dx[:, :, h0::sh, w0::sw] = 0
             else:
                 dx[:, h0::sh, w0::sw, :] = 0
             continue
-        # The taps that reach this phase, its pixels written interleaved into dx.
-        sub = w[:, :, rows][:, :, :, cols]  # (K, C, Ma, Mb), flipped already
-        Ma, Mb = len(rows), len(cols)
+        # The taps that reach this phase (flipped already), as (C, K, Ma, Mb) weights
+        _forward(dyp, (C, K, len(rows), len(cols)),
+                 _gather(w, _pack_index(w.shape, rows, cols, nr)), None, (1, 1), (1, 1),
+                 (Hu, Wu), dxf, obase, kstride, origin=origin)
+    return dx
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_plan(N, C, H, W, Ho, Wo, R, S, stride, padding, nchw):
+    """Strided backward-input (dilation 1) as sh*sw phases, the sets of input pixels
+    (h, w) with the same (h + ph) % sh and (w + pw) % sw: each phase is a stride-1
+    convolution of dy with the taps that reach it (see conv2d_direct.backward_input).
+    Phase (a, b) reads dy shifted by (len(rows) - 1 - u0, len(cols) - 1 - v0), so one
+    copy of dy, padded by the largest shift, serves every phase from its own origin.
+    Returns ((top, left, Hd, Wd) of that copy, phases), a phase being (tap rows, tap
+    columns, its pixels' offsets in dx, the channel stride, (Hu, Wu), origin), or
+    (h0, w0, None, ...) for a phase no tap reaches (zeros). Cached: a function of the
+    geometry only."""
+    from .conv2d_direct import _phase_taps
+    (sh, sw), (ph, pw) = stride, padding
+    phases = [(rows, h0, u0, Hu, cols, w0, v0, Wu)
+              for rows, h0, u0, Hu in _phase_taps(R, sh, ph, H)
+              for cols, w0, v0, Wu in _phase_taps(S, sw, pw, W) if Hu > 0 and Wu > 0]
+    live = [p for p in phases if p[0] and p[4]]
+    top = max([0] + [len(p[0]) - 1 - p[2] for p in live])
+    left = max([0] + [len(p[4]) - 1 - p[6] for p in live])
+    Hd = max([top + Ho] + [top - (len(p[0]) - 1 - p[2]) + p[3] + len(p[0]) - 1 for p in live])
+    Wd = max([left + Wo] + [left - (len(p[4]) - 1 - p[6]) + p[7] + len(p[4]) - 1
+                            for p in live])
+    n = np.arange(N)[:, None, None]
+    plan = []
+    for rows, h0, u0, Hu, cols, w0, v0, Wu in phases:
+        if not rows or not cols:
+            plan.append((h0, w0, None, 0, (Hu, Wu), (0, 0)))
+            continue
         hs = h0 + sh * np.arange(Hu)
         ws = w0 + sw * np.arange(Wu)
         if nchw:
-            obase = (n * (C * H * W) + hs[:, None] * W + ws).ravel()
-            kstride = H * W
+            obase, kstride = (n * (C * H * W) + hs[:, None] * W + ws).ravel(), H * W
         else:
-            obase = (((n * H + hs[:, None]) * W + ws) * C).ravel()
-            kstride = 1
-        wt = np.ascontiguousarray(sub.transpose(1, 0, 2, 3))
-        # (read-only, like the cached tables: one compiled signature for both)
-        _forward(dyp, wt, None, (1, 1), (1, 1), (Hu, Wu), dxf,
-                 _frozen(obase.astype(np.int64)), kstride,
-                 origin=(top - (Ma - 1 - u0), left - (Mb - 1 - v0)))
-    return dx
+            obase, kstride = (((n * H + hs[:, None]) * W + ws) * C).ravel(), 1
+        origin = (top - (len(rows) - 1 - u0), left - (len(cols) - 1 - v0))
+        plan.append((tuple(rows), tuple(cols), _frozen(obase.astype(np.int64)), kstride,
+                     (Hu, Wu), origin))
+    return (top, left, Hd, Wd), plan
 
 
 def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
@@ -546,10 +604,21 @@ def backward_bias(dy):
 
 def _is_pointwise(w_shape, stride, padding):
     """A 1x1 convolution that visits every pixel once: on NHWC memory it is one GEMM of
-    the (N*H*W, C) pixel matrix with the (K, C) weights, which BLAS runs near the GEMM
-    limit while the implicit-GEMM tiles above spend most of their time on edges (a 64-
-    to 80-deep contraction is too short for them)."""
+    the (N*H*W, C) pixel matrix with the (K, C) weights, no padding, no copy."""
     return w_shape[2] == w_shape[3] == 1 and stride == (1, 1) and padding == (0, 0)
+
+
+def _pointwise_on_blas(depth, dtype):
+    """Whether a 1x1 forward or input gradient with this contraction depth (C for the
+    forward, K for the input gradient) runs on BLAS rather than the micro-kernel. On
+    float32 the micro-kernel wins from 64 to 128 channels (up to 1.2x; (64, 64, 14, 14)
+    -> 64: 0.52 against 0.68 ms forward), BLAS below (the tiles' epilogue weighs on a
+    short contraction) and above (its blocking keeps a long one in cache). Measured on
+    AVX-512 (Zen 4); on AVX2 the 6 x 16 tiles lost to BLAS 2-3x, and float64 is not
+    measured: both stay on BLAS. The weight gradient, a contraction over every pixel,
+    runs on the micro-kernel whenever this does for some depth (1.05-1.4x on Zen 4).
+    Numbers: benchmarks/DESIGN.md, conv2d_nhwc.py."""
+    return not (POINTWISE_TILES and np.dtype(dtype).itemsize == 4 and 64 <= depth <= 128)
 
 
 @functools.lru_cache(maxsize=None)
@@ -577,7 +646,7 @@ def _gemm_bias(a, w2, b):
 
 def conv2d_forward_nhwc(x, w, b, stride, padding, dilation):
     """x (N, H, W, C), w (K, C, R, S), b (K,) or None -> y (N, Ho, Wo, K); groups = 1."""
-    if _is_pointwise(w.shape, stride, padding):
+    if _is_pointwise(w.shape, stride, padding) and _pointwise_on_blas(x.shape[3], x.dtype):
         N, H, W, C = x.shape
         K = w.shape[0]
         return _gemm_bias(x.reshape(-1, C), w.reshape(K, C), b).reshape(N, H, W, K)
@@ -586,7 +655,7 @@ def conv2d_forward_nhwc(x, w, b, stride, padding, dilation):
 
 def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K) -> dx with x_shape = (N, H, W, C); groups = 1."""
-    if _is_pointwise(w.shape, stride, padding):
+    if _is_pointwise(w.shape, stride, padding) and _pointwise_on_blas(dy.shape[3], dy.dtype):
         K, C = w.shape[:2]
         return (dy.reshape(-1, K) @ w.reshape(K, C)).reshape(x_shape)
     if stride != (1, 1) and dilation != (1, 1):
@@ -600,7 +669,7 @@ def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
 
 def conv2d_backward_weight_nhwc(dy, x, w_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K), x (N, H, W, C) -> dw (K, C, R, S); groups = 1."""
-    if _is_pointwise(w_shape, stride, padding):
+    if _is_pointwise(w_shape, stride, padding) and not (POINTWISE_TILES and x.dtype.itemsize == 4):
         # dw^T = x^T dy, transposed back (a small copy): OpenBLAS runs this orientation
         # of the long-contraction GEMM up to 2x faster than dy^T x (numbers:
         # benchmarks/DESIGN.md, conv2d_nhwc.py), as conv2d.py found for its columns
