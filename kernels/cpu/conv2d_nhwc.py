@@ -454,7 +454,7 @@ def _pack_index(w_shape, rows, cols, nr):
     taps (rows, cols) of (K, C, R, S) weights (flipped: rows and columns in decreasing
     order) as (C, K, len(rows), len(cols)) weights wt[c, k, a, b] = w[k, c, rows[a],
     cols[b]], packed by pack_weights; flat indices into w, w.size for the zero padding
-    (see _gather). One gather then replaces the slicing, transposing and packing
+    (see _with_zero). One gather then replaces the slicing, transposing and packing
     copies (about 1 ms a call of a (64, 128, 14, 14) stride-2 input gradient)."""
     K, C, R, S = w_shape
     idx = np.arange(1, K * C * R * S + 1).reshape(K, C, R, S)
@@ -463,12 +463,12 @@ def _pack_index(w_shape, rows, cols, nr):
     return _frozen(np.where(packed < 0, K * C * R * S, packed))
 
 
-def _gather(w, index):
-    """w's values at a _pack_index table (0 where it says w.size)."""
+def _with_zero(w):
+    """w flat with a 0 appended: wext[_pack_index(...)] is a packed weight table."""
     wext = np.empty(w.size + 1, dtype=w.dtype)
     wext[:-1] = w.reshape(-1)
     wext[-1] = 0
-    return wext[index]
+    return wext
 
 
 def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
@@ -492,7 +492,7 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
         obase, kstride = (nchw_table(N, C, H, W), H * W) if nchw else \
             (nhwc_table(N * H * W, C), 1)
         flipped = tuple(range(R - 1, -1, -1)), tuple(range(S - 1, -1, -1))
-        _forward(dyp, (C, K, R, S), _gather(w, _pack_index(w.shape, *flipped, nr)), None,
+        _forward(dyp, (C, K, R, S), _with_zero(w)[_pack_index(w.shape, *flipped, nr)], None,
                  (1, 1), dilation, (H, W), dxf, obase, kstride)
         return dx
     assert dilation == (1, 1), "strided backward-input needs dilation 1"
@@ -500,6 +500,7 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
                                               nchw)
     live = any(p[2] is not None for p in phases)
     dyp = _pad_to(dy, top, left, Hd, Wd, nchw) if live else None
+    wext = _with_zero(w)
     for rows, cols, obase, kstride, (Hu, Wu), origin in phases:
         if obase is None:  # no kernel offset reaches these pixels
             h0, w0 = rows, cols
@@ -510,7 +511,7 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
             continue
         # The taps that reach this phase (flipped already), as (C, K, Ma, Mb) weights
         _forward(dyp, (C, K, len(rows), len(cols)),
-                 _gather(w, _pack_index(w.shape, rows, cols, nr)), None, (1, 1), (1, 1),
+                 wext[_pack_index(w.shape, rows, cols, nr)], None, (1, 1), (1, 1),
                  (Hu, Wu), dxf, obase, kstride, origin=origin)
     return dx
 
