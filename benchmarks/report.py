@@ -135,6 +135,10 @@ def _kernels(rows, quick):
         "bytes a pass must move (batch norm forward: x, y; backward: x, dy, dx; pooling: x, y, "
         "and max pooling's int64 argmax) judged against copy bandwidth, which small inputs "
         "that stay in cache can exceed. torch / numba > 1: numba is faster."
+        + (f" Each side of a row (every minidl column, each torch configuration) keeps its "
+           f"fastest of {rows[0]['rounds']} rounds over the whole table (the host's speed "
+           "swings for seconds at a time); every round's median is in the JSON "
+           "(round_medians_s)." if rows and rows[0].get("rounds", 1) > 1 else "")
         + (" The first layer (C=1) needs no input gradient: no backward_input row."
            if any(", 1, " in r["case"] for r in rows if r["kernel"] == "conv2d") else ""),
     ] + (["* matmul: minidl calls NumPy's BLAS; that is the numba column."]

@@ -236,3 +236,22 @@ def test_training_rounds_pool_their_samples():
     t = suite._merged([a, b])
     assert t["median_s"] == 3.0 and t["samples"] == 5 and t["max_s"] == 10.0
     assert t["steps"] == 2 * 5 + 3 * 4 and t["first_call_s"] == 9.0
+
+
+def test_kernel_rounds_keep_each_sides_fastest_round():
+    from minidl.benchmarks import suite
+    rounds = [{"median_s": 2.0, "first_call_s": 5.0}, {"median_s": 1.0, "first_call_s": 0.1},
+              {"median_s": 3.0, "first_call_s": 0.1}]
+    t = suite._fastest(rounds)
+    assert t["median_s"] == 1.0 and t["round_medians_s"] == [2.0, 1.0, 3.0]
+    assert t["first_call_s"] == 5.0  # the first round's: the JIT or cache load
+
+
+def test_run_kernels_in_rounds_records_every_round():
+    from minidl.benchmarks import cases, suite
+    specs = cases.suite_specs(quick=True, families=("batch_norm",))[:1]
+    rows = suite.run_kernels(specs, 1, mode="quick", backends=("numba", "numpy"), rounds=2)
+    assert rows[0]["rounds"] == 2
+    assert len(rows[0]["numba"]["round_medians_s"]) == 2
+    assert rows[0]["numba"]["median_s"] == min(rows[0]["numba"]["round_medians_s"])
+    assert len(rows[0]["numpy"]["round_medians_s"]) == 1  # the yardstick: first round only
