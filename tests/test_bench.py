@@ -255,3 +255,11 @@ def test_run_kernels_in_rounds_records_every_round():
     assert len(rows[0]["numba"]["round_medians_s"]) == 2
     assert rows[0]["numba"]["median_s"] == min(rows[0]["numba"]["round_medians_s"])
     assert len(rows[0]["numpy"]["round_medians_s"]) == 1  # the yardstick: first round only
+
+
+def test_torch_configuration_is_chosen_by_its_typical_round():
+    from minidl.benchmarks import suite
+    steady = {"median_s": 1.0, "round_medians_s": [1.0, 1.0, 1.1]}
+    lucky = {"median_s": 0.5, "round_medians_s": [0.5, 2.0, 2.0]}  # one flattering round
+    assert suite._typical(steady) == 1.0 and suite._typical(lucky) == 2.0
+    assert suite._typical({"median_s": 3.0}) == 3.0
