@@ -68,7 +68,7 @@ def blocking(dtype):
 # tile does the same useful work in at most the same time (numbers: benchmarks/DESIGN.md,
 # conv2d_nhwc.py). On AVX2 the half width would be 128 bits: no gain.
 HALF_TILES = host_lanes(4) == 16
-# 1x1 convolutions run on the micro-kernel where it beats BLAS: AVX-512 (_pointwise_on_blas)
+# 1x1 convolutions run on the micro-kernel, not BLAS: AVX-512 (see _pointwise_on_blas)
 POINTWISE_TILES = host_lanes(4) == 16
 
 
@@ -609,17 +609,17 @@ def _is_pointwise(w_shape, stride, padding):
     return w_shape[2] == w_shape[3] == 1 and stride == (1, 1) and padding == (0, 0)
 
 
-def _pointwise_on_blas(depth, dtype):
-    """Whether a 1x1 forward or input gradient with this contraction depth (C for the
-    forward, K for the input gradient) runs on BLAS rather than the micro-kernel. On
-    float32 the micro-kernel wins from 64 to 128 channels (up to 1.2x; (64, 64, 14, 14)
-    -> 64: 0.52 against 0.68 ms forward), BLAS below (the tiles' epilogue weighs on a
-    short contraction) and above (its blocking keeps a long one in cache). Measured on
-    AVX-512 (Zen 4); on AVX2 the 6 x 16 tiles lost to BLAS 2-3x, and float64 is not
-    measured: both stay on BLAS. The weight gradient, a contraction over every pixel,
-    runs on the micro-kernel whenever this does for some depth (1.05-1.4x on Zen 4).
-    Numbers: benchmarks/DESIGN.md, conv2d_nhwc.py."""
-    return not (POINTWISE_TILES and np.dtype(dtype).itemsize == 4 and 64 <= depth <= 128)
+def _pointwise_on_blas(dtype):
+    """Whether 1x1 convolutions run on BLAS rather than on the micro-kernel: on AVX2
+    hosts (there the 6 x 16 tiles lost to BLAS 2-3x) and for float64 (not measured).
+    On AVX-512 the micro-kernel runs 1x1 float32 convolutions at every depth: alone it
+    beats BLAS from 64 to 128 channels (up to 1.2x) and loses by up to 20% outside that
+    range, but inside a training step it wins almost everywhere (BN-Inception-lite,
+    batch 32, ms per call: 176 -> 32 forward 0.17 against 0.40, 32 -> 16 forward 0.12
+    against 0.20), and a step with no BLAS call in its convolutions never runs a Numba
+    kernel beside OpenBLAS's spinning workers. Numbers: benchmarks/DESIGN.md,
+    conv2d_nhwc.py."""
+    return not (POINTWISE_TILES and np.dtype(dtype).itemsize == 4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -647,7 +647,7 @@ def _gemm_bias(a, w2, b):
 
 def conv2d_forward_nhwc(x, w, b, stride, padding, dilation):
     """x (N, H, W, C), w (K, C, R, S), b (K,) or None -> y (N, Ho, Wo, K); groups = 1."""
-    if _is_pointwise(w.shape, stride, padding) and _pointwise_on_blas(x.shape[3], x.dtype):
+    if _is_pointwise(w.shape, stride, padding) and _pointwise_on_blas(x.dtype):
         N, H, W, C = x.shape
         K = w.shape[0]
         return _gemm_bias(x.reshape(-1, C), w.reshape(K, C), b).reshape(N, H, W, K)
@@ -656,7 +656,7 @@ def conv2d_forward_nhwc(x, w, b, stride, padding, dilation):
 
 def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K) -> dx with x_shape = (N, H, W, C); groups = 1."""
-    if _is_pointwise(w.shape, stride, padding) and _pointwise_on_blas(dy.shape[3], dy.dtype):
+    if _is_pointwise(w.shape, stride, padding) and _pointwise_on_blas(dy.dtype):
         K, C = w.shape[:2]
         return (dy.reshape(-1, K) @ w.reshape(K, C)).reshape(x_shape)
     if stride != (1, 1) and dilation != (1, 1):
@@ -670,7 +670,7 @@ def conv2d_backward_input_nhwc(dy, w, x_shape, stride, padding, dilation):
 
 def conv2d_backward_weight_nhwc(dy, x, w_shape, stride, padding, dilation):
     """dy (N, Ho, Wo, K), x (N, H, W, C) -> dw (K, C, R, S); groups = 1."""
-    if _is_pointwise(w_shape, stride, padding) and not (POINTWISE_TILES and x.dtype.itemsize == 4):
+    if _is_pointwise(w_shape, stride, padding) and _pointwise_on_blas(x.dtype):
         # dw^T = x^T dy, transposed back (a small copy): OpenBLAS runs this orientation
         # of the long-contraction GEMM up to 2x faster than dy^T x (numbers:
         # benchmarks/DESIGN.md, conv2d_nhwc.py), as conv2d.py found for its columns

@@ -241,8 +241,8 @@ FIXED = [
     (1, 3, 7, 7, 2, 3, 3, 1, 0, 1),       # fewer channels and pixels than one tile
     (2, 6, 11, 12, 5, 5, 5, 3, 2, 1),     # stride 3: backward-input in 9 phases
     (2, 4, 10, 9, 6, 1, 1, 2, 0, 1),      # 1x1 stride 2: a phase no tap reaches
-    (2, 16, 6, 5, 33, 1, 1, 1, 0, 1),     # 1x1: a plain GEMM over pixels (BLAS but dW)
-    (1, 64, 5, 7, 80, 1, 1, 1, 0, 1),     # 1x1 on the micro-kernel (64 to 128 deep)
+    (2, 16, 6, 5, 33, 1, 1, 1, 0, 1),     # 1x1: a plain GEMM over pixels (a half tile)
+    (1, 176, 5, 7, 80, 1, 1, 1, 0, 1),    # 1x1, a long contraction
     (2, 5, 9, 7, 7, 3, 2, 2, 1, 2),       # stride 2 with dilation 2 (backward-input: old route)
     (1, 4, 5, 6, 3, 3, 3, 1, 3, 1),       # padding larger than the kernel's reach: cropped dy
 ]
@@ -469,15 +469,14 @@ def test_half_width_tiles_give_the_same_bits(monkeypatch, dtype, C, K, stride):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("C, K, blas", [(16, 24, True), (64, 96, False), (176, 64, True)])
-def test_pointwise_route_follows_the_contraction_depth(monkeypatch, C, K, blas):
-    # A 1x1 forward runs on BLAS (_gemm_bias) or on the micro-kernel by its depth C,
-    # where the micro-kernel is enabled (AVX-512, float32); either way the same result.
-    case = make_case(np.random.default_rng(5), 2, C, 5, 6, K, 1, 1, (1, 1), (0, 0), (1, 1),
-                     np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_route(monkeypatch, dtype):
+    # A 1x1 convolution runs on BLAS (_gemm_bias, numpy's matmul) or on the micro-kernel
+    # (AVX-512, float32); either way the reference's result.
+    case = make_case(np.random.default_rng(5), 2, 40, 5, 6, 24, 1, 1, (1, 1), (0, 0), (1, 1),
+                     dtype)
     calls = []
     gemm = nhwc._gemm_bias
     monkeypatch.setattr(nhwc, "_gemm_bias", lambda *a: calls.append(1) or gemm(*a))
-    y = nhwc.conv2d_forward_nhwc(to_nhwc(case["x"]), case["w"], case["b"], *case["geo"])
-    assert_close(to_nchw(y), case["y"])
-    assert bool(calls) == (blas or not nhwc.POINTWISE_TILES)
+    check(case)
+    assert bool(calls) == (dtype == np.float64 or not nhwc.POINTWISE_TILES)
