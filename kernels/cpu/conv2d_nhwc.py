@@ -12,9 +12,9 @@ of NR output channels is R*S*C*NR contiguous values, read front to back by the k
 Forward. The output pixels are cut into blocks of MR that span rows and samples (no
 rounding waste on 7x7 maps); the last block starts at M - MR and overlaps the one before
 it, so there is no edge code: each block writes only the pixels it owns. A parallel
-task takes GROUP consecutive blocks and, panel by panel, runs the micro-kernel over the
-whole R*S*C contraction of each block (the accumulators start at the bias), then writes
-the tile out: NHWC rows (y[m, k]), or straight into NCHW planes for the NCHW entry
+task takes at most GROUP consecutive blocks (as many tasks per thread: _tasks) and,
+panel by panel, runs the micro-kernel over the whole R*S*C contraction of each block
+(the accumulators start at the bias), then writes the tile out: NHWC rows (y[m, k]), or straight into NCHW planes for the NCHW entry
 points, through a table of each pixel's output offset and a channel stride.
 
 Backward-input is the forward of dy with input and output channels swapped and the
@@ -36,7 +36,6 @@ Every output element is computed by one task in a fixed order, so all passes are
 deterministic. Supports stride, padding, dilation, groups = 1 (kernels/cpu/conv2d.py
 keeps the other routes for groups > 1).
 """
-import contextlib
 import functools
 
 import numba
@@ -53,7 +52,6 @@ CHUNK = 64  # pixels per backward-weight contraction chunk: its dy rows (64 x K)
 #            benchmarks/DESIGN.md, conv2d_nhwc.py)
 WEIGHT_GROUPS = 8  # backward-weight partial sums (fixed: results independent of threads)
 RUN_MERGE_BELOW = 16  # forward: below this many channels a kernel row is one run (_forward)
-PAD_SERIAL_BELOW = 1 << 20  # padded copies of fewer bytes run on one thread (_pad_to)
 
 
 def blocking(dtype):
@@ -403,27 +401,15 @@ def _pad_to(a, top, left, Hp, Wp, nchw):
             and a.flags.c_contiguous:
         return a  # nothing to pad (a 1x1 or unpadded convolution): the kernels only read it
     out = buffer("padded", N * Hp * Wp * C, a.dtype).reshape(N, Hp, Wp, C)
-    # A small copy is done sooner than the sleeping second thread wakes up (200 KB:
-    # 43 against 92 us on 2 threads; numbers: benchmarks/DESIGN.md, conv2d_nhwc.py)
-    with _one_thread() if out.nbytes < PAD_SERIAL_BELOW else contextlib.nullcontext():
-        if nchw:
-            from .conv2d_direct import _to_padded_nhwc
-            _to_padded_nhwc(a, top, left, out)
-        else:
-            _pad_nhwc(np.ascontiguousarray(a), top, left, out)
+    # On all threads even when small: the copy wakes the sleeping workers that the GEMM
+    # right after needs anyway (a serial copy below 1 MiB made whole passes up to 12%
+    # slower; numbers: benchmarks/DESIGN.md, conv2d_nhwc.py)
+    if nchw:
+        from .conv2d_direct import _to_padded_nhwc
+        _to_padded_nhwc(a, top, left, out)
+    else:
+        _pad_nhwc(np.ascontiguousarray(a), top, left, out)
     return out
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run the parallel kernels called inside on this thread alone (its prange loops
-    become plain loops: the same results)."""
-    saved = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(saved)
 
 
 def forward(x, w, b, stride, padding, dilation, nchw=False):

@@ -427,26 +427,6 @@ def test_backward_weight_with_rows_cut_into_pieces(monkeypatch, chunk, stride, d
     assert_close(dw, case["dw"])
 
 
-@pytest.mark.parametrize("nchw", [False, True])
-def test_small_padded_copies_run_on_one_thread_with_the_same_result(monkeypatch, nchw):
-    rng = np.random.default_rng(5)
-    a = rng.standard_normal((3, 4, 5, 6) if nchw else (3, 5, 6, 4)).astype(np.float32)
-    saved = numba.get_num_threads()
-    monkeypatch.setattr(nhwc, "PAD_SERIAL_BELOW", 0)  # every copy on all threads
-    parallel = nhwc._pad_to(a, 1, 2, 8, 10, nchw).copy()
-    monkeypatch.setattr(nhwc, "PAD_SERIAL_BELOW", 1 << 40)  # every copy on one thread
-    seen = []
-    real = nhwc._pad_nhwc if not nchw else None
-    if real is not None:
-        monkeypatch.setattr(nhwc, "_pad_nhwc",
-                            lambda *args: (seen.append(numba.get_num_threads()), real(*args)))
-    serial = nhwc._pad_to(a, 1, 2, 8, 10, nchw)
-    np.testing.assert_array_equal(serial, parallel)
-    assert numba.get_num_threads() == saved  # restored
-    if real is not None:
-        assert seen == [1]
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C, K, stride", [(1, 16, 1), (16, 12, 1), (5, 3, 2), (9, 8, 1),
                                           (48, 20, 1), (3, 40, 2), (24, 48, 1)])
