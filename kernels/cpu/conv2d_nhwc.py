@@ -14,8 +14,9 @@ rounding waste on 7x7 maps); the last block starts at M - MR and overlaps the on
 it, so there is no edge code: each block writes only the pixels it owns. A parallel
 task takes at most GROUP consecutive blocks (as many tasks per thread: _tasks) and,
 panel by panel, runs the micro-kernel over the whole R*S*C contraction of each block
-(the accumulators start at the bias), then writes the tile out: NHWC rows (y[m, k]), or straight into NCHW planes for the NCHW entry
-points, through a table of each pixel's output offset and a channel stride.
+(the accumulators start at the bias), then writes the tile out: NHWC rows (y[m, k]),
+or straight into NCHW planes for the NCHW entry points, through a table of each pixel's
+output offset and a channel stride.
 
 Backward-input is the forward of dy with input and output channels swapped and the
 kernel flipped. Stride 1: one "full" convolution of dy padded by d*(R-1) - p. Stride > 1
