@@ -23,9 +23,9 @@ Optimizations:
 * forwards: `max_window` and `avg_window`, LLVM vector IR through
   numba.extending.intrinsic, keep the running maxima (and their positions) or sums of 4
   vectors of lanes in registers over the whole window (per tap: one load, then two
-  compares and two selects, or one add) and store once; the max positions run as int32
-  (float32's width: one comparison mask selects both) and are widened to int64 when
-  stored. (Plain Numba kept them in memory, one pass over the lane block per tap; for
+  compares and two selects, or one add) and store once; the max positions are int32
+  (float32's width: one comparison mask selects both), in registers and in the argmax
+  array (half the bytes of int64 for the backward to read). (Plain Numba kept them in memory, one pass over the lane block per tap; for
   max through two ping-ponged buffers, because LLVM makes an in-place
   `y = v if take else y` a conditional store that does not vectorize: 1.3-2.7x slower,
   numbers in benchmarks/DESIGN.md, pooling_nhwc.py);
@@ -160,7 +160,7 @@ def _build_windows():
             lanes = host_lanes(bits // 8)
             fty = context.get_value_type(dtype)
             vty = ir.VectorType(fty, lanes)
-            ity, lty = ir.VectorType(i32, lanes), ir.VectorType(i64, lanes)
+            ity = ir.VectorType(i32, lanes)
             xp, yp = (context.make_array(sig.args[k])(context, builder, args[k]).data
                       for k in (1, 9))
 
@@ -210,8 +210,7 @@ def _build_windows():
                 o = builder.add(ooff_v, ir.Constant(i64, v * lanes))
                 if kind == "max":
                     builder.store(builder.load(best[v]), vptr(yp, o, vty), align=bits // 8)
-                    builder.store(builder.sext(builder.load(at[v]), lty), vptr(ap, o, lty),
-                                  align=8)
+                    builder.store(builder.load(at[v]), vptr(ap, o, ity), align=4)
                 else:
                     builder.store(builder.fdiv(builder.load(acc[v]), div), vptr(yp, o, vty),
                                   align=bits // 8)
@@ -225,7 +224,7 @@ def _build_windows():
         per tap one vector load, two compares, two selects; stored once at the end."""
         if not typed(nv, x, (xoff, W, L, hs, he, ws, we, ooff), y,
                      isinstance(am, types.Array) and am.ndim == 1
-                     and am.dtype == types.int64):
+                     and am.dtype == types.int32):
             return None
         return (types.void(nv, x, xoff, W, L, hs, he, ws, we, y, ooff, am),
                 codegen_for("max"))
@@ -468,7 +467,7 @@ def max_pool2d_forward_lanes(x, kernel_size, stride, padding, Ho, Wo):
     N, C = x.shape[:2]
     xl = nchw_to_lanes(x)
     y = np.empty((1, Ho, Wo, N * C), dtype=x.dtype)
-    argmax = np.empty((1, Ho, Wo, N * C), dtype=np.int64)
+    argmax = np.empty((1, Ho, Wo, N * C), dtype=np.int32)
     max_pool_fwd(xl, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
                  padding[1], y, argmax)
     return lanes_to_nchw(y, N, C), argmax.reshape(Ho, Wo, N, C).transpose(2, 3, 0, 1)
@@ -522,11 +521,13 @@ def avg_pool2d_backward_lanes(dy, x_shape, kernel_size, stride, padding, count_i
 # ------------------------------------------------ channels_last entry points (N, H, W, C)
 
 def max_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode):
-    """x (N, H, W, C) -> y, argmax (N, Ho, Wo, C); argmax holds flat h*W + w."""
+    """x (N, H, W, C) -> y, argmax (N, Ho, Wo, C); argmax holds flat h*W + w as int32:
+    half the bytes of int64 for the forward to write and the backward to read (a plane
+    of 2**31 pixels is beyond any input; see benchmarks/DESIGN.md, pooling_nhwc.py)."""
     N, H, W, C = x.shape
     Ho, Wo = _output_hw((N, C, H, W), kernel_size, stride, padding, ceil_mode)
     y = np.empty((N, Ho, Wo, C), dtype=x.dtype)
-    argmax = np.empty((N, Ho, Wo, C), dtype=np.int64)
+    argmax = np.empty((N, Ho, Wo, C), dtype=np.int32)
     max_pool_fwd(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
                  padding[1], y, argmax)
     return y, argmax
@@ -536,7 +537,7 @@ def max_pool2d_backward_nhwc(dy, argmax, x_shape, kernel_size, stride, padding):
     """dy, argmax (N, Ho, Wo, C) -> dx (N, H, W, C) = x_shape; the pooling's geometry
     says whether the windows are disjoint (see _max_backward)."""
     dx = np.empty(x_shape, dtype=dy.dtype)
-    return _max_backward(np.ascontiguousarray(dy), np.ascontiguousarray(argmax),
+    return _max_backward(np.ascontiguousarray(dy), np.ascontiguousarray(argmax, np.int32),
                          kernel_size, stride, padding, dx)
 
 

@@ -72,7 +72,7 @@ def test_nhwc_layout_directly(dtype):
     Ho, Wo = out_hw(x, k, s, p, False)
     xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     y = np.empty((2, Ho, Wo, 5), dtype)
-    am = np.empty((2, Ho, Wo, 5), np.int64)
+    am = np.empty((2, Ho, Wo, 5), np.int32)  # positions as the NHWC kernels keep them
     lanes.max_pool_fwd(xn, *k, *s, *p, y, am)
     y0, a0 = ref.max_pool2d_forward(x, k, s, p, False)
     np.testing.assert_array_equal(y.transpose(0, 3, 1, 2), y0)
@@ -183,7 +183,7 @@ def test_window_intrinsics_match_their_references(dtype):
             out = []
             for ref_ in (True, False):
                 y = np.full(2 * (n + 7), 99, dtype)
-                am = np.full(n + 7, -1, np.int64)
+                am = np.full(n + 7, -1, np.int32)
                 call(ref_, xf, H * W * L + 2, W, L, hs, he, ws, we, y, 5, am, dtype(3))
                 out.append((y, am))
             (y0, a0), (y1, a1) = out
