@@ -460,3 +460,15 @@ def test_pointwise_route(monkeypatch, dtype):
     monkeypatch.setattr(nhwc, "_gemm_bias", lambda *a: calls.append(1) or gemm(*a))
     check(case)
     assert bool(calls) == (dtype == np.float64 or not nhwc.POINTWISE_TILES)
+
+
+@pytest.mark.parametrize("K, C, R, S, nr", [(64, 3, 3, 3, 32), (40, 5, 1, 2, 32), (7, 2, 3, 1, 16),
+                                            (16, 1, 3, 3, 32)])
+def test_pack_weights_layout(K, C, R, S, nr):
+    w = np.random.default_rng(K).standard_normal((K, C, R, S)).astype(np.float32)
+    packed = nhwc.pack_weights(w, nr).reshape(-(-K // nr), R * S, C, nr)
+    for kb in range(packed.shape[0]):
+        for j in range(nr):
+            k = kb * nr + j
+            want = w[k].reshape(C, R * S).T if k < K else np.zeros((R * S, C), np.float32)
+            np.testing.assert_array_equal(packed[kb, :, :, j], want)
