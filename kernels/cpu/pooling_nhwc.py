@@ -27,9 +27,9 @@ Optimizations:
   (float32's width: one comparison mask selects both), in registers and in the argmax
   array (half the bytes of int64 for the backward to read). (Plain Numba kept them in
   memory, one pass over the lane block per tap; for max through two ping-ponged
-  buffers, because LLVM makes an in-place
-  `y = v if take else y` a conditional store that does not vectorize: 1.3-2.7x slower,
-  numbers in benchmarks/DESIGN.md, pooling_nhwc.py);
+  buffers, because LLVM makes an in-place `y = v if take else y` a conditional store
+  that does not vectorize: 1.3-2.7x slower, numbers in benchmarks/DESIGN.md,
+  pooling_nhwc.py);
 * avg backward: one vector pass over a block of lanes per covering window (LLVM
   vectorizes the contiguous, branch-free lane loops), the windows covering a pixel found
   in two small per-call tables, with no integer division;
