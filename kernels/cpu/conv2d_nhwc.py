@@ -47,7 +47,8 @@ from scipy.linalg import get_blas_funcs
 from .microkernel import MR32, MR64, NR32, NR64, host_lanes, tile, tile_half, versioned
 from .scratch import buffer
 
-GROUP = 16  # pixel blocks per forward task
+GROUP = 16  # pixel blocks per forward task (at most, unless the blocks are cheap: ...)
+TASK_STEPS = 4608  # ... then about this many micro-kernel steps a task (16 blocks of 288)
 CHUNK = 64  # pixels per backward-weight contraction chunk: its dy rows (64 x K) stay in L1 while
 #            every tile of (tap, channel) rows walks them (256 spilled them to L2; numbers:
 #            benchmarks/DESIGN.md, conv2d_nhwc.py)
@@ -377,16 +378,21 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
         taps, run = tap_table(R, S, dh, dw, Wp, C), C
     _forward_gemm(xp.reshape(-1), pix, taps, run, wp,
                   _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride,
-                  half_tail(K, xp.dtype), _tasks(pix.size, blocking(xp.dtype)[0]))
+                  half_tail(K, xp.dtype),
+                  _tasks(pix.size, blocking(xp.dtype)[0], taps.size * run * -(-K // nr)))
 
 
-def _tasks(M, mr):
-    """How many forward tasks share the -(-M // mr) pixel blocks: tasks of at most GROUP
-    blocks, their count a multiple of the thread count, so that every thread gets the
-    same work (262 blocks of a (64, 96, 7, 7) convolution as 17 tasks of 16 split 9:8
-    between 2 threads; as 18 of 14-15, 131:131)."""
+def _tasks(M, mr, steps):
+    """How many forward tasks share the -(-M // mr) pixel blocks, each block `steps`
+    micro-kernel steps (contraction x panels): tasks of at most GROUP blocks, or of
+    about TASK_STEPS steps where blocks are cheap (a first layer's 9-step contraction:
+    a task's own setup, its tables and buffers, then weighs on 16 blocks), their count a
+    multiple of the thread count, so that every thread gets the same work (262 blocks
+    of a (64, 96, 7, 7) convolution as 17 tasks of 16 split 9:8 between 2 threads; as
+    18 of 14-15, 131:131)."""
     blocks, threads = -(-M // mr), numba.get_num_threads()
-    per_thread = -(-blocks // (GROUP * threads))
+    group = max(GROUP, TASK_STEPS // max(steps, 1))
+    per_thread = -(-blocks // (group * threads))
     return max(1, threads * per_thread)
 
 
