@@ -28,7 +28,9 @@ math. This one is about moving each byte as few times as possible, on any thread
 * Element loops run in x's dtype (float32: twice the SIMD lanes), on coefficients
   computed in float64 and rounded once (see _coefs).
 * Small inputs (the paper's MLP: (60, 100), three calls per step) cost less than waking
-  the thread pool, so below _SERIAL_BELOW elements the same code runs compiled serially.
+  the thread pool, so below _SERIAL_BELOW elements the same code runs compiled serially;
+  so does float64, the checking precision, whose parallel builds were a tenth of the
+  kernels' cold compile time (_serial).
 * A ReLU after batch norm can be fused (relu=True): the normalizing pass writes max(y, 0)
   instead of y, one pass over memory fewer than a ReLU of its own. Its backward
   (relu_out=) masks dy first, in the ReLU kernel's pass, then runs the plain backward.
@@ -419,6 +421,14 @@ _PARALLEL = _build(True)
 _SERIAL = _build(False)
 
 
+def _serial(x):
+    """Whether x runs on the serial build: small inputs (the thread pool costs more than
+    it saves) and float64, minidl's checking precision (gradcheck, references), where
+    speed matters less than the ~10 s of cold compilation its parallel builds took
+    (numbers: benchmarks/DESIGN.md, batchnorm.py)."""
+    return x.size < _SERIAL_BELOW or x.dtype.itemsize == 8
+
+
 def _row_tasks(x3):
     """Row blocks for the row layout: from the shape only (determinism), and at most
     _ROW_TASKS_MAX so that combining the (T, C*L) partial sums stays cheap."""
@@ -435,7 +445,7 @@ def _layout(x):
     if x.ndim == 2:
         return x.reshape(x.shape[0], x.shape[1], 1), True
     N, C, H, W = x.shape
-    limit = _ROWS_MAX_L if x.size < _SERIAL_BELOW else _ROWS_MAX_L_PARALLEL
+    limit = _ROWS_MAX_L if _serial(x) else _ROWS_MAX_L_PARALLEL
     return x.reshape(N, C, H * W), H * W <= limit
 
 
@@ -460,13 +470,13 @@ def _plane_plan(x):
     L = H * W
     PL = -(-L // _LANES_MAX)
     PN = max(1, min(N, N * (L // PL) // _PIECE))
-    fused = (PN * PL == 1 or x.size < _SERIAL_BELOW
+    fused = (PN * PL == 1 or _serial(x)
              or C >= _FUSE_MIN_C_PER_THREAD * get_num_threads())
     return PN, PL, fused
 
 
 def _forward(x, gamma, beta, mean_in, var_in, eps, train, relu):
-    plane_fwd, _, rows_fwd, _ = _SERIAL if x.size < _SERIAL_BELOW else _PARALLEL
+    plane_fwd, _, rows_fwd, _ = _SERIAL if _serial(x) else _PARALLEL
     x3, rows = _layout(x)
     if rows:
         C, x3 = x3.shape[1], _pack(x3)
@@ -480,7 +490,7 @@ def _forward(x, gamma, beta, mean_in, var_in, eps, train, relu):
 
 
 def _backward(dy, x, gamma, mean, var, eps, train, relu_out):
-    _, plane_bwd, _, rows_bwd = _SERIAL if x.size < _SERIAL_BELOW else _PARALLEL
+    _, plane_bwd, _, rows_bwd = _SERIAL if _serial(x) else _PARALLEL
     if relu_out is not None:
         # The fused ReLU's gradient, dy * [relu_out > 0], in a pass of its own: masking
         # inside the two passes below reads relu_out twice, and measured no faster than

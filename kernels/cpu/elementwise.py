@@ -8,7 +8,8 @@ while it is still in cache, so memory sees one read of x and one write of y.
 The activation is passed to the kernels as a small integer and branched on once per
 block, so that each activation's loop vectorizes. Small inputs (below _SERIAL_BELOW
 elements, fewer for sigmoid and tanh) run on a serially compiled copy of the same code:
-waking the thread pool costs more than the work.
+waking the thread pool costs more than the work. float64 runs there too, as in
+batchnorm.py (no parallel float64 build to compile).
 """
 import math
 
@@ -253,7 +254,8 @@ def _code(act):
 
 def bias_act_forward(x, b, act):
     code = _code(act)
-    serial = x.size * (_EXP_COST if code in (SIGMOID, TANH) else 1) < _SERIAL_BELOW
+    serial = (x.size * (_EXP_COST if code in (SIGMOID, TANH) else 1) < _SERIAL_BELOW
+              or x.dtype.itemsize == 8)  # float64: serial, as in batchnorm._serial
     planes, rows, flat, _ = _SERIAL if serial else _PARALLEL
     if b is None:
         return flat(x.reshape(-1), code, _CHUNK).reshape(x.shape)
@@ -268,5 +270,5 @@ def bias_act_forward(x, b, act):
 
 
 def act_backward(dy, y, act):
-    grad = (_SERIAL if dy.size < _SERIAL_BELOW else _PARALLEL)[3]
+    grad = (_SERIAL if dy.size < _SERIAL_BELOW or dy.dtype.itemsize == 8 else _PARALLEL)[3]
     return grad(dy.reshape(-1), y.reshape(-1), _code(act), _CHUNK).reshape(dy.shape)
