@@ -15,8 +15,10 @@ import minidl as md
 pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
                                 reason="apt-get install -y dataset-fashion-mnist")
 
-ARGS = ["-m", "minidl.cli", "train", "--bn", "--dataset", "fashion-mnist", "--steps", "600",
-        "--eval-every", "200", "--checkpoint-every", "50", "--threads", "1", "--no-progress"]
+STEPS = 3000  # ~2-3 s of training at ~1,300 steps/s: the kill lands mid-run (600 steps, a
+#               fast host's half second, once let the poll below first see the last checkpoint)
+ARGS = ["-m", "minidl.cli", "train", "--bn", "--dataset", "fashion-mnist", "--steps", str(STEPS),
+        "--eval-every", "1000", "--checkpoint-every", "50", "--threads", "1", "--no-progress"]
 
 
 def run(out, *extra, wait=True):
@@ -45,11 +47,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     interrupted_at = md.load(ckpt)["step"]
-    assert 100 <= interrupted_at < 600
+    assert 100 <= interrupted_at < STEPS
 
     run(killed, "--resume")
     a, b = md.load(tmp_path / "full" / "checkpoint.npz"), md.load(ckpt)
-    assert a["step"] == b["step"] == 600
+    assert a["step"] == b["step"] == STEPS
     for key, value in a["model"].items():
         np.testing.assert_array_equal(value, b["model"][key], err_msg=key)
     assert [r["test_acc"] for r in a["history"]] == [r["test_acc"] for r in b["history"]]
