@@ -68,8 +68,9 @@ def blocking(dtype):
 # tile does the same useful work in at most the same time (numbers: benchmarks/DESIGN.md,
 # conv2d_nhwc.py). On AVX2 the half width would be 128 bits: no gain.
 HALF_TILES = host_lanes(4) == 16
-# 1x1 convolutions run on the micro-kernel, not BLAS: AVX-512 (see _pointwise_on_blas)
-POINTWISE_TILES = host_lanes(4) == 16
+# 1x1 convolutions run on the micro-kernel, not BLAS, on the same AVX-512 hosts (see
+# _pointwise_on_blas)
+POINTWISE_TILES = HALF_TILES
 
 
 def half_tail(K, dtype):
@@ -364,7 +365,7 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
     N, Hp, Wp, C = xp.shape
     K, _, R, S = w_shape
     (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
-    _, nr = blocking(xp.dtype)
+    mr, nr = blocking(xp.dtype)
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw)
     if origin != (0, 0):  # (read-only like the cached table: one compiled signature)
         pix = _frozen(pix + (origin[0] * Wp + origin[1]) * C)
@@ -379,7 +380,7 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
     _forward_gemm(xp.reshape(-1), pix, taps, run, wp,
                   _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride,
                   half_tail(K, xp.dtype),
-                  _tasks(pix.size, blocking(xp.dtype)[0], taps.size * run * -(-K // nr)))
+                  _tasks(pix.size, mr, taps.size * run * -(-K // nr)))
 
 
 def _tasks(M, mr, steps):

@@ -252,10 +252,15 @@ def _code(act):
         raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}") from None
 
 
+def _serial(a, cost=1):
+    """Whether `a` runs on the serial build: less work than _SERIAL_BELOW (`cost` per
+    element), or float64 (no parallel float64 build, as in batchnorm._serial)."""
+    return a.size * cost < _SERIAL_BELOW or a.dtype.itemsize == 8
+
+
 def bias_act_forward(x, b, act):
     code = _code(act)
-    serial = (x.size * (_EXP_COST if code in (SIGMOID, TANH) else 1) < _SERIAL_BELOW
-              or x.dtype.itemsize == 8)  # float64: serial, as in batchnorm._serial
+    serial = _serial(x, _EXP_COST if code in (SIGMOID, TANH) else 1)
     planes, rows, flat, _ = _SERIAL if serial else _PARALLEL
     if b is None:
         return flat(x.reshape(-1), code, _CHUNK).reshape(x.shape)
@@ -270,5 +275,5 @@ def bias_act_forward(x, b, act):
 
 
 def act_backward(dy, y, act):
-    grad = (_SERIAL if dy.size < _SERIAL_BELOW or dy.dtype.itemsize == 8 else _PARALLEL)[3]
+    grad = (_SERIAL if _serial(dy) else _PARALLEL)[3]
     return grad(dy.reshape(-1), y.reshape(-1), _code(act), _CHUNK).reshape(dy.shape)
