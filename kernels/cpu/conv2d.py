@@ -45,6 +45,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import conv2d_direct, conv2d_nhwc
+from .builds import float32_parallel
 from .conv2d_direct import gather
 from .scratch import buffer
 
@@ -100,7 +101,7 @@ def _inside(n_out, n_in, stride, offset):
 
 # --- Numba kernels: layout changes -----------------------------------------------------
 
-@njit(parallel=True, cache=True, fastmath=False)
+@float32_parallel(cache=True, fastmath=False)
 def _im2col(x, n0, table, cols):
     """cols[c*RS + rs, nl*P + p] = x[n0 + nl, c].flat[table[rs, p]] (0 where it is -1).
 
@@ -121,7 +122,7 @@ def _im2col(x, n0, table, cols):
             gather(xf[base:base + HW], pick, out[nl * P:(nl + 1) * P])
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@float32_parallel(cache=True, fastmath=False)
 def _col2im(cols, n0, R, S, sh, sw, ph, pw, dh, dw, Ho, Wo, dx):
     """The adjoint of _im2col: each pixel of dx[n0 + nl, c] gets the sum of the cols
     entries whose windows saw it. One task per plane, so no two threads add into the same
@@ -159,7 +160,7 @@ def _col2im(cols, n0, R, S, sh, sw, ph, pw, dh, dw, Ho, Wo, dx):
                             dst[j * sw] += src[j]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@float32_parallel(cache=True, fastmath=False)
 def _nkp_to_knp(a, n0, out):
     """out[k, nl*P + p] = a[n0 + nl, k, p]: NCHW samples -> one (K, nc*P) GEMM operand."""
     K, L = out.shape
@@ -171,7 +172,7 @@ def _nkp_to_knp(a, n0, out):
         out[k, nl * P:(nl + 1) * P] = a[n0 + nl, k]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@float32_parallel(cache=True, fastmath=False)
 def _knp_to_nkp(a, b, n0, out):
     """out[n0 + nl, k, p] = a[k, nl*P + p] + b[k]: a GEMM result -> NCHW (b may be empty)."""
     K, L = a.shape
@@ -191,7 +192,7 @@ def _knp_to_nkp(a, b, n0, out):
             dst[:] = src
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@float32_parallel(cache=True, fastmath=False)
 def _add_bias(y, b):
     """y[n, k] += b[k], in place, one (n, k) plane per task."""
     N, K, P = y.shape
@@ -204,7 +205,7 @@ def _add_bias(y, b):
             plane[p] += bk
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@float32_parallel(cache=True, fastmath=False)
 def _bias_grad(dy):
     """db[k] = sum of dy[:, k], in float64: one channel per task, its planes added into
     a per-position accumulator (an elementwise add, which vectorizes) summed at the end,

@@ -40,6 +40,8 @@ the vectorized sums) and contraction (FMAs): NaN and inf propagate as usual.
 import numpy as np
 from numba import njit, prange
 
+from .builds import float32_parallel
+
 _FASTMATH = {"reassoc", "contract"}
 _ROWS_BELOW = 32  # contraction length under which forward takes _forward_rows
 
@@ -113,7 +115,7 @@ def _store(out, j, i, v, bias, accumulate):
 
 # --- forward (and backward-input, as the forward of the flipped kernel) -------------
 
-@njit(parallel=True, cache=True)
+@float32_parallel(cache=True)
 def _to_padded_nhwc(x, top, left, out):
     """out[n, i, j, c] = x[n, c, i - top, j - left], 0 outside x: x in NHWC, padded (or,
     where top or left is negative, cropped) to out's size. One row of out a task, filled
@@ -148,7 +150,7 @@ def _round16(n):
     return -(-n // 16) * 16
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@float32_parallel(cache=True, fastmath=_FASTMATH)
 def _forward_direct(xp, wm, b, R, S, sh, sw, dh, dw, Ho, Wo, block, y, at):
     """y[n, k, at[p]] = cols_n[p] . wm[k] + b[k] for padded NHWC xp, wm (K, Lp) in
     (r, s, c) order and zero past R*S*C, y (N, K, Q), at (Ho*Wo,): where output pixel p
@@ -179,7 +181,7 @@ def _forward_direct(xp, wm, b, R, S, sh, sw, dh, dw, Ho, Wo, block, y, at):
         _products(cols, wm, b, y[n], at[p0:p1], False)
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@float32_parallel(cache=True, fastmath=_FASTMATH)
 def _forward_rows(x, table, wm, b, block, y):
     """The same product for a short contraction (a first layer's R*S*C = 9): there the
     dot products are too short to vectorize, so the loop runs along pixels instead, four
@@ -308,7 +310,7 @@ def backward_input(dy, w, x_shape, stride, padding):
 
 # --- backward-weight ---------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@float32_parallel(cache=True)
 def _chunk_dy(dy, nc, out):
     """out[i, k, nl*P + p] = dy[i*nc + nl, k, p], zeros past the samples there are:
     each chunk of nc samples as one contiguous row per output channel."""
@@ -324,7 +326,7 @@ def _chunk_dy(dy, nc, out):
         row[m * P:] = 0
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@float32_parallel(cache=True, fastmath=_FASTMATH)
 def _weight_direct(x, table, nc, dyc, block, dwm):
     """dwm[k, l] = sum over chunks i of colsT_i[l] . dyc[i, k], where colsT_i[l] for
     l = (c, r, s) holds what weight (c, r, s) saw at every output pixel of chunk i's

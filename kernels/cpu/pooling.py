@@ -29,9 +29,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from minidl.kernels.cpu.builds import float32_parallel
 from minidl.kernels.reference.pooling import pool_output_size
 
-_JIT = dict(parallel=True, cache=True, fastmath=False)
+_JIT = dict(cache=True, fastmath=False)  # parallel for float32 (builds.py)
 
 
 def _output_hw(x_shape, kernel_size, stride, padding, ceil_mode):
@@ -111,7 +112,7 @@ def _max_offset_pass(xs, s, offset, best, best_at, new_best, new_at, n):
         new_at[o] = offset if take else best_at[o]
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, Ho, Wo, y, argmax, n_chunks):
     P, H, W = x.shape
     Hq, Wq, Wp = _scratch_shape(Ho, Wo, kh, kw, sh, sw)
@@ -166,7 +167,7 @@ def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, Ho, Wo, y, argmax, n_chunks):
                         row_a[ow] = row_corner[ow] + row_at[ow]
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def _max_pool_bwd(dy, argmax, dx):
     # Flat (P, Ho*Wo) / (P, H*W) planes: argmax indexes dx directly, with no per-element
     # // and % by W (a per-element integer division dominated this loop; numbers:
@@ -227,7 +228,7 @@ def _sum_offset_pass(xs, s, acc, n):
         acc[o] += xs[o * s]
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, Ho, Wo, y, n_chunks):
     P, H, W = x.shape
     Hq, Wq, Wp = _scratch_shape(Ho, Wo, kh, kw, sh, sw)
@@ -269,7 +270,7 @@ def _spread_offset_pass(g, s, dxs, n):
         dxs[o * s] += g[o]
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def _avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx, n_chunks):
     # The forward's plan run backwards (as in the reference): every window's share g is
     # added, one kernel offset at a time, into a zeroed padded scratch laid out as in the
@@ -336,7 +337,7 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, ceil_mode, co
 
 # ----------------------------------------------------------------------- global avg pool
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def _global_avg_fwd(x, y):
     P, HW = x.shape
     for p in prange(P):
@@ -346,7 +347,7 @@ def _global_avg_fwd(x, y):
         y[p] = acc / HW
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def _global_avg_bwd(dy, dx):
     P, HW = dx.shape
     for p in prange(P):

@@ -45,10 +45,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from minidl.kernels.cpu.builds import float32_parallel
 from minidl.kernels.cpu.microkernel import host_lanes
 from minidl.kernels.cpu.pooling import _avg_divisor, _output_hw
 
-_JIT = dict(parallel=True, cache=True, fastmath=False)
+_JIT = dict(cache=True, fastmath=False)  # parallel for float32 (builds.py)
 LANE_BLOCK = 512  # lanes per task: a (kh, W, 512) float32 slab of x stays in L1/L2
 GATHER_MIN_LANES = 64  # max-pool backward gathers (disjoint windows) from this many lanes
 
@@ -68,7 +69,7 @@ def _row_task(task, rows, L):
     return b, rest // nlb, l0, min(l0 + LANE_BLOCK, L)
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def transpose(a, out):
     """out[q, p] = a[p, q] in 32x32 tiles: (P, Q) planes <-> (Q, P) lanes."""
     P, Q = a.shape
@@ -252,7 +253,7 @@ else:
         max_window, avg_window = max_window_reference, avg_window_reference
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L). Each output pixel's lanes go through
     max_window in blocks of _NV vectors, then single vectors, then _max_lanes."""
@@ -279,7 +280,7 @@ def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
             _max_lanes(l1 - l_one, xf, xb + l_one, W, L, hs, he, ws, we, yf, ob + l_one, af)
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def max_pool_bwd(dy, argmax, dx):
     """dy, argmax (B, Ho, Wo, L) -> dx (B, H*W, L) (zeroed here)."""
     B, Ho, Wo, L = dy.shape
@@ -317,7 +318,7 @@ def _covering(size, k, s, p, n_out):
     return cnt, who
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def max_pool_bwd_disjoint(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
     """max_pool_bwd for windows that do not overlap (kh <= sh, kw <= sw): each pixel lies
     in at most one window, so instead of zeroing dx and scattering through argmax, every
@@ -344,7 +345,7 @@ def max_pool_bwd_disjoint(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
                 dr[lane] = (zero + g[lane]) if a[lane] == pos else zero
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
     """x (B, H, W, L) -> y (B, Ho, Wo, L): each output pixel's lanes through avg_window
     in blocks of _NV vectors, then single vectors, then _avg_lanes."""
@@ -373,7 +374,7 @@ def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
             _avg_lanes(l1 - l_one, xf, xb + l_one, W, L, hs, he, ws, we, yf, ob + l_one, div)
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     """dx[b, h, w] = sum of the shares dy/divisor of the windows covering (h, w), added
     in the reference's order (kernel offset (i, j) row-major). The shares are divided
@@ -407,7 +408,7 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
                         dr[lane] += g[lane]
 
 
-@njit(**_JIT)
+@float32_parallel(**_JIT)
 def avg_pool_bwd_disjoint(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     """avg_pool_bwd for windows that do not overlap (kh <= sh, kw <= sw): a pixel lies in
     at most one window, so it takes 0 + that window's dy / divisor directly, in one
