@@ -44,7 +44,8 @@ def test_serial_build_matches_parallel_bitwise():
     x = rng.standard_normal((6, 5, 11, 9))
     y64, a64 = pooling.max_pool2d_forward(x, (3, 3), (2, 2), (1, 1), False)
     P, Ho, Wo = 30, 6, 5
-    y = np.empty((P, Ho * Wo)); a = np.empty((P, Ho * Wo), np.int64)
+    y = np.empty((P, Ho * Wo))
+    a = np.empty((P, Ho * Wo), np.int64)
     pooling._max_pool_fwd.parallel(x.reshape(P, 11, 9), 3, 3, 2, 2, 1, 1, Ho, Wo, y, a,
                                    pooling._n_chunks(P))
     np.testing.assert_array_equal(y.reshape(y64.shape), y64)
