@@ -27,11 +27,12 @@ through the output-offset table.
 Backward-weight. dW[tap, c][k] = sum over pixels m of xp[pixel_m + tap, c] * dy[m, k]:
 the same micro-kernel with the (tap, channel) pairs as tile rows (MR of them broadcast
 from x) and NR output channels of dy in lanes, contracting over pixels. The pixels are
-cut into chunks of about CHUNK, whole output rows (or pieces of long rows), so that the
-micro-kernel's inner loop walks a row's pixels at a constant stride (weight_chunks); a
-fixed number of groups (WEIGHT_GROUPS, not the thread count)
-each add their chunks in order into a private partial dW, and the partials are summed
-in a fixed order: results are bitwise the same for any Numba thread count.
+cut into chunks whose dy rows fill part of L2, whole output rows (or pieces of long
+rows), so that the micro-kernel's inner loop walks a row's pixels at a constant stride
+(weight_chunks); a number of groups set by the shape, not the thread count
+(weight_blocking), each add their chunks in order into a private partial dW (the first
+chunk's tiles start from zero), and the partials are summed in a fixed order: results
+are bitwise the same for any Numba thread count.
 
 Every output element is computed by one task in a fixed order, so all passes are
 deterministic. Supports stride, padding, dilation, groups = 1 (kernels/cpu/conv2d.py
@@ -49,10 +50,10 @@ from .scratch import buffer
 
 GROUP = 16  # pixel blocks per forward task (at most, unless the blocks are cheap: ...)
 TASK_STEPS = 4608  # ... then about this many micro-kernel steps a task (16 blocks of 288)
-CHUNK = 64  # pixels per backward-weight contraction chunk: its dy rows (64 x K) stay in L1 while
-#            every tile of (tap, channel) rows walks them (256 spilled them to L2; numbers:
-#            benchmarks/DESIGN.md, conv2d_nhwc.py)
-WEIGHT_GROUPS = 8  # backward-weight partial sums (fixed: results independent of threads)
+CHUNK = 64  # backward-weight: pixels per contraction chunk at least, and
+WEIGHT_CHUNK_BYTES = 384 << 10  # ... about this many bytes of dy rows (see weight_blocking)
+WEIGHT_GROUPS = 8  # backward-weight partial sums at most (from the shape, not the threads)
+MIN_WEIGHT_GROUPS = 4  # ... and at least, where there are enough pixels
 RUN_MERGE_BELOW = 16  # forward: below this many channels a kernel row is one run (_forward)
 
 
@@ -144,23 +145,25 @@ def weight_tiles(R, S, dh, dw, Wp, C, mr, Kp):
 
 
 @functools.lru_cache(maxsize=64)
-def weight_chunks(N, Ho, Wo, chunk):
+def weight_chunks(N, Ho, Wo, chunk, groups=1):
     """The backward-weight contraction over the M = N*Ho*Wo output pixels, cut into
-    chunks of about `chunk` pixels: each output row (Wo pixels, equally spaced in the
-    input) is one segment, or, for rows longer than `chunk`, pieces of at most `chunk`;
-    a chunk is `count` consecutive segments of one `length` (whole rows, or one piece),
-    so that the micro-kernel's inner loop walks a segment with a constant stride
-    instead of one pixel per table entry. Returns (seg_m, first, count, length): each
-    segment's first pixel, and per chunk its first segment, segments and their length.
-    A function of the shape only: the same chunks, so the same sums, on any thread
-    count."""
+    chunks of about `chunk` pixels: whole output rows (Wo pixels, equally spaced in the
+    input), split evenly into a multiple of `groups` chunks (so that every group gets
+    as many), or, for rows longer than `chunk`, pieces of at most `chunk`. Each output
+    row, or piece, is one segment; a chunk is `count` consecutive segments of one
+    `length`, so that the micro-kernel's inner loop walks a segment with a constant
+    stride instead of one pixel per table entry. Returns (seg_m, first, count, length):
+    each segment's first pixel, and per chunk its first segment, segments and their
+    length. A function of the shape only: the same chunks, so the same sums, on any
+    thread count."""
     rows = N * Ho
     if Wo <= chunk:
-        per = max(1, chunk // Wo)  # rows per chunk
+        n = max(1, round(rows * Wo / chunk))  # chunks
+        n = min(rows, -(-n // groups) * groups)
         seg_m = np.arange(rows, dtype=np.int64) * Wo
-        first = np.arange(0, rows, per, dtype=np.int64)
-        count = np.minimum(per, rows - first)
-        length = np.full(first.size, Wo, dtype=np.int64)
+        first = np.arange(n, dtype=np.int64) * rows // n
+        count = np.diff(np.append(first, rows))
+        length = np.full(n, Wo, dtype=np.int64)
     else:
         pieces = -(-Wo // chunk)
         j0 = np.arange(pieces) * chunk
@@ -169,6 +172,22 @@ def weight_chunks(N, Ho, Wo, chunk):
         count = np.ones(seg_m.size, dtype=np.int64)
         length = np.tile(np.minimum(chunk, Wo - j0), rows).astype(np.int64)
     return _frozen(seg_m), _frozen(first), _frozen(count), _frozen(length)
+
+
+def weight_blocking(M, Kp, itemsize):
+    """(chunk, groups) of a backward-weight pass over M pixels with Kp lanes of dy:
+    chunks of dy rows that fill about WEIGHT_CHUNK_BYTES of L2 (each tile walks a whole
+    chunk: one read-modify-write of its partial-sum rows per chunk), and a power of two
+    of groups (even shares for 2, 4 or 8 threads): one per such chunk, between
+    MIN_WEIGHT_GROUPS (work for every core of small machines) and WEIGHT_GROUPS (fewer
+    partial sums to add where the problem is small), and no more than chunks of CHUNK
+    pixels. From the shape only (results independent of the thread count)."""
+    chunk = max(CHUNK, WEIGHT_CHUNK_BYTES // (Kp * itemsize))
+    want = min(WEIGHT_GROUPS, max(MIN_WEIGHT_GROUPS, round(M / chunk)), M // CHUNK)
+    groups = 1
+    while groups * 2 <= want:
+        groups *= 2
+    return chunk, groups
 
 
 def pack_weights(w, nr):
@@ -324,7 +343,7 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half_tail,
 @njit(parallel=True, cache=True)
 def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, dyf, Kp,
                  groups, partial, half_tail):
-    """partial[g, torows[q] + k] += sum over the pixels m of group g's chunks of
+    """partial[g, torows[q] + k] = sum over the pixels m of group g's chunks of
     xf[pix(m) + trows[q]] * dyf[m*Kp + k], for every tile row q (tiles of MR rows, see
     weight_tiles) and k < Kp (a multiple of NR, or of NR/2 with half_tail: then the
     last panel runs on the half-width tile). Chunk ch is count[ch] segments of
@@ -337,21 +356,26 @@ def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, 
     nchunks = first.size
     ntiles = trows.size // mr
     nk = -(-Kp // nr)
+    zeros = np.zeros(Kp, dtype=xf.dtype)
+    none = np.empty(0, dtype=xf.dtype)
     for g in prange(groups):
         part = partial[g]
-        part[:] = 0
-        none = np.empty(0, dtype=xf.dtype)  # no init: tiles add to their rows
-        for ch in range(g * nchunks // groups, (g + 1) * nchunks // groups):
+        c0, c1 = g * nchunks // groups, (g + 1) * nchunks // groups
+        for ch in range(c0, c1):
             s0, T, Cn = first[ch], count[ch], length[ch]
             b0 = seg_m[s0] * Kp
+            # the group's first chunk starts its tiles from zero (no zeroing pass), the
+            # next ones add to the rows
+            init = zeros if ch == c0 else none
             for q in range(ntiles):
                 for kb in range(nk):
                     if half_tail and Kp - kb * nr <= nr // 2:  # (a last half panel)
                         tile_half(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf,
-                                  b0 + kb * nr, Kp, part, torows, q * mr, kb * nr, none, 0)
+                                  b0 + kb * nr, Kp, part, torows, q * mr, kb * nr, init,
+                                  kb * nr)
                     else:
                         tile(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf, b0 + kb * nr,
-                             Kp, part, torows, q * mr, kb * nr, none, 0)
+                             Kp, part, torows, q * mr, kb * nr, init, kb * nr)
 
 
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
@@ -580,10 +604,11 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
             rows[:, :K] = dy.reshape(-1, K)
             rows[:, K:] = 0
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, *stride)
-    seg_m, first, count, length = weight_chunks(N, Ho, Wo, CHUNK)
+    chunk, groups = weight_blocking(N * Ho * Wo, Kp, x.itemsize)
+    seg_m, first, count, length = weight_chunks(N, Ho, Wo, chunk, groups)
     L = R * S * C
     trows, torows = weight_tiles(R, S, *dilation, Wp, C, mr, Kp)
-    groups = max(1, min(WEIGHT_GROUPS, first.size))
+    groups = min(groups, first.size)
     partial = buffer("partial", groups * (L + 1) * Kp, x.dtype).reshape(
         groups, (L + 1) * Kp)  # + a scratch row
     _weight_gemm(xp.reshape(-1), _frozen(pix[seg_m]), seg_m, first, count, length, stride[1] * C,

@@ -292,10 +292,14 @@ def test_nchw_entry_matches_nhwc_entry():
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("shape", [
-    (5, 24, 13, 11, 40, 3, 1, 1),   # several forward tasks and backward-weight groups
+    (5, 24, 13, 11, 40, 3, 1, 1),   # several forward tasks
     (3, 8, 10, 10, 16, 3, 2, 1),    # stride 2
 ])
-def test_nhwc_results_do_not_depend_on_thread_count(shape):
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_nhwc_results_do_not_depend_on_thread_count(monkeypatch, shape, small_chunks):
+    if small_chunks:  # backward-weight in 8 groups of several chunks each
+        monkeypatch.setattr(nhwc, "WEIGHT_CHUNK_BYTES", 0)
+        monkeypatch.setattr(nhwc, "CHUNK", 8)
     N, C, H, W, K, k, s, p = shape
     case = make_case(np.random.default_rng(3), N, C, H, W, K, k, k, (s, s), (p, p), (1, 1),
                      np.float32)
@@ -309,6 +313,7 @@ def test_nhwc_results_do_not_depend_on_thread_count(shape):
         numba.set_num_threads(saved)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+    assert_close(two[2], case["dw"])
 
 
 @pytest.mark.parametrize("N, C, H, K, k, s, p", [
@@ -400,11 +405,15 @@ def test_a_kernel_row_as_one_run_gives_the_same_bits(monkeypatch, C, stride, dil
 
 @pytest.mark.parametrize("N, Ho, Wo, chunk", [(2, 3, 5, 64), (1, 4, 7, 14), (2, 2, 11, 5),
                                               (1, 1, 1, 64), (3, 2, 64, 64), (1, 2, 65, 64)])
-def test_weight_chunks_cover_every_pixel_once_in_order(N, Ho, Wo, chunk):
-    seg_m, first, count, length = nhwc.weight_chunks(N, Ho, Wo, chunk)
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_weight_chunks_cover_every_pixel_once_in_order(N, Ho, Wo, chunk, groups):
+    seg_m, first, count, length = nhwc.weight_chunks(N, Ho, Wo, chunk, groups)
+    if Wo <= chunk:  # rows split evenly, into a multiple of the groups where there are enough
+        assert first.size % groups == 0 or first.size == N * Ho
+        assert count.max() - count.min() <= 1
     pixels = []
     for s0, T, L in zip(first, count, length):
-        assert 1 <= L <= chunk and T * L <= max(chunk, Wo)
+        assert 1 <= L <= chunk and T * L <= chunk + Wo  # about `chunk` pixels: rows split evenly
         for t in range(T):
             m = seg_m[s0 + t]
             assert m == seg_m[s0] + t * L  # consecutive segments: B rows b0 + (t*L + c)
@@ -420,6 +429,7 @@ def test_backward_weight_with_rows_cut_into_pieces(monkeypatch, chunk, stride, d
     """Output rows longer than a chunk are cut into pieces (on real shapes: rows over 64
     pixels); every cut matches the reference."""
     monkeypatch.setattr(nhwc, "CHUNK", chunk)
+    monkeypatch.setattr(nhwc, "WEIGHT_CHUNK_BYTES", 0)
     case = make_case(np.random.default_rng(chunk), 2, 5, 9, 17, 7, 3, 3, stride, (1, 1),
                      dilation, np.float64)
     dw = nhwc.backward_weight(to_nhwc(case["dy"]), to_nhwc(case["x"]), case["w"].shape,
@@ -472,3 +482,16 @@ def test_pack_weights_layout(K, C, R, S, nr):
             k = kb * nr + j
             want = w[k].reshape(C, R * S).T if k < K else np.zeros((R * S, C), np.float32)
             np.testing.assert_array_equal(packed[kb, :, :, j], want)
+
+
+@pytest.mark.parametrize("M, Kp, itemsize", [(3136, 128, 4), (50176, 64, 4), (40, 32, 8),
+                                             (12544, 128, 4), (1, 16, 4)])
+def test_weight_blocking_groups_are_a_power_of_two_within_the_chunks(M, Kp, itemsize):
+    chunk, groups = nhwc.weight_blocking(M, Kp, itemsize)
+    assert chunk >= nhwc.CHUNK and chunk * Kp * itemsize <= max(nhwc.WEIGHT_CHUNK_BYTES,
+                                                                nhwc.CHUNK * Kp * itemsize)
+    assert groups & (groups - 1) == 0 and 1 <= groups <= nhwc.WEIGHT_GROUPS
+    assert groups == 1 or groups * nhwc.CHUNK <= M  # every group gets pixels
+    assert groups <= max(nhwc.MIN_WEIGHT_GROUPS, round(M / chunk))
+    if M >= nhwc.MIN_WEIGHT_GROUPS * nhwc.CHUNK:  # enough work for small machines' cores
+        assert groups >= nhwc.MIN_WEIGHT_GROUPS
