@@ -35,11 +35,16 @@ Optimizations:
   in two small per-call tables, with no integer division;
 * parallel tasks are (sample, output row, lane block) triples: balanced even when B = 1,
   and each task owns its outputs (no races, results independent of the thread count);
-* the max backward scatters through argmax into the task's own lane block of dx.
+* max backward: `grad_window` (vector IR as well) gathers, per pixel of dx and 4
+  vectors of lanes in registers, the gradients of the covering windows whose argmax is
+  that pixel (compare, select, add; the covering windows' offsets from two small
+  tables): each dx value written once, no zeroing pass, no scatter. Below
+  GATHER_MIN_LANES lanes the per-pixel setup costs more, and the backward scatters
+  through argmax into the task's own lane block of dx instead.
 
 Debugging: NUMBA_DISABLE_JIT=1 runs these as plain Python (slow, same results), with
-max_window_reference in place of the intrinsic; tests/kernels/test_pooling_nhwc.py
-compares the two.
+max_window_reference (and its twins) in place of the intrinsics;
+tests/kernels/test_pooling_nhwc.py compares the two.
 """
 import numba
 import numpy as np
@@ -51,7 +56,7 @@ from minidl.kernels.cpu.pooling import _avg_divisor, _output_hw
 
 _JIT = dict(cache=True, fastmath=False)  # parallel for float32 (builds.py)
 LANE_BLOCK = 512  # lanes per task: a (kh, W, 512) float32 slab of x stays in L1/L2
-GATHER_MIN_LANES = 64  # max-pool backward gathers (disjoint windows) from this many lanes
+GATHER_MIN_LANES = 64  # max-pool backward gathers from this many lanes
 
 
 @njit(cache=True)
@@ -253,6 +258,104 @@ else:
         max_window, avg_window = max_window_reference, avg_window_reference
 
 
+@njit(inline="always")
+def _grad_lanes(n, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff):
+    """For the n lanes from lane 0: dx[doff + lane] = the sum, from 0, of dy[o + lane] over
+    the windows o = hoffs[i] + woffs[w0 + j] (i < hcnt outer, j < wcnt inner: row-major)
+    whose argmax am[o + lane] is pos."""
+    zero = dy.dtype.type(0)
+    for lane in range(n):
+        acc = zero
+        for i in range(hcnt):
+            for j in range(wcnt):
+                o = hoffs[i] + woffs[w0 + j] + lane
+                acc += dy[o] if am[o] == pos else zero
+        dx[doff + lane] = acc
+
+
+@njit(inline="always")
+def grad_window_reference(nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff):
+    """What `grad_window` computes: _grad_lanes over nv vectors of lanes."""
+    _grad_lanes(nv * (_LANES32 if dy.itemsize == 4 else _LANES64), dy, am, hoffs, hcnt,
+                woffs, w0, wcnt, pos, dx, doff)
+
+
+def _build_grad_window():
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    def codegen(context, builder, sig, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        count = sig.args[0].literal_value
+        dtype = sig.args[1].dtype
+        bits = 32 if dtype == types.float32 else 64
+        lanes = host_lanes(bits // 8)
+        vty = ir.VectorType(context.get_value_type(dtype), lanes)
+        ity = ir.VectorType(i32, lanes)
+        dyp, amp, hp, wp, dxp = (context.make_array(sig.args[k])(context, builder,
+                                                                 args[k]).data
+                                 for k in (1, 2, 3, 5, 9))
+        hcnt, w0, wcnt, doff = (context.cast(builder, args[k], sig.args[k], types.int64)
+                                for k in (4, 6, 7, 10))
+        pos = context.cast(builder, args[8], sig.args[8], types.int32)
+
+        def vptr(ptr, idx, ty):
+            return builder.bitcast(builder.gep(ptr, [idx]), ty.as_pointer())
+
+        undef = ir.Constant(ity, ir.Undefined)
+        here = builder.shuffle_vector(builder.insert_element(undef, pos, ir.Constant(i64, 0)),
+                                      undef, ir.Constant(ity, [0] * lanes))
+        zero = ir.Constant(vty, [0.0] * lanes)
+        acc = [cgutils.alloca_once_value(builder, zero) for _ in range(count)]
+        with cgutils.for_range(builder, hcnt) as hl, \
+                cgutils.for_range(builder, wcnt) as wl:
+            o = builder.add(builder.load(builder.gep(hp, [hl.index])),
+                            builder.load(builder.gep(wp, [builder.add(w0, wl.index)])))
+            for v in range(count):
+                ov = builder.add(o, ir.Constant(i64, v * lanes))
+                a = builder.load(vptr(amp, ov, ity), align=4)
+                g = builder.load(vptr(dyp, ov, vty), align=bits // 8)
+                take = builder.icmp_signed("==", a, here)
+                builder.store(builder.fadd(builder.load(acc[v]), builder.select(take, g, zero)),
+                              acc[v])
+        for v in range(count):
+            builder.store(builder.load(acc[v]),
+                          vptr(dxp, builder.add(doff, ir.Constant(i64, v * lanes)), vty),
+                          align=bits // 8)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def grad_window(typingctx, nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff):
+        """grad_window_reference's semantics, the nv vectors of sums in registers: per
+        covering window one load of argmax and of dy, a compare, a select and an add per
+        vector (the scatter's additions in its order: the same bits)."""
+        if not (isinstance(nv, types.IntegerLiteral)
+                and isinstance(dy, types.Array) and dy.ndim == 1
+                and dy.dtype in (types.float32, types.float64)
+                and isinstance(am, types.Array) and am.ndim == 1 and am.dtype == types.int32
+                and all(isinstance(t, types.Array) and t.ndim == 1
+                        and t.dtype == types.int64 for t in (hoffs, woffs))
+                and isinstance(dx, types.Array) and dx.ndim == 1 and dx.dtype == dy.dtype
+                and all(isinstance(v, types.Integer)
+                        for v in (hcnt, w0, wcnt, pos, doff))):
+            return None
+        return (types.void(nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff),
+                codegen)
+
+    return grad_window
+
+
+if numba.config.DISABLE_JIT:
+    grad_window = grad_window_reference
+else:
+    try:
+        grad_window = _build_grad_window()
+    except Exception:  # pragma: no cover - an llvmlite without vector IR support
+        grad_window = grad_window_reference
+
+
 @float32_parallel(**_JIT)
 def max_pool_fwd(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """x (B, H, W, L) -> y, argmax (B, Ho, Wo, L). Each output pixel's lanes go through
@@ -319,30 +422,42 @@ def _covering(size, k, s, p, n_out):
 
 
 @float32_parallel(**_JIT)
-def max_pool_bwd_disjoint(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
-    """max_pool_bwd for windows that do not overlap (kh <= sh, kw <= sw): each pixel lies
-    in at most one window, so instead of zeroing dx and scattering through argmax, every
-    pixel takes its window's gradient where that window's argmax is the pixel, else 0:
-    one write per dx value, in a lane loop that vectorizes (compare, select). 0 + g, not
-    g: the scatter adds g to a zeroed dx, which turns -0 into +0; so the same bits."""
+def max_pool_bwd_gather(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
+    """dy, argmax (B, Ho, Wo, L) -> dx (B, H, W, L) by gathering: each pixel of dx sums,
+    lane by lane, the gradients of the windows that cover it and whose argmax is the
+    pixel, in the scatter's order (windows row-major) and from 0: the scatter's bits.
+    Each dx value is written once, by grad_window (registers), with no zeroing pass."""
     B, Ho, Wo, L = dy.shape
     H, W = dx.shape[1], dx.shape[2]
-    zero = dy.dtype.type(0)
+    one = _LANES32 if dy.itemsize == 4 else _LANES64
+    big = _NV * one
     hcnt, hwho = _covering(H, kh, sh, ph, Ho)
     wcnt, wwho = _covering(W, kw, sw, pw, Wo)
+    # offsets of the covering windows' lanes in dy: ow*L per column (in increasing ow;
+    # _covering lists them last first), (b*Ho + oh)*Wo*L per row, built per task
+    woffs = np.empty(W * kw, dtype=np.int64)
+    for w in range(W):
+        for j in range(wcnt[w]):
+            woffs[w * kw + j] = wwho[w, wcnt[w] - 1 - j] * L
+    dyf, af, dxf = dy.reshape(-1), argmax.reshape(-1), dx.reshape(-1)
     for task in prange(B * H * _n_lane_blocks(L)):
         b, h, l0, l1 = _row_task(task, H, L)
+        l_big = l0 + (l1 - l0) // big * big
+        l_one = l_big + (l1 - l_big) // one * one
+        hoffs = np.empty(kh, dtype=np.int64)
+        for i in range(hcnt[h]):
+            hoffs[i] = (b * Ho + hwho[h, hcnt[h] - 1 - i]) * Wo * L
         for w in range(W):
-            dr = dx[b, h, w, l0:l1]
-            if hcnt[h] == 0 or wcnt[w] == 0:  # in no window (stride > kernel)
-                for lane in range(l1 - l0):
-                    dr[lane] = zero
-                continue
-            pos = h * W + w
-            g = dy[b, hwho[h, 0], wwho[w, 0], l0:l1]
-            a = argmax[b, hwho[h, 0], wwho[w, 0], l0:l1]
-            for lane in range(l1 - l0):
-                dr[lane] = (zero + g[lane]) if a[lane] == pos else zero
+            pos = np.int32(h * W + w)
+            dbase = ((b * H + h) * W + w) * L
+            for lane in range(l0, l_big, big):
+                grad_window(_NV, dyf[lane:], af[lane:], hoffs, hcnt[h], woffs, w * kw,
+                            wcnt[w], pos, dxf, dbase + lane)
+            for lane in range(l_big, l_one, one):
+                grad_window(1, dyf[lane:], af[lane:], hoffs, hcnt[h], woffs, w * kw,
+                            wcnt[w], pos, dxf, dbase + lane)
+            _grad_lanes(l1 - l_one, dyf[l_one:], af[l_one:], hoffs, hcnt[h], woffs, w * kw,
+                        wcnt[w], pos, dxf, dbase + l_one)
 
 
 @float32_parallel(**_JIT)
@@ -414,7 +529,7 @@ def avg_pool_bwd_disjoint(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     at most one window, so it takes 0 + that window's dy / divisor directly, in one
     parallel pass; no share array written in a first pass (and read back), one parallel
     region instead of two. The same division and the same 0 + share, so the same bits.
-    (The twin of max_pool_bwd_disjoint; one kernel for both, branching per pixel on the
+    (One kernel for both, branching per pixel on the
     kind of pool, measured 0.62-0.83x on 2x2 pools, so they stay two.)"""
     B, Ho, Wo, L = dy.shape
     H, W = dx.shape[1], dx.shape[2]
@@ -482,15 +597,13 @@ def is_lanes_view(argmax) -> bool:
 
 
 def _max_backward(dy, argmax, kernel_size, stride, padding, dx):
-    """dx (B, H, W, L) from dy, argmax (B, Ho, Wo, L): a gather where the windows are
-    disjoint and a pixel has at least GATHER_MIN_LANES lanes, else the scatter
-    (overlapping windows: a gather re-reads every covering window per pixel and measured
-    up to 3x slower; fewer lanes: its per-pixel loop overhead costs more than the
-    scatter's; benchmarks/DESIGN.md, pooling_nhwc.py)."""
+    """dx (B, H, W, L) from dy, argmax (B, Ho, Wo, L): a gather where a pixel has at least
+    GATHER_MIN_LANES lanes, else the scatter (with fewer lanes the gather's per-pixel
+    setup costs more than the scatter's dependent adds; benchmarks/DESIGN.md,
+    pooling_nhwc.py)."""
     B, H, W, L = dx.shape
-    if (kernel_size[0] <= stride[0] and kernel_size[1] <= stride[1]
-            and L >= GATHER_MIN_LANES):
-        max_pool_bwd_disjoint(dy, argmax, *kernel_size, *stride, *padding, dx)
+    if L >= GATHER_MIN_LANES:
+        max_pool_bwd_gather(dy, argmax, *kernel_size, *stride, *padding, dx)
     else:
         max_pool_bwd(dy, argmax, dx.reshape(B, H * W, L))
     return dx

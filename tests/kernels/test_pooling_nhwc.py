@@ -228,3 +228,79 @@ def test_avg_backward_for_disjoint_windows_is_one_pass_with_the_same_bits(dtype,
     want = ref.avg_pool2d_backward(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)),
                                    (N, C, H, W), k, s, p, True, include_pad)
     np.testing.assert_array_equal(got.transpose(0, 3, 1, 2), want)
+
+
+@numba.njit
+def _grad_window_call(ref_, nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff):
+    # (nv is a literal at each call site below, as the intrinsic requires)
+    if nv == 1:
+        if ref_:
+            lanes.grad_window_reference(1, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff)
+        else:
+            lanes.grad_window(1, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff)
+    elif ref_:
+        lanes.grad_window_reference(_NV, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff)
+    else:
+        lanes.grad_window(_NV, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grad_window_intrinsic_matches_its_reference(dtype):
+    """The vector-IR max-pool gradient gather against its plain-loop twin, bitwise, for
+    one vector and _NV vectors of lanes: 0 to 4 covering windows in row-major order,
+    -0 and NaN gradients, lanes whose argmax is elsewhere (they add exact zeros), and
+    nothing written outside the nv vectors."""
+    rng = np.random.default_rng(4)
+    one = lanes._LANES32 if dtype == np.float32 else lanes._LANES64
+    for nv in (1, _NV):
+        n = nv * one
+        windows = 6
+        dy = rng.standard_normal(windows * n + 9).astype(dtype)
+        dy[3::11] = -0.0
+        dy[5::29] = np.nan
+        am = rng.integers(0, 3, dy.size).astype(np.int32)  # argmax 1 = this pixel
+        woffs = np.array([7, 7 + n, 7 + 2 * n], np.int64)  # windows' lane offsets
+        hoffs = np.array([0, 3 * n], np.int64)
+        for hcnt, wcnt, w0 in [(0, 1, 0), (1, 1, 0), (1, 2, 1), (2, 2, 0), (2, 1, 2)]:
+            out = []
+            for ref_ in (True, False):
+                dx = np.full(n + 8, 99, dtype)
+                _grad_window_call(ref_, nv, dy, am, hoffs, hcnt, woffs, w0, wcnt,
+                                  np.int32(1), dx, 3)
+                out.append(dx)
+            np.testing.assert_array_equal(out[1].view(np.uint8), out[0].view(np.uint8))
+            assert (out[1][:3] == 99).all() and (out[1][3 + n:] == 99).all()
+            want = np.zeros(n, dtype)
+            for i in range(hcnt):
+                for j in range(wcnt):
+                    o = hoffs[i] + woffs[w0 + j]
+                    want += np.where(am[o:o + n] == 1, dy[o:o + n], 0)
+            np.testing.assert_array_equal(out[1][3:3 + n], want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, s, p, ceil", [((3, 3), (2, 2), (1, 1), False),  # overlapping
+                                           ((3, 3), (1, 1), (1, 1), False),
+                                           ((2, 2), (2, 2), (0, 0), False),  # disjoint
+                                           ((2, 3), (3, 3), (1, 1), True),   # gaps, ceil
+                                           ((3, 2), (2, 1), (0, 1), True)])
+def test_max_backward_gather_has_the_scatters_bits(dtype, k, s, p, ceil):
+    """From GATHER_MIN_LANES lanes on, the NHWC max-pool backward gathers: the same bits
+    as the per-plane scatter of kernels/cpu/pooling.py (-0 and NaN gradients, ties),
+    with 70 channels: blocks of _NV vectors, single vectors and leftover lanes."""
+    from minidl.kernels.cpu import pooling as planes
+    rng = np.random.default_rng(5)
+    C = 70
+    assert C >= lanes.GATHER_MIN_LANES
+    x = rng.integers(-2, 2, (2, C, 9, 8)).astype(dtype)
+    y0, a0 = ref.max_pool2d_forward(x, k, s, p, ceil)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y, am = lanes.max_pool2d_forward_nhwc(xh, k, s, p, ceil)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy[..., ::5] = -0.0
+    dy[0, 0, 0, 3] = np.nan
+    dx = lanes.max_pool2d_backward_nhwc(dy, am, xh.shape, k, s, p)
+    want = planes.max_pool2d_backward(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)), a0,
+                                      x.shape)
+    np.testing.assert_array_equal(np.signbit(dx.transpose(0, 3, 1, 2)), np.signbit(want))
+    np.testing.assert_array_equal(dx.transpose(0, 3, 1, 2), want)
