@@ -174,15 +174,17 @@ def weight_chunks(N, Ho, Wo, chunk, groups=1):
     return _frozen(seg_m), _frozen(first), _frozen(count), _frozen(length)
 
 
-def weight_blocking(M, Kp, itemsize):
+def weight_blocking(M, Kp, itemsize, x_pixel_bytes=0):
     """(chunk, groups) of a backward-weight pass over M pixels with Kp lanes of dy:
     chunks of dy rows that fill about WEIGHT_CHUNK_BYTES of L2 (each tile walks a whole
-    chunk: one read-modify-write of its partial-sum rows per chunk), and a power of two
+    chunk: one read-modify-write of its partial-sum rows per chunk), and whose input
+    pixels (x_pixel_bytes each: sh*sw*C values) fill no more (strided or wide layers
+    read more input than dy per output pixel, all of it again for every tile); a power of two
     of groups (even shares for 2, 4 or 8 threads): one per such chunk, between
     MIN_WEIGHT_GROUPS (work for every core of small machines) and WEIGHT_GROUPS (fewer
     partial sums to add where the problem is small), and no more than chunks of CHUNK
     pixels. From the shape only (results independent of the thread count)."""
-    chunk = max(CHUNK, WEIGHT_CHUNK_BYTES // (Kp * itemsize))
+    chunk = max(CHUNK, WEIGHT_CHUNK_BYTES // max(Kp * itemsize, x_pixel_bytes))
     want = min(WEIGHT_GROUPS, max(MIN_WEIGHT_GROUPS, round(M / chunk)), M // CHUNK)
     groups = 1
     while groups * 2 <= want:
@@ -604,7 +606,8 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
             rows[:, :K] = dy.reshape(-1, K)
             rows[:, K:] = 0
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, *stride)
-    chunk, groups = weight_blocking(N * Ho * Wo, Kp, x.itemsize)
+    chunk, groups = weight_blocking(N * Ho * Wo, Kp, x.itemsize,
+                                    stride[0] * stride[1] * C * x.itemsize)
     seg_m, first, count, length = weight_chunks(N, Ho, Wo, chunk, groups)
     L = R * S * C
     trows, torows = weight_tiles(R, S, *dilation, Wp, C, mr, Kp)

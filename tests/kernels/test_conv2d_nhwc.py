@@ -495,3 +495,12 @@ def test_weight_blocking_groups_are_a_power_of_two_within_the_chunks(M, Kp, item
     assert groups <= max(nhwc.MIN_WEIGHT_GROUPS, round(M / chunk))
     if M >= nhwc.MIN_WEIGHT_GROUPS * nhwc.CHUNK:  # enough work for small machines' cores
         assert groups >= nhwc.MIN_WEIGHT_GROUPS
+
+
+def test_weight_blocking_bounds_the_input_read_per_chunk():
+    """A strided or wide layer reads more input than dy per output pixel: its chunks
+    shrink so that their input pixels fit the same budget."""
+    dy_only, _ = nhwc.weight_blocking(3136, 128, 4)
+    strided, groups = nhwc.weight_blocking(3136, 128, 4, x_pixel_bytes=2 * 2 * 128 * 4)
+    assert strided * 2 * 2 * 128 * 4 <= nhwc.WEIGHT_CHUNK_BYTES < dy_only * 2 * 2 * 128 * 4
+    assert strided >= nhwc.CHUNK and groups == nhwc.WEIGHT_GROUPS
