@@ -175,12 +175,12 @@ def weight_chunks(N, Ho, Wo, chunk, groups=1):
 
 
 def weight_blocking(M, Kp, itemsize, x_pixel_bytes=0):
-    """(chunk, groups) of a backward-weight pass over M pixels with Kp lanes of dy:
-    chunks of dy rows that fill about WEIGHT_CHUNK_BYTES of L2 (each tile walks a whole
-    chunk: one read-modify-write of its partial-sum rows per chunk), and whose input
-    pixels (x_pixel_bytes each: sh*sw*C values) fill no more (strided or wide layers
-    read more input than dy per output pixel, all of it again for every tile); a power of two
-    of groups (even shares for 2, 4 or 8 threads): one per such chunk, between
+    """(chunk, groups) of a backward-weight pass over M pixels with Kp lanes of dy.
+    Chunks: dy rows that fill about WEIGHT_CHUNK_BYTES of L2 (each tile walks a whole
+    chunk: one read-modify-write of its partial-sum rows per chunk), and input pixels
+    (x_pixel_bytes each: sh*sw*C values) that fill no more (strided or wide layers read
+    more input than dy per output pixel, all of it again for every tile). Groups: a
+    power of two (even shares for 2, 4 or 8 threads), one per such chunk, between
     MIN_WEIGHT_GROUPS (work for every core of small machines) and WEIGHT_GROUPS (fewer
     partial sums to add where the problem is small), and no more than chunks of CHUNK
     pixels. From the shape only (results independent of the thread count)."""
