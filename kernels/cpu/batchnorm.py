@@ -38,6 +38,7 @@ math. This one is about moving each byte as few times as possible, on any thread
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from .builds import serial_precision
 from .elementwise import act_backward
 
 _LANES_MAX = 2048  # widest piece of a plane: its lanes (2 x 16 KiB) stay in L1/L2
@@ -426,7 +427,7 @@ def _serial(x):
     it saves) and float64, minidl's checking precision (gradcheck, references), where
     speed matters less than the ~10 s of cold compilation its parallel builds took
     (numbers: benchmarks/DESIGN.md, batchnorm.py)."""
-    return x.size < _SERIAL_BELOW or x.dtype.itemsize == 8
+    return x.size < _SERIAL_BELOW or serial_precision(x)
 
 
 def _row_tasks(x3):

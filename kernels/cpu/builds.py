@@ -4,11 +4,12 @@ float64 is minidl's checking precision (gradcheck, the references, the tests' or
 float32 is what models train in. A `parallel=True` build costs about twice the compile
 time of a serial one (Numba's parfor passes and the outlined gufunc), and the cold
 compile of every kernel in both precisions is what a fresh install pays
-(benchmarks/compile_time.py; numbers: benchmarks/DESIGN.md, builds.py). So the memory-bound kernels
-(pooling, the NCHW direct convolutions and the layout changes around BLAS) run their
-float64 calls on a serial build: `prange` there is a plain `range`, the same loops in
-the same order, so the same results as a one-thread run of the parallel build.
-batchnorm.py and elementwise.py make the same choice through their own `_build`.
+(benchmarks/compile_time.py; numbers: benchmarks/DESIGN.md, builds.py). So the
+memory-bound kernels (pooling, the NCHW direct convolutions and the layout changes
+around BLAS) run their float64 calls on a serial build: `prange` there is a plain
+`range`, the same loops in the same order, so the same results as a one-thread run of
+the parallel build. batchnorm.py and elementwise.py, whose serial builds also take small
+float32 inputs, make the same choice through their own `_build` and `serial_precision`.
 
 Usage, in place of `@njit(parallel=True, ...)`:
 
@@ -22,6 +23,11 @@ import functools
 import types
 
 from numba import njit
+
+
+def serial_precision(a):
+    """Whether `a`'s dtype runs on the serial builds: float64, the checking precision."""
+    return a.dtype.itemsize == 8
 
 
 def _twin(fn):
@@ -46,7 +52,7 @@ class _ByPrecision:
         functools.update_wrapper(self, fn)
 
     def __call__(self, x, *args):
-        build = self.serial if x.dtype.itemsize == 8 else self.parallel
+        build = self.serial if serial_precision(x) else self.parallel
         return build(x, *args)
 
 

@@ -16,6 +16,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .builds import serial_precision
+
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
 IDENTITY, RELU, SIGMOID, TANH = range(4)  # the codes the kernels see
 _CODES = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -255,7 +257,7 @@ def _code(act):
 def _serial(a, cost=1):
     """Whether `a` runs on the serial build: less work than _SERIAL_BELOW (`cost` per
     element), or float64 (no parallel float64 build, as in batchnorm._serial)."""
-    return a.size * cost < _SERIAL_BELOW or a.dtype.itemsize == 8
+    return a.size * cost < _SERIAL_BELOW or serial_precision(a)
 
 
 def bias_act_forward(x, b, act):

@@ -649,8 +649,8 @@ def max_pool2d_forward_nhwc(x, kernel_size, stride, padding, ceil_mode):
 
 
 def max_pool2d_backward_nhwc(dy, argmax, x_shape, kernel_size, stride, padding):
-    """dy, argmax (N, Ho, Wo, C) -> dx (N, H, W, C) = x_shape; the pooling's geometry
-    says whether the windows are disjoint (see _max_backward)."""
+    """dy, argmax (N, Ho, Wo, C) -> dx (N, H, W, C) = x_shape; argmax as int32 (a copy
+    only if it is not), gathered or scattered by channel count (see _max_backward)."""
     dx = np.empty(x_shape, dtype=dy.dtype)
     return _max_backward(np.ascontiguousarray(dy), np.ascontiguousarray(argmax, np.int32),
                          kernel_size, stride, padding, dx)

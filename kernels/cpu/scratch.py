@@ -12,7 +12,8 @@ def buffer(name, shape, dtype):
     """A reusable uninitialized array of `shape` (an int or a tuple), one per (name,
     dtype) and thread; callers overwrite every element they read. Names are global to
     kernels/cpu: each caller uses its own."""
-    size = int(math.prod(shape)) if isinstance(shape, tuple) else int(shape)  # not np.prod: 5 us
+    # (math.prod, not np.prod: 0.15 against 3 us a call, on every convolution call)
+    size = int(math.prod(shape)) if isinstance(shape, tuple) else int(shape)
     bufs = _scratch.__dict__.setdefault("bufs", {})
     key = (name, np.dtype(dtype).str)
     buf = bufs.get(key)
