@@ -26,7 +26,10 @@ math. This one is about moving each byte as few times as possible, on any thread
   of 16 channels or fewer (a channels_last layer's (N*H*W, C) rows) are packed several
   to a row first (_pack), so that a row is long enough to vectorize.
 * Element loops run in x's dtype (float32: twice the SIMD lanes), on coefficients
-  computed in float64 and rounded once (see _coefs).
+  computed in float64 and rounded once (see _coefs). The row backward's sums, sum dy
+  and sum dy * (x - mean), take blocks of 16 rows in x's dtype before they go into
+  float64 lanes (_rows_grad_moments): with float64 lanes that pass was compute-bound.
+  A gradient's sums cancel nothing the float64 lanes would save.
 * Small inputs (the paper's MLP: (60, 100), three calls per step) cost less than waking
   the thread pool, so below _SERIAL_BELOW elements the same code runs compiled serially;
   so does float64, the checking precision, whose parallel builds were a tenth of the
@@ -49,6 +52,7 @@ _ROWS_MAX_L_PARALLEL = 9  # ... and above _SERIAL_BELOW elements (see _layout)
 _FUSE_MIN_C_PER_THREAD = 4  # channels per thread from which the plane layout fuses
 _PACK_MAX_C = 16  # (M, C) input with at most this many channels packs rows (see _pack)
 _PACK_COLUMNS = 128  # ... up to this many columns a row
+_BLOCK_ROWS = 16  # rows of a block summed in x's dtype by the row backward's reductions
 # Below this many elements the serial twin runs: waking the thread pool costs more than
 # the work, and far more when another process holds the other cores (numbers:
 # benchmarks/DESIGN.md, batchnorm.py; `python -m minidl.benchmarks.cases bn-sweep`).
@@ -180,6 +184,37 @@ def _per_column(v, L, G):
     for j in range(out.shape[0]):
         out[j] = v[(j // L) % C]
     return out
+
+
+@njit(cache=True, fastmath=False)
+def _rows_grad_moments(dy2, x2, mj, n0, n1, s1, s2):
+    """s1[j], s2[j] = sum dy, sum dy * (x - mj[j]) over rows [n0, n1) of (N, J) dy2, x2,
+    column-wise. Blocks of _BLOCK_ROWS rows are summed in x's dtype (float32: twice the
+    lanes of float64 and no conversions), and the block sums added into float64 s1, s2:
+    a float32 sum of 16 terms, then float64 (numbers: benchmarks/DESIGN.md,
+    batchnorm.py). The blocks follow the rows, so the result is the same on any thread
+    count."""
+    J = x2.shape[1]
+    dt = x2.dtype.type
+    b1 = np.empty(J, x2.dtype)
+    b2 = np.empty(J, x2.dtype)
+    m = np.empty(J, x2.dtype)
+    for j in range(J):
+        s1[j] = 0.0
+        s2[j] = 0.0
+        m[j] = dt(mj[j])
+    for n in range(n0, n1, _BLOCK_ROWS):
+        for j in range(J):
+            b1[j] = 0.0
+            b2[j] = 0.0
+        for r in range(n, min(n + _BLOCK_ROWS, n1)):
+            g, xr = dy2[r], x2[r]
+            for j in range(J):
+                b1[j] += g[j]
+                b2[j] += g[j] * (xr[j] - m[j])
+        for j in range(J):
+            s1[j] += b1[j]
+            s2[j] += b2[j]
 
 
 def _build(parallel):
@@ -361,30 +396,7 @@ def _build(parallel):
         G1 = np.empty((T, J))  # sum dy and sum dy * (x - mean), per task and column
         G2 = np.empty((T, J))
         for t in loop(T):
-            s1, s2 = G1[t], G2[t]
-            for j in range(J):
-                s1[j] = 0.0
-                s2[j] = 0.0
-            n, n1 = t * N // T, (t + 1) * N // T
-            while n + 4 <= n1:
-                g0, g1, g2, g3 = dy2[n], dy2[n + 1], dy2[n + 2], dy2[n + 3]
-                x0, x1, x2_, x3_ = x2[n], x2[n + 1], x2[n + 2], x2[n + 3]
-                for j in range(J):
-                    e0 = np.float64(g0[j])
-                    e1 = np.float64(g1[j])
-                    e2 = np.float64(g2[j])
-                    e3 = np.float64(g3[j])
-                    s1[j] += (e0 + e1) + (e2 + e3)
-                    m0 = mj[j]
-                    s2[j] += ((e0 * (np.float64(x0[j]) - m0) + e1 * (np.float64(x1[j]) - m0))
-                              + (e2 * (np.float64(x2_[j]) - m0) + e3 * (np.float64(x3_[j]) - m0)))
-                n += 4
-            for rest in range(n, n1):
-                g0, x0 = dy2[rest], x2[rest]
-                for j in range(J):
-                    e0 = np.float64(g0[j])
-                    s1[j] += e0
-                    s2[j] += e0 * (np.float64(x0[j]) - mj[j])
+            _rows_grad_moments(dy2, x2, mj, t * N // T, (t + 1) * N // T, G1[t], G2[t])
         dgamma = np.empty(C, x3.dtype)
         dbeta = np.empty(C, x3.dtype)
         a = np.empty(C, x3.dtype)  # dx = a ((dy - g0) - (x - mean) g1), see _piece_grad_affine
