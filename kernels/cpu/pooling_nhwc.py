@@ -30,9 +30,11 @@ Optimizations:
   buffers, because LLVM makes an in-place `y = v if take else y` a conditional store
   that does not vectorize: 1.3-2.7x slower, numbers in benchmarks/DESIGN.md,
   pooling_nhwc.py);
-* avg backward: one vector pass over a block of lanes per covering window (LLVM
-  vectorizes the contiguous, branch-free lane loops), the windows covering a pixel found
-  in two small per-call tables, with no integer division;
+* avg backward: each window's share dy / divisor divided once (a first pass), then
+  `sum_window` (vector IR) gathers, per pixel of dx and 4 vectors of lanes in
+  registers, the shares of the windows covering it, found in two small per-call tables
+  with no integer division, and stores each dx value once (no zeroing pass, no
+  read-modify-write of dx per window);
 * parallel tasks are (sample, output row, lane block) triples: balanced even when B = 1,
   and each task owns its outputs (no races, results independent of the thread count);
 * max backward: `grad_window` (vector IR as well) gathers, per pixel of dx and 4
@@ -262,16 +264,16 @@ else:
 def _grad_lanes(n, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff):
     """For the n lanes from lane 0: dx[doff + lane] = the sum, from 0, of dy[o + lane] over
     the windows o = hoffs[i] + woffs[w0 + j] (i < hcnt outer, j < wcnt inner: row-major)
-    whose argmax am[o + lane] is pos."""
+    whose argmax am[o + lane] is pos. Window by window over the lanes (contiguous loops
+    that LLVM vectorizes: this also serves the lanes left over after whole vectors)."""
     zero = dy.dtype.type(0)
     for lane in range(n):
-        acc = zero
-        for i in range(hcnt):
-            for j in range(wcnt):
-                o = hoffs[i] + woffs[w0 + j] + lane
-                acc += dy[o] if am[o] == pos else zero
-        dx[doff + lane] = acc
-
+        dx[doff + lane] = zero
+    for i in range(hcnt):
+        for j in range(wcnt):
+            o = hoffs[i] + woffs[w0 + j]
+            for lane in range(n):
+                dx[doff + lane] += dy[o + lane] if am[o + lane] == pos else zero
 
 @njit(inline="always")
 def grad_window_reference(nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff):
@@ -280,80 +282,130 @@ def grad_window_reference(nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, dof
                 woffs, w0, wcnt, pos, dx, doff)
 
 
-def _build_grad_window():
+@njit(inline="always")
+def _sum_lanes(n, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff):
+    """For the n lanes from lane 0: dx[doff + lane] = the sum, from 0, of g[o + lane] over
+    the windows o = hoffs[i] + woffs[w0 + j] (i < hcnt outer, j < wcnt inner); window by
+    window, as _grad_lanes."""
+    for lane in range(n):
+        dx[doff + lane] = 0
+    for i in range(hcnt):
+        for j in range(wcnt):
+            o = hoffs[i] + woffs[w0 + j]
+            for lane in range(n):
+                dx[doff + lane] += g[o + lane]
+
+@njit(inline="always")
+def sum_window_reference(nv, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff):
+    """What `sum_window` computes: _sum_lanes over nv vectors of lanes."""
+    _sum_lanes(nv * (_LANES32 if g.itemsize == 4 else _LANES64), g, hoffs, hcnt, woffs, w0,
+               wcnt, dx, doff)
+
+
+def _build_gathers():
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    def codegen(context, builder, sig, args):
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        count = sig.args[0].literal_value
-        dtype = sig.args[1].dtype
-        bits = 32 if dtype == types.float32 else 64
-        lanes = host_lanes(bits // 8)
-        vty = ir.VectorType(context.get_value_type(dtype), lanes)
-        ity = ir.VectorType(i32, lanes)
-        dyp, amp, hp, wp, dxp = (context.make_array(sig.args[k])(context, builder,
-                                                                 args[k]).data
-                                 for k in (1, 2, 3, 5, 9))
-        hcnt, w0, wcnt, doff = (context.cast(builder, args[k], sig.args[k], types.int64)
-                                for k in (4, 6, 7, 10))
-        pos = context.cast(builder, args[8], sig.args[8], types.int32)
+    def codegen_for(masked):
+        # argument positions: grad_window (masked) and sum_window share all but am, pos
+        at = (dict(g=1, am=2, h=3, hcnt=4, w=5, w0=6, wcnt=7, pos=8, dx=9, doff=10) if masked
+              else dict(g=1, h=2, hcnt=3, w=4, w0=5, wcnt=6, dx=7, doff=8))
 
-        def vptr(ptr, idx, ty):
-            return builder.bitcast(builder.gep(ptr, [idx]), ty.as_pointer())
+        def codegen(context, builder, sig, args):
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            count = sig.args[0].literal_value
+            dtype = sig.args[at["g"]].dtype
+            bits = 32 if dtype == types.float32 else 64
+            lanes = host_lanes(bits // 8)
+            vty = ir.VectorType(context.get_value_type(dtype), lanes)
+            ity = ir.VectorType(i32, lanes)
 
-        undef = ir.Constant(ity, ir.Undefined)
-        here = builder.shuffle_vector(builder.insert_element(undef, pos, ir.Constant(i64, 0)),
-                                      undef, ir.Constant(ity, [0] * lanes))
-        zero = ir.Constant(vty, [0.0] * lanes)
-        acc = [cgutils.alloca_once_value(builder, zero) for _ in range(count)]
-        with cgutils.for_range(builder, hcnt) as hl, \
-                cgutils.for_range(builder, wcnt) as wl:
-            o = builder.add(builder.load(builder.gep(hp, [hl.index])),
-                            builder.load(builder.gep(wp, [builder.add(w0, wl.index)])))
+            def data(name):
+                k = at[name]
+                return context.make_array(sig.args[k])(context, builder, args[k]).data
+
+            def int_arg(name, ty=types.int64):
+                k = at[name]
+                return context.cast(builder, args[k], sig.args[k], ty)
+
+            gp, hp, wp, dxp = data("g"), data("h"), data("w"), data("dx")
+            hcnt, w0, wcnt, doff = (int_arg(n) for n in ("hcnt", "w0", "wcnt", "doff"))
+
+            def vptr(ptr, idx, ty):
+                return builder.bitcast(builder.gep(ptr, [idx]), ty.as_pointer())
+
+            zero = ir.Constant(vty, [0.0] * lanes)
+            if masked:
+                amp = data("am")
+                undef = ir.Constant(ity, ir.Undefined)
+                here = builder.shuffle_vector(
+                    builder.insert_element(undef, int_arg("pos", types.int32),
+                                           ir.Constant(i64, 0)),
+                    undef, ir.Constant(ity, [0] * lanes))
+            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(count)]
+            with cgutils.for_range(builder, hcnt) as hl, \
+                    cgutils.for_range(builder, wcnt) as wl:
+                o = builder.add(builder.load(builder.gep(hp, [hl.index])),
+                                builder.load(builder.gep(wp, [builder.add(w0, wl.index)])))
+                for v in range(count):
+                    ov = builder.add(o, ir.Constant(i64, v * lanes))
+                    g = builder.load(vptr(gp, ov, vty), align=bits // 8)
+                    if masked:
+                        take = builder.icmp_signed("==", builder.load(vptr(amp, ov, ity),
+                                                                      align=4), here)
+                        g = builder.select(take, g, zero)
+                    builder.store(builder.fadd(builder.load(acc[v]), g), acc[v])
             for v in range(count):
-                ov = builder.add(o, ir.Constant(i64, v * lanes))
-                a = builder.load(vptr(amp, ov, ity), align=4)
-                g = builder.load(vptr(dyp, ov, vty), align=bits // 8)
-                take = builder.icmp_signed("==", a, here)
-                builder.store(builder.fadd(builder.load(acc[v]), builder.select(take, g, zero)),
-                              acc[v])
-        for v in range(count):
-            builder.store(builder.load(acc[v]),
-                          vptr(dxp, builder.add(doff, ir.Constant(i64, v * lanes)), vty),
-                          align=bits // 8)
-        return context.get_dummy_value()
+                builder.store(builder.load(acc[v]),
+                              vptr(dxp, builder.add(doff, ir.Constant(i64, v * lanes)), vty),
+                              align=bits // 8)
+            return context.get_dummy_value()
+        return codegen
+
+    def float_vector(a):
+        return (isinstance(a, types.Array) and a.ndim == 1
+                and a.dtype in (types.float32, types.float64))
+
+    def tables_ok(hoffs, woffs, ints):
+        return (all(isinstance(t, types.Array) and t.ndim == 1 and t.dtype == types.int64
+                    for t in (hoffs, woffs))
+                and all(isinstance(v, types.Integer) for v in ints))
 
     @intrinsic
     def grad_window(typingctx, nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff):
         """grad_window_reference's semantics, the nv vectors of sums in registers: per
         covering window one load of argmax and of dy, a compare, a select and an add per
         vector (the scatter's additions in its order: the same bits)."""
-        if not (isinstance(nv, types.IntegerLiteral)
-                and isinstance(dy, types.Array) and dy.ndim == 1
-                and dy.dtype in (types.float32, types.float64)
+        if not (isinstance(nv, types.IntegerLiteral) and float_vector(dy)
                 and isinstance(am, types.Array) and am.ndim == 1 and am.dtype == types.int32
-                and all(isinstance(t, types.Array) and t.ndim == 1
-                        and t.dtype == types.int64 for t in (hoffs, woffs))
-                and isinstance(dx, types.Array) and dx.ndim == 1 and dx.dtype == dy.dtype
-                and all(isinstance(v, types.Integer)
-                        for v in (hcnt, w0, wcnt, pos, doff))):
+                and float_vector(dx) and dx.dtype == dy.dtype
+                and tables_ok(hoffs, woffs, (hcnt, w0, wcnt, pos, doff))):
             return None
         return (types.void(nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff),
-                codegen)
+                codegen_for(True))
 
-    return grad_window
+    @intrinsic
+    def sum_window(typingctx, nv, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff):
+        """sum_window_reference's semantics, the nv vectors of sums in registers: per
+        covering window one load and one add per vector, in the tables' order."""
+        if not (isinstance(nv, types.IntegerLiteral) and float_vector(g)
+                and float_vector(dx) and dx.dtype == g.dtype
+                and tables_ok(hoffs, woffs, (hcnt, w0, wcnt, doff))):
+            return None
+        return types.void(nv, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff), codegen_for(False)
+
+    return grad_window, sum_window
 
 
 if numba.config.DISABLE_JIT:
-    grad_window = grad_window_reference
+    grad_window, sum_window = grad_window_reference, sum_window_reference
 else:
     try:
-        grad_window = _build_grad_window()
+        grad_window, sum_window = _build_gathers()
     except Exception:  # pragma: no cover - an llvmlite without vector IR support
-        grad_window = grad_window_reference
+        grad_window, sum_window = grad_window_reference, sum_window_reference
 
 
 @float32_parallel(**_JIT)
@@ -456,8 +508,12 @@ def max_pool_bwd_gather(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
             for lane in range(l_big, l_one, one):
                 grad_window(1, dyf[lane:], af[lane:], hoffs, hcnt[h], woffs, w * kw,
                             wcnt[w], pos, dxf, dbase + lane)
-            _grad_lanes(l1 - l_one, dyf[l_one:], af[l_one:], hoffs, hcnt[h], woffs, w * kw,
-                        wcnt[w], pos, dxf, dbase + l_one)
+            if l1 > l_one and l1 - l0 >= one:  # the rest: one vector ending at l1
+                grad_window(1, dyf[l1 - one:], af[l1 - one:], hoffs, hcnt[h], woffs, w * kw,
+                            wcnt[w], pos, dxf, dbase + l1 - one)
+            else:
+                _grad_lanes(l1 - l_one, dyf[l_one:], af[l_one:], hoffs, hcnt[h], woffs,
+                            w * kw, wcnt[w], pos, dxf, dbase + l_one)
 
 
 @float32_parallel(**_JIT)
@@ -492,9 +548,12 @@ def avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, y):
 @float32_parallel(**_JIT)
 def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     """dx[b, h, w] = sum of the shares dy/divisor of the windows covering (h, w), added
-    in the reference's order (kernel offset (i, j) row-major). The shares are divided
-    once per window, in a first pass, not once per covered pixel (kh*kw divisions per
-    window with a 3x3 kernel); the same divisions, so the same bits."""
+    from 0 in the reference's order (kernel offset (i, j) row-major). The shares are
+    divided once per window, in a first pass, not once per covered pixel (kh*kw
+    divisions per window with a 3x3 kernel); the same divisions, so the same bits. Then
+    a gather: `sum_window` adds, per pixel of dx and 4 vectors of lanes in registers,
+    the shares of the covering windows (offsets from two small tables, as in
+    max_pool_bwd_gather) and stores each dx value once."""
     B, Ho, Wo, L = dy.shape
     H, W = dx.shape[1], dx.shape[2]
     share = np.empty_like(dy)
@@ -507,20 +566,36 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
             g, q = dy[b, oh, ow], share[b, oh, ow]
             for lane in range(L):
                 q[lane] = g[lane] / div
+    one = _LANES32 if dy.itemsize == 4 else _LANES64
+    big = _NV * one
     hcnt, hwho = _covering(H, kh, sh, ph, Ho)  # windows covering row h, by offset i
     wcnt, wwho = _covering(W, kw, sw, pw, Wo)  # ... column w, by offset j
+    woffs = np.empty(W * kw, dtype=np.int64)  # their lanes' offsets in share, per column
+    for w in range(W):
+        for j in range(wcnt[w]):
+            woffs[w * kw + j] = wwho[w, j] * L
+    sf, dxf = share.reshape(-1), dx.reshape(-1)
     for task in prange(B * H * _n_lane_blocks(L)):
         b, h, l0, l1 = _row_task(task, H, L)
+        l_big = l0 + (l1 - l0) // big * big
+        l_one = l_big + (l1 - l_big) // one * one
+        hoffs = np.empty(kh, dtype=np.int64)  # ... per row, of this task's sample
+        for i in range(hcnt[h]):
+            hoffs[i] = (b * Ho + hwho[h, i]) * Wo * L
         for w in range(W):
-            dr = dx[b, h, w, l0:l1]
-            for lane in range(l1 - l0):
-                dr[lane] = 0
-            for qi in range(hcnt[h]):
-                oh = hwho[h, qi]
-                for qj in range(wcnt[w]):
-                    g = share[b, oh, wwho[w, qj], l0:l1]
-                    for lane in range(l1 - l0):
-                        dr[lane] += g[lane]
+            dbase = ((b * H + h) * W + w) * L
+            for lane in range(l0, l_big, big):
+                sum_window(_NV, sf[lane:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
+                           dbase + lane)
+            for lane in range(l_big, l_one, one):
+                sum_window(1, sf[lane:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
+                           dbase + lane)
+            if l1 > l_one and l1 - l0 >= one:  # the rest: one vector ending at l1
+                sum_window(1, sf[l1 - one:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
+                           dbase + l1 - one)
+            else:
+                _sum_lanes(l1 - l_one, sf[l_one:], hoffs, hcnt[h], woffs, w * kw, wcnt[w],
+                           dxf, dbase + l_one)
 
 
 @float32_parallel(**_JIT)

@@ -278,6 +278,69 @@ def test_grad_window_intrinsic_matches_its_reference(dtype):
             np.testing.assert_array_equal(out[1][3:3 + n], want)
 
 
+@numba.njit
+def _sum_window_call(ref_, nv, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff):
+    if nv == 1:
+        if ref_:
+            lanes.sum_window_reference(1, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff)
+        else:
+            lanes.sum_window(1, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff)
+    elif ref_:
+        lanes.sum_window_reference(_NV, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff)
+    else:
+        lanes.sum_window(_NV, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_window_intrinsic_matches_its_reference(dtype):
+    """The vector-IR average-pool gradient gather against its plain-loop twin, bitwise:
+    0 to 4 windows added from +0 in the tables' order (-0 shares give +0, NaN
+    propagates), for one vector and _NV vectors, nothing written outside them."""
+    rng = np.random.default_rng(6)
+    one = lanes._LANES32 if dtype == np.float32 else lanes._LANES64
+    for nv in (1, _NV):
+        n = nv * one
+        g = rng.standard_normal(6 * n + 9).astype(dtype)
+        g[3::11] = -0.0
+        g[5::29] = np.nan
+        woffs = np.array([7, 7 + n, 7 + 2 * n], np.int64)
+        hoffs = np.array([0, 3 * n], np.int64)
+        for hcnt, wcnt, w0 in [(0, 1, 0), (1, 1, 0), (1, 2, 1), (2, 2, 0), (2, 1, 2)]:
+            out = []
+            for ref_ in (True, False):
+                dx = np.full(n + 8, 99, dtype)
+                _sum_window_call(ref_, nv, g, hoffs, hcnt, woffs, w0, wcnt, dx, 3)
+                out.append(dx)
+            np.testing.assert_array_equal(out[1].view(np.uint8), out[0].view(np.uint8))
+            assert (out[1][:3] == 99).all() and (out[1][3 + n:] == 99).all()
+            want = np.zeros(n, dtype)
+            for i in range(hcnt):
+                for j in range(wcnt):
+                    o = hoffs[i] + woffs[w0 + j]
+                    want += g[o:o + n]
+            np.testing.assert_array_equal(out[1][3:3 + n].view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, s, p, include_pad", [((3, 3), (2, 2), (1, 1), True),
+                                                  ((3, 3), (1, 1), (1, 1), False),
+                                                  ((3, 2), (2, 1), (0, 1), True)])
+def test_avg_backward_gather_has_the_references_bits(dtype, k, s, p, include_pad):
+    """Overlapping windows: the NHWC average-pool backward gathers (sum_window), bitwise
+    the reference, -0 shares included, with 70 channels: blocks of _NV vectors, single
+    vectors and leftover lanes."""
+    rng = np.random.default_rng(7)
+    N, C, H, W = 2, 70, 9, 8
+    Ho, Wo = out_hw(np.empty((N, C, H, W)), k, s, p, False)
+    dy = rng.standard_normal((N, Ho, Wo, C)).astype(dtype)
+    dy[..., ::5] = -0.0
+    got = lanes.avg_pool2d_backward_nhwc(dy, (N, H, W, C), k, s, p, False, include_pad)
+    want = ref.avg_pool2d_backward(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)),
+                                   (N, C, H, W), k, s, p, False, include_pad)
+    np.testing.assert_array_equal(np.signbit(got.transpose(0, 3, 1, 2)), np.signbit(want))
+    np.testing.assert_array_equal(got.transpose(0, 3, 1, 2), want)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k, s, p, ceil", [((3, 3), (2, 2), (1, 1), False),  # overlapping
                                            ((3, 3), (1, 1), (1, 1), False),
