@@ -297,6 +297,7 @@ def test_results_independent_of_thread_count(shape, dtype):
             np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="counts the compiled parallel regions")
 @pytest.mark.parametrize("kernel, args", [
     (0, "plane"), (1, "plane"), (2, "rows"), (3, "rows")])
 def test_parallel_kernels_open_two_parallel_regions(kernel, args):
