@@ -508,12 +508,13 @@ def max_pool_bwd_gather(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
             for lane in range(l_big, l_one, one):
                 grad_window(1, dyf[lane:], af[lane:], hoffs, hcnt[h], woffs, w * kw,
                             wcnt[w], pos, dxf, dbase + lane)
-            if l1 > l_one and l1 - l0 >= one:  # the rest: one vector ending at l1
-                grad_window(1, dyf[l1 - one:], af[l1 - one:], hoffs, hcnt[h], woffs, w * kw,
-                            wcnt[w], pos, dxf, dbase + l1 - one)
-            else:
-                _grad_lanes(l1 - l_one, dyf[l_one:], af[l_one:], hoffs, hcnt[h], woffs,
-                            w * kw, wcnt[w], pos, dxf, dbase + l_one)
+            if l1 > l_one:  # lanes left: one more vector ending at l1, if it fits
+                if l1 - l0 >= one:
+                    grad_window(1, dyf[l1 - one:], af[l1 - one:], hoffs, hcnt[h], woffs,
+                                w * kw, wcnt[w], pos, dxf, dbase + l1 - one)
+                else:
+                    _grad_lanes(l1 - l_one, dyf[l_one:], af[l_one:], hoffs, hcnt[h], woffs,
+                                w * kw, wcnt[w], pos, dxf, dbase + l_one)
 
 
 @float32_parallel(**_JIT)
@@ -590,12 +591,13 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
             for lane in range(l_big, l_one, one):
                 sum_window(1, sf[lane:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
                            dbase + lane)
-            if l1 > l_one and l1 - l0 >= one:  # the rest: one vector ending at l1
-                sum_window(1, sf[l1 - one:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
-                           dbase + l1 - one)
-            else:
-                _sum_lanes(l1 - l_one, sf[l_one:], hoffs, hcnt[h], woffs, w * kw, wcnt[w],
-                           dxf, dbase + l_one)
+            if l1 > l_one:  # lanes left: one more vector ending at l1, if it fits
+                if l1 - l0 >= one:
+                    sum_window(1, sf[l1 - one:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
+                               dbase + l1 - one)
+                else:
+                    _sum_lanes(l1 - l_one, sf[l_one:], hoffs, hcnt[h], woffs, w * kw,
+                               wcnt[w], dxf, dbase + l_one)
 
 
 @float32_parallel(**_JIT)
