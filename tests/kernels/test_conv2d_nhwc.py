@@ -294,6 +294,7 @@ def test_nchw_entry_matches_nhwc_entry():
 @pytest.mark.parametrize("shape", [
     (5, 24, 13, 11, 40, 3, 1, 1),   # several forward tasks
     (3, 8, 10, 10, 16, 3, 2, 1),    # stride 2
+    (4, 20, 7, 7, 24, 1, 1, 1),     # 1x1 with padding: border blocks of no taps (bias)
 ])
 @pytest.mark.parametrize("small_chunks", [False, True])
 def test_nhwc_results_do_not_depend_on_thread_count(monkeypatch, shape, small_chunks):
@@ -401,6 +402,70 @@ def test_a_kernel_row_as_one_run_gives_the_same_bits(monkeypatch, C, stride, dil
     np.testing.assert_array_equal(merged, runs)
     assert_close(to_nchw(merged), ref.conv2d_forward(to_nchw(x), w, b, stride, (1, 1),
                                                      dilation, 1))
+
+
+SKIP_GEOMETRIES = [
+    # N, C, H, W, K, R, S, stride, padding, dilation
+    (3, 20, 7, 7, 37, 3, 3, (1, 1), (1, 1), (1, 1)),   # 3 x 3 border classes
+    (2, 17, 9, 6, 5, 5, 3, (1, 1), (2, 1), (2, 1)),    # dilation, unequal kernels
+    (2, 24, 9, 10, 9, 3, 3, (2, 2), (1, 1), (1, 1)),   # stride 2: top and left classes
+    (2, 20, 5, 6, 40, 1, 1, (1, 1), (1, 1), (1, 1)),   # 1x1 padded: bias-only borders
+    (2, 3, 8, 7, 11, 3, 3, (1, 1), (1, 1), (1, 1)),    # merged runs: rows skipped only
+    (1, 18, 4, 5, 70, 5, 5, (1, 1), (3, 3), (1, 1)),   # padding beyond the kernel's reach
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, C, H, W, K, R, S, stride, padding, dilation", SKIP_GEOMETRIES)
+def test_skipping_padding_taps_gives_the_same_bits(monkeypatch, dtype, N, C, H, W, K, R, S,
+                                                   stride, padding, dilation):
+    """Border pixels contract over the taps that reach real input only (forward_plan):
+    with nonzero random data the same bits as the full contraction over the zero
+    padding (forward, and backward-input, which is a forward), and the reference."""
+    case = make_case(np.random.default_rng(C + K), N, C, H, W, K, R, S, stride, padding,
+                     dilation, dtype)
+    out = {}
+    for skip_min in (0.0, 2.0):  # always skip, never skip
+        monkeypatch.setattr(nhwc, "SKIP_MIN", skip_min)
+        nhwc.forward_plan.cache_clear()
+        out[skip_min] = nhwc_passes(case)[:2]
+    nhwc.forward_plan.cache_clear()
+    for a, b_ in zip(out[0.0], out[2.0]):
+        np.testing.assert_array_equal(a, b_)
+    assert_close(to_nchw(out[0.0][0]), case["y"])
+    assert_close(to_nchw(out[0.0][1]), case["dx"])
+
+
+@pytest.mark.parametrize("N, C, H, W, K, R, S, stride, padding, dilation", SKIP_GEOMETRIES)
+def test_forward_plan_skips_only_taps_on_padding(N, C, H, W, K, R, S, stride, padding,
+                                                 dilation):
+    """The plan's blocks own every output pixel exactly once, tile rows stay within
+    their class, and every tap a pixel skips reads padding, every tap it keeps real
+    input; the work estimate (cost) grows with each block."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    Ho = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    Wo = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    rows = nhwc.valid_taps(Ho, 0, sh, dh, R, ph, ph + H)
+    cols = nhwc.valid_taps(Wo, 0, sw, dw, S, pw, pw + W)
+    perm, blocks, segs, cost = nhwc.forward_plan(N, Ho, Wo, R, S, rows, cols, 12)
+    if perm is None:
+        pytest.skip("too little to skip on this geometry")
+    assert sorted(perm) == list(range(N * Ho * Wo))
+    assert np.all(np.diff(cost) > 0) and cost.size == blocks.shape[0] + 1
+    owned = []
+    for start, count, own, s_lo, s_hi in blocks:
+        assert 0 < count <= 12 and 0 <= own < count and s_lo < s_hi
+        kept = set()
+        for t0, t1 in segs[s_lo:s_hi]:
+            kept |= set(range(t0, t1))
+        for m in perm[start:start + count]:
+            i, j = (m // Wo) % Ho, m % Wo
+            for t in range(R * S):
+                r, c = divmod(t, S)
+                inside = (0 <= i * sh - ph + r * dh < H) and (0 <= j * sw - pw + c * dw < W)
+                assert inside == (t in kept), (m, t)
+        owned += list(perm[start + own:start + count])
+    assert sorted(owned) == list(range(N * Ho * Wo))
 
 
 @pytest.mark.parametrize("N, Ho, Wo, chunk", [(2, 3, 5, 64), (1, 4, 7, 14), (2, 2, 11, 5),
