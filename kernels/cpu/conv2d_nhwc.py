@@ -649,7 +649,8 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
         # The taps that reach this phase (flipped already), as (C, K, Ma, Mb) weights
         _forward(dyp, (C, K, len(rows), len(cols)),
                  wext[_pack_index(w.shape, rows, cols, nr)], None, (1, 1), (1, 1),
-                 (Hu, Wu), dxf, obase, kstride, origin=origin)
+                 (Hu, Wu), dxf, obase, kstride, origin=origin,
+                 valid=(top, top + Ho, left, left + Wo))
     return dx
 
 
