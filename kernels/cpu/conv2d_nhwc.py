@@ -98,13 +98,14 @@ def _frozen(a):
 
 
 @functools.lru_cache(maxsize=64)
-def pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw):
+def pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw, origin=(0, 0)):
     """Flat offset into a padded NHWC (N, Hp, Wp, C) input of each output pixel's window
-    origin, for all N*Ho*Wo output pixels in (n, i, j) order."""
+    origin, for all N*Ho*Wo output pixels in (n, i, j) order; the windows start at row
+    and column `origin` of the input."""
     n = np.arange(N)[:, None, None]
-    i = np.arange(Ho)[None, :, None]
-    j = np.arange(Wo)[None, None, :]
-    return _frozen((((n * Hp + i * sh) * Wp + j * sw) * C).ravel().astype(np.int64))
+    i = origin[0] + np.arange(Ho)[None, :, None] * sh
+    j = origin[1] + np.arange(Wo)[None, None, :] * sw
+    return _frozen((((n * Hp + i) * Wp + j) * C).ravel().astype(np.int64))
 
 
 @functools.lru_cache(maxsize=64)
@@ -407,9 +408,7 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
     K, _, R, S = w_shape
     (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
     mr, nr = blocking(xp.dtype)
-    pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw)
-    if origin != (0, 0):  # (read-only like the cached table: one compiled signature)
-        pix = _frozen(pix + (origin[0] * Wp + origin[1]) * C)
+    pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw, origin)
     merged = dw == 1 and C < RUN_MERGE_BELOW
     if merged:
         # A kernel row's S taps of C channels are S*C contiguous values of xp: one run
@@ -427,7 +426,7 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
     perm, blocks, segs, cost = forward_plan(N, Ho, Wo, R, 1 if merged else S, rows_valid,
                                             cols_valid, mr)
     if perm is not None:
-        pix, obase = _frozen(pix[perm]), _frozen(obase[perm])
+        pix, obase = _permuted(pix, perm), _permuted(obase, perm)
     ng = _tasks(blocks.shape[0] * mr, mr, taps.size * run * -(-K // nr))
     # tasks of equal work (taps per block), not of equal block counts: border blocks
     # contract over fewer taps
@@ -436,6 +435,23 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
     _forward_gemm(xp.reshape(-1), pix, taps, run, wp,
                   _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride,
                   half_tail(K, xp.dtype), bounds, blocks, segs)
+
+
+_PERMUTED = {}  # (id(table), id(perm)) -> (table, perm, table[perm])
+
+
+def _permuted(table, perm):
+    """table[perm] for the cached (frozen) tables of a geometry, kept: an entry holds
+    both arrays, so their ids cannot be reused while it lives."""
+    key = (id(table), id(perm))
+    hit = _PERMUTED.get(key)
+    if hit is not None and hit[0] is table and hit[1] is perm:
+        return hit[2]
+    if len(_PERMUTED) >= 256:
+        _PERMUTED.clear()
+    out = _frozen(table[perm])
+    _PERMUTED[key] = (table, perm, out)
+    return out
 
 
 def valid_taps(n_out, origin, stride, dilation, k, lo, hi):
