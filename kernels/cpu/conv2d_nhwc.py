@@ -338,10 +338,11 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half_tail,
                     init = bias if sg == blocks[b, 3] else nobias
                     if half:
                         tile_half(xf, rows, r, taps, t0, tn, C, 1, wp,
-                                  kb * panel + t0 * C * nr, nr, dst, drows, d0, doff, init, k0)
+                                  kb * panel + t0 * C * nr, nr, C * nr, dst, drows, d0, doff,
+                                  init, k0)
                     else:
                         tile(xf, rows, r, taps, t0, tn, C, 1, wp, kb * panel + t0 * C * nr,
-                             nr, dst, drows, d0, doff, init, k0)
+                             nr, C * nr, dst, drows, d0, doff, init, k0)
                 if direct:
                     continue
                 for i in range(own, count):
@@ -387,11 +388,11 @@ def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, 
                 for kb in range(nk):
                     if half_tail and Kp - kb * nr <= nr // 2:  # (a last half panel)
                         tile_half(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf,
-                                  b0 + kb * nr, Kp, part, torows, q * mr, kb * nr, init,
-                                  kb * nr)
+                                  b0 + kb * nr, Kp, Cn * Kp, part, torows, q * mr, kb * nr,
+                                  init, kb * nr)
                     else:
                         tile(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf, b0 + kb * nr,
-                             Kp, part, torows, q * mr, kb * nr, init, kb * nr)
+                             Kp, Cn * Kp, part, torows, q * mr, kb * nr, init, kb * nr)
 
 
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------

@@ -2,14 +2,14 @@
 (kernels/cpu/conv2d_nhwc.py), emitted as LLVM vector IR.
 
 What it computes. `tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride,
-out, orows, o0, ooff, init, ioff)`, on flat (1-D, C-contiguous) arrays A, B, out, init
+b_tstride, out, orows, o0, ooff, init, ioff)`, on flat (1-D, C-contiguous) arrays A, B, out, init
 of one float dtype and int64 tables rows, toff, orows, computes an MR x NR tile whose
 row i lives at out[orows[o0 + i] + ooff : ... + NR]:
 
     for i < MR, j < NR:
         acc = init[ioff + j] if init.size > 0 else out[orows[o0 + i] + ooff + j]
         acc += sum over t < T, c < Cn (t outer, c inner, in that order) of
-            A[rows[r0 + i] + toff[t0 + t] + c*a_cs] * B[b0 + (t*Cn + c)*b_stride + j]
+            A[rows[r0 + i] + toff[t0 + t] + c*a_cs] * B[b0 + t*b_tstride + c*b_stride + j]
         out[orows[o0 + i] + ooff + j] = acc
 
 so a tile either starts from a bias row (init) and overwrites its output rows, or adds
@@ -21,16 +21,19 @@ Row i of the tile reads A at its own base offset rows[r0 + i] (an output pixel o
 convolution, or a (tap, channel) pair for the weight gradient); the contraction runs
 over T table-given offsets (the kernel taps, or the pixels) times Cn strided steps (the
 channels); B supplies NR contiguous values per step (NR output channels in vector
-lanes). The caller must make every index above valid: B has NR readable values past
+lanes), b_stride apart within a table entry's Cn steps and b_tstride apart from one
+entry to the next (Cn*b_stride where B's rows follow each other; more where a caller
+skips some, as the weight gradient's border-trimmed pixel runs do). The caller must make every index above valid: B has NR readable values past
 each step's start (pad its channels to a multiple of NR), out has NR values from each
 row's start, and rows/toff/orows hold at least r0 + MR, t0 + T, o0 + MR entries.
 
     forward (NHWC, weights packed [K/NR][R*S][C][NR]):
         A = padded input, rows = pixel bases, toff = tap offsets, Cn = C, a_cs = 1,
-        B = one weight panel, b_stride = NR
+        B = one weight panel, b_stride = NR, b_tstride = C*NR
     backward-weight (dW[tap, c][k] = sum over pixels x[pixel + tap, c] * dy[pixel, k]):
         A = padded input, rows = (tap, channel) offsets, toff = pixel bases, Cn = 1,
-        B = dy as (pixels, Kp) rows (K padded to a multiple of NR), b_stride = Kp
+        B = dy as (pixels, Kp) rows (K padded to a multiple of NR), b_stride = Kp,
+        b_tstride = a segment's pixels apart times Kp
 
 `fma_chains(n, out)` is the same register blocking with nothing but FMAs in the loop:
 the chip's FMA peak, which benchmarks/harness.py reports as the compute limit.
@@ -90,7 +93,7 @@ import numba
 import numpy as np
 from numba import njit, types
 
-IR_VERSION = 3  # part of every caller's cache key (see versioned)
+IR_VERSION = 4  # part of every caller's cache key (see versioned)
 
 
 # --- blocking --------------------------------------------------------------------------
@@ -120,8 +123,8 @@ MR64, NR64 = blocking(np.float64)
 # --- the reference semantics (also the NUMBA_DISABLE_JIT / no-intrinsic fallback) -------
 
 @njit(inline="always")
-def _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
-               init, ioff, mr, nr):
+def _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows,
+               o0, ooff, init, ioff, mr, nr):
     acc = np.empty(mr * nr, dtype=out.dtype)  # all rows read before any is written
     for i in range(mr):
         for j in range(nr):
@@ -129,7 +132,7 @@ def _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, 
             for t in range(T):
                 base = rows[r0 + i] + toff[t0 + t]
                 for c in range(Cn):
-                    s += A[base + c * a_cs] * B[b0 + (t * Cn + c) * b_stride + j]
+                    s += A[base + c * a_cs] * B[b0 + t * b_tstride + c * b_stride + j]
             acc[i * nr + j] = s
     for i in range(mr):
         for j in range(nr):
@@ -137,28 +140,28 @@ def _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, 
 
 
 @njit(inline="always")
-def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
-                   ooff, init, ioff):
+def tile_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out,
+                   orows, o0, ooff, init, ioff):
     """Plain loops with the semantics of `tile` (see the module docstring); MR and NR
     follow from the dtype, as for the intrinsic."""
     if A.itemsize == 4:
-        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
-                   ooff, init, ioff, MR32, NR32)
+        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows,
+                   o0, ooff, init, ioff, MR32, NR32)
     else:
-        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
-                   ooff, init, ioff, MR64, NR64)
+        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows,
+                   o0, ooff, init, ioff, MR64, NR64)
 
 
 @njit(inline="always")
-def tile_half_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
-                        o0, ooff, init, ioff):
+def tile_half_reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride,
+                        out, orows, o0, ooff, init, ioff):
     """Plain loops with the semantics of `tile_half`: NR/2 columns."""
     if A.itemsize == 4:
-        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
-                   ooff, init, ioff, MR32, NR32 // 2)
+        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows,
+                   o0, ooff, init, ioff, MR32, NR32 // 2)
     else:
-        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0,
-                   ooff, init, ioff, MR64, NR64 // 2)
+        _reference(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows,
+                   o0, ooff, init, ioff, MR64, NR64 // 2)
 
 
 # --- the intrinsic -----------------------------------------------------------------------
@@ -211,23 +214,24 @@ def _build_intrinsic():
     def make_tile(half):
         """The tile intrinsic, full width (NR columns) or half width (NR/2: output
         channels that fit one half, where full-width lanes would idle)."""
-        def tile(typingctx, A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
-                 o0, ooff, init, ioff):
+        def tile(typingctx, A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride,
+                 out, orows, o0, ooff, init, ioff):
             floats = (A, B, out, init)
             tables = (rows, toff, orows)
-            ints = (r0, t0, T, Cn, a_cs, b0, b_stride, o0, ooff, ioff)
+            ints = (r0, t0, T, Cn, a_cs, b0, b_stride, b_tstride, o0, ooff, ioff)
             if not (all(isinstance(a, types.Array) and a.ndim == 1 for a in floats + tables)
                     and A.dtype in (types.float32, types.float64)
                     and all(a.dtype == A.dtype for a in floats)
                     and all(a.dtype == types.int64 for a in tables)
                     and all(isinstance(v, types.Integer) for v in ints)):
                 return None
-            sig = types.void(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows,
-                             o0, ooff, init, ioff)
+            sig = types.void(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride,
+                             out, orows, o0, ooff, init, ioff)
 
             def codegen(context, builder, sig, args):
                 at = dict(zip(("A", "rows", "r0", "toff", "t0", "T", "Cn", "a_cs", "B", "b0",
-                               "b_stride", "out", "orows", "o0", "ooff", "init", "ioff"),
+                               "b_stride", "b_tstride", "out", "orows", "o0", "ooff", "init",
+                               "ioff"),
                               zip(args, sig.args)))
                 i64 = ir.IntType(64)
 
@@ -239,9 +243,9 @@ def _build_intrinsic():
                     val, ty = at[name]
                     return context.make_array(ty)(context, builder, val)
 
-                r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v, o0_v, ooff_v, ioff_v = (
+                r0_v, t0_v, T_v, Cn_v, acs_v, b0_v, bst_v, btst_v, o0_v, ooff_v, ioff_v = (
                     integer(n) for n in ("r0", "t0", "T", "Cn", "a_cs", "b0", "b_stride",
-                                         "o0", "ooff", "ioff"))
+                                         "b_tstride", "o0", "ooff", "ioff"))
                 dtype = sig.args[0].dtype
                 fty = context.get_value_type(dtype)
                 bits = 32 if dtype == types.float32 else 64
@@ -282,8 +286,8 @@ def _build_intrinsic():
                 with cgutils.for_range(builder, T_v) as tloop:
                     t = tloop.index
                     off = builder.load(builder.gep(toff_ptr, [builder.add(t0_v, t)]))
-                    # B index of step (t, 0): b0 + t*Cn*b_stride
-                    bt = builder.add(b0_v, builder.mul(builder.mul(t, Cn_v), bst_v))
+                    # B index of step (t, 0): b0 + t*b_tstride
+                    bt = builder.add(b0_v, builder.mul(t, btst_v))
                     a_t = [builder.add(base, off) for base in bases]
                     with _counted_loop(builder, Cn_v) as c:
                         bidx = builder.add(bt, builder.mul(c, bst_v))

@@ -44,21 +44,21 @@ def assert_close(actual, expected):
 # --- the micro-kernel alone --------------------------------------------------------------
 
 @njit
-def run_tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
-             init, ioff):
-    mk.tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
-            init, ioff)
+def run_tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows, o0,
+             ooff, init, ioff):
+    mk.tile(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows, o0,
+            ooff, init, ioff)
 
 
 @njit
-def run_tile_half(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
-                  init, ioff):
-    mk.tile_half(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
-                 init, ioff)
+def run_tile_half(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows,
+                  o0, ooff, init, ioff):
+    mk.tile_half(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows,
+                 o0, ooff, init, ioff)
 
 
-def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, o0, ooff,
-               init, ioff, mr, nr):
+def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride, out, orows,
+               o0, ooff, init, ioff, mr, nr):
     """The documented semantics, with NumPy (float64 products): the new out."""
     idx = orows[o0:o0 + mr, None] + ooff + np.arange(nr)
     acc = (np.broadcast_to(init[ioff:ioff + nr], (mr, nr)) if init.size else out[idx])
@@ -66,7 +66,7 @@ def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, 
     for t in range(T):
         for c in range(Cn):
             a = A[rows[r0:r0 + mr] + toff[t0 + t] + c * a_cs].astype(np.float64)
-            q = b0 + (t * Cn + c) * b_stride
+            q = b0 + t * b_tstride + c * b_stride
             acc += np.outer(a, B[q:q + nr])
     new = out.copy()
     new[idx] = acc  # rows sharing a place: the last one wins, as in the kernel
@@ -76,14 +76,16 @@ def tile_numpy(A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, out, orows, 
 @pytest.mark.parametrize("half", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_init", [True, False])
-@pytest.mark.parametrize("r0, t0, T, Cn, a_cs, b0, extra", [
-    (0, 0, 1, 1, 1, 0, 0),      # one step
-    (0, 0, 0, 5, 1, 0, 0),      # empty contraction: the tile is its start value
-    (2, 1, 3, 7, 1, 5, 3),      # offsets into the tables, B rows longer than NR
-    (1, 2, 4, 1, 0, 0, 0),      # the backward-weight form: Cn = 1, table-driven steps
-    (0, 0, 2, 9, 3, 2, 0),      # strided channels
+@pytest.mark.parametrize("r0, t0, T, Cn, a_cs, b0, extra, gap", [
+    (0, 0, 1, 1, 1, 0, 0, 0),      # one step
+    (0, 0, 0, 5, 1, 0, 0, 0),      # empty contraction: the tile is its start value
+    (2, 1, 3, 7, 1, 5, 3, 0),      # offsets into the tables, B rows longer than NR
+    (1, 2, 4, 1, 0, 0, 0, 0),      # the backward-weight form: Cn = 1, table-driven steps
+    (0, 0, 2, 9, 3, 2, 0, 0),      # strided channels
+    (1, 0, 3, 4, 2, 1, 1, 2),      # B steps per table entry beyond Cn rows (trimmed runs)
 ])
-def test_tile_matches_its_semantics(half, dtype, with_init, r0, t0, T, Cn, a_cs, b0, extra):
+def test_tile_matches_its_semantics(half, dtype, with_init, r0, t0, T, Cn, a_cs, b0, extra,
+                                    gap):
     mr, nr = nhwc.blocking(dtype)
     nr = nr // 2 if half else nr
     rng = np.random.default_rng(T * 31 + Cn)
@@ -91,7 +93,8 @@ def test_tile_matches_its_semantics(half, dtype, with_init, r0, t0, T, Cn, a_cs,
     rows = rng.integers(0, 1000, r0 + mr + 2).astype(np.int64)
     toff = rng.integers(0, 1000, t0 + T + 1).astype(np.int64)
     b_stride = nr + extra
-    B = rng.standard_normal(b0 + max(T * Cn, 1) * b_stride + nr).astype(dtype)
+    b_tstride = (Cn + gap) * b_stride  # gap rows of B skipped after each table entry
+    B = rng.standard_normal(b0 + max(T * (Cn + gap), 1) * b_stride + nr).astype(dtype)
     out = rng.standard_normal(8 * mr * nr).astype(dtype)
     # output rows scattered, not in order, the last two sharing a scratch place
     o0, ooff = 1, 3
@@ -100,7 +103,7 @@ def test_tile_matches_its_semantics(half, dtype, with_init, r0, t0, T, Cn, a_cs,
     orows = np.concatenate([orows[:o0 + mr - 1], [orows[o0 + mr - 2]]])
     init = rng.standard_normal(nr + 5).astype(dtype) if with_init else out[:0]
     ioff = 5 if with_init else 0
-    args = (A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride)
+    args = (A, rows, r0, toff, t0, T, Cn, a_cs, B, b0, b_stride, b_tstride)
     want = tile_numpy(*args, out, orows, o0, ooff, init, ioff, mr, nr)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     got = out.copy()
@@ -121,7 +124,7 @@ def test_tile_matches_its_semantics(half, dtype, with_init, r0, t0, T, Cn, a_cs,
 def test_tile_machine_code_keeps_accumulators_in_vector_registers():
     A = np.zeros(64, np.float32)
     rows = np.zeros(16, np.int64)
-    run_tile(A, rows, 0, rows, 0, 1, 1, 1, A, 0, 16, A, rows, 0, 0, A[:0], 0)
+    run_tile(A, rows, 0, rows, 0, 1, 1, 1, A, 0, 16, 16, A, rows, 0, 0, A[:0], 0)
     asm = run_tile.inspect_asm(run_tile.signatures[0])
     reg = "zmm" if mk.host_lanes(4) == 16 else "ymm"
     lines = asm.splitlines()
@@ -151,7 +154,8 @@ def test_tile_machine_code_keeps_accumulators_in_vector_registers():
 @njit
 def forward_like_tile(A, rows, toff, T, Cn, B, out, orows, init):
     # as _forward_gemm calls it: channel stride 1 and the panel width as constants
-    mk.tile(A, rows, 0, toff, 0, T, Cn, 1, B, 0, mk.NR32, out, orows, 0, 0, init, 0)
+    mk.tile(A, rows, 0, toff, 0, T, Cn, 1, B, 0, mk.NR32, Cn * mk.NR32, out, orows, 0, 0, init,
+            0)
 
 
 @pytest.mark.skipif(not mk.INTRINSIC, reason="the LLVM intrinsic is not in use")
