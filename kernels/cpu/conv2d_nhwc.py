@@ -36,7 +36,8 @@ rows), so that the micro-kernel's inner loop walks a row's pixels at a constant 
 (weight_chunks); a number of groups set by the shape, not the thread count
 (weight_blocking), each add their chunks in order into a private partial dW (the first
 chunk's tiles start from zero), and the partials are summed in a fixed order: results
-are bitwise the same for any Numba thread count.
+are bitwise the same for any Numba thread count. On small maps a tile skips the output
+rows, and trims the columns, where its taps read only padding (weight_plan).
 
 Every output element is computed by one task in a fixed order, so all passes are
 deterministic. Supports stride, padding, dilation, groups = 1 (kernels/cpu/conv2d.py
@@ -148,6 +149,57 @@ def weight_tiles(R, S, dh, dw, Wp, C, mr, Kp):
     rows = pair_rows[np.minimum(ls, L - 1)].ravel().astype(np.int64)
     orows = np.where(own, ls * Kp, L * Kp).ravel().astype(np.int64)
     return _frozen(rows), _frozen(orows)
+
+
+@functools.lru_cache(maxsize=64)
+def weight_plan(N, H, W, C, Ho, Wo, R, S, stride, padding, dilation, mr, chunk, groups):
+    """Which pixels each backward-weight tile contracts over: (tile_class, lo, cut,
+    run_s0, run_n, rptr), for the tiles of weight_tiles and the chunks of weight_chunks.
+
+    A tile's rows are (tap, channel) pairs; a pixel whose window puts the tile's taps on
+    padding adds exact zeros to it. Where the chunks are whole output rows (segments) and
+    skipping saves at least SKIP_MIN of the work: a tile contracts only over the output
+    rows where one of its taps' kernel rows reads real input (its class: tiles of the
+    same valid output rows), as runs of consecutive segments, run_s0[x], run_n[x] for x
+    in [rptr[ch*classes + class], rptr[ch*classes + class + 1]) in chunk ch, and only
+    over the columns [lo, Wo - cut) of each row where one of its taps' kernel columns
+    does. Otherwise one class whose runs are the chunks' own segments and lo = cut = 0.
+    Same sums but for exact zeros (the sign of a zero sum)."""
+    seg_m, first, count, length = weight_chunks(N, Ho, Wo, chunk, groups)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    L, T = R * S * C, -(-(R * S * C) // mr)
+    ntiles = T
+    tap_of = np.minimum(np.minimum(np.arange(ntiles)[:, None] * mr, max(L - mr, 0))
+                        + np.arange(mr), L - 1) // C  # (tiles, MR) taps of the rows
+    oh_ok = np.array([[0 <= o * sh - ph + r * dh < H for o in range(Ho)] for r in range(R)])
+    ow_ok = np.array([[0 <= o * sw - pw + c * dw < W for o in range(Wo)] for c in range(S)])
+    rows_ok = oh_ok[tap_of // S].any(axis=1)  # (tiles, Ho): an output row any tap uses
+    cols_ok = ow_ok[tap_of % S].any(axis=1)  # (tiles, Wo)
+    lo = cols_ok.argmax(axis=1)
+    cut = cols_ok[:, ::-1].argmax(axis=1)
+    lo[~cols_ok.any(axis=1)], cut[~cols_ok.any(axis=1)] = 0, Wo  # (no column: empty runs)
+    work = (rows_ok.sum(axis=1) * (Wo - lo - cut)).sum()
+    nchunks = first.size
+    if Wo > chunk or work > (1 - SKIP_MIN) * ntiles * Ho * Wo:
+        zero = np.zeros(ntiles, dtype=np.int64)
+        return (_frozen(zero), _frozen(zero.copy()), _frozen(zero.copy()), first, count,
+                _frozen(np.arange(nchunks + 1, dtype=np.int64)))
+    classes, tile_class = np.unique(rows_ok, axis=0, return_inverse=True)
+    oh = (seg_m // Wo) % Ho
+    run_s0, run_n, rptr = [], [], [0]
+    for ch in range(nchunks):
+        segs = np.arange(first[ch], first[ch] + count[ch])
+        for keep in classes:
+            ok = keep[oh[segs]]
+            # runs of consecutive kept segments
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(np.int8), [0]])))
+            for a, b in zip(edges[::2], edges[1::2]):
+                run_s0.append(segs[a])
+                run_n.append(b - a)
+            rptr.append(len(run_s0))
+    as64 = functools.partial(np.asarray, dtype=np.int64)
+    return (_frozen(as64(tile_class.ravel())), _frozen(as64(lo)), _frozen(as64(cut)),
+            _frozen(as64(run_s0)), _frozen(as64(run_n)), _frozen(as64(rptr)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -358,20 +410,23 @@ def _forward_gemm(xf, pix, taps, C, wp, bias, K, out, obase, kstride, half_tail,
 
 @versioned
 @njit(parallel=True, cache=True)
-def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, dyf, Kp,
-                 groups, partial, half_tail):
+def _weight_gemm(xf, seg_pix, seg_m, first, length, a_cs, trows, torows, dyf, Kp, groups,
+                 partial, half_tail, tile_class, lo, cut, run_s0, run_n, rptr):
     """partial[g, torows[q] + k] = sum over the pixels m of group g's chunks of
     xf[pix(m) + trows[q]] * dyf[m*Kp + k], for every tile row q (tiles of MR rows, see
     weight_tiles) and k < Kp (a multiple of NR, or of NR/2 with half_tail: then the
-    last panel runs on the half-width tile). Chunk ch is count[ch] segments of
-    length[ch] pixels from segment first[ch] on, consecutive in m (see weight_chunks);
-    a segment's pixels are a_cs apart in xf, from seg_pix. Group g takes the chunks
-    [g*n/groups, (g+1)*n/groups) in order; within a chunk, tile by tile, all panels
-    (the tile's input values stay in L1 across the panels; panels as the outer loop
-    were no faster: benchmarks/DESIGN.md, conv2d_nhwc.py)."""
+    last panel runs on the half-width tile), over the pixels weight_plan gives the tile:
+    in chunk ch, the runs of segments of its class, and the columns [lo, length - cut)
+    of each segment. Chunk ch has segments of length[ch] pixels from segment first[ch]
+    on, consecutive in m (see weight_chunks); a segment's pixels are a_cs apart in xf,
+    from seg_pix. Group g takes the chunks [g*n/groups, (g+1)*n/groups) in order;
+    within a chunk, tile by tile, all panels (the tile's input values stay in L1 across
+    the panels; panels as the outer loop were no faster: benchmarks/DESIGN.md,
+    conv2d_nhwc.py)."""
     mr, nr = _tile_shape(xf)
     nchunks = first.size
     ntiles = trows.size // mr
+    nclass = (rptr.size - 1) // nchunks
     nk = -(-Kp // nr)
     zeros = np.zeros(Kp, dtype=xf.dtype)
     none = np.empty(0, dtype=xf.dtype)
@@ -379,20 +434,26 @@ def _weight_gemm(xf, seg_pix, seg_m, first, count, length, a_cs, trows, torows, 
         part = partial[g]
         c0, c1 = g * nchunks // groups, (g + 1) * nchunks // groups
         for ch in range(c0, c1):
-            s0, T, Cn = first[ch], count[ch], length[ch]
-            b0 = seg_m[s0] * Kp
-            # the group's first chunk starts its tiles from zero (no zeroing pass), the
-            # next ones add to the rows
-            init = zeros if ch == c0 else none
+            seg_len = length[ch]
             for q in range(ntiles):
-                for kb in range(nk):
-                    if half_tail and Kp - kb * nr <= nr // 2:  # (a last half panel)
-                        tile_half(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf,
-                                  b0 + kb * nr, Kp, Cn * Kp, part, torows, q * mr, kb * nr,
-                                  init, kb * nr)
-                    else:
-                        tile(xf, trows, q * mr, seg_pix, s0, T, Cn, a_cs, dyf, b0 + kb * nr,
-                             Kp, Cn * Kp, part, torows, q * mr, kb * nr, init, kb * nr)
+                x0 = rptr[ch * nclass + tile_class[q]]
+                x1 = rptr[ch * nclass + tile_class[q] + 1]
+                j0, cn = lo[q], seg_len - lo[q] - cut[q]
+                # the group's first chunk starts its tiles from zero (no zeroing pass; a
+                # tile with no run there runs an empty one), the next ones add
+                for k in range(max(x1 - x0, 1 if ch == c0 else 0)):
+                    init = zeros if ch == c0 and k == 0 else none
+                    s0, T = (run_s0[x0 + k], run_n[x0 + k]) if x0 + k < x1 else (first[ch], 0)
+                    b0 = (seg_m[s0] + j0) * Kp
+                    for kb in range(nk):
+                        if half_tail and Kp - kb * nr <= nr // 2:  # (a last half panel)
+                            tile_half(xf, trows, q * mr, seg_pix, s0, T, cn, a_cs, dyf,
+                                      b0 + kb * nr, Kp, seg_len * Kp, part, torows, q * mr,
+                                      kb * nr, init, kb * nr)
+                        else:
+                            tile(xf, trows, q * mr, seg_pix, s0, T, cn, a_cs, dyf,
+                                 b0 + kb * nr, Kp, seg_len * Kp, part, torows, q * mr,
+                                 kb * nr, init, kb * nr)
 
 
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
@@ -453,6 +514,33 @@ def _permuted(table, perm):
     out = _frozen(table[perm])
     _PERMUTED[key] = (table, perm, out)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _shifted_rows_cached(trows_key, lo_key, a_cs, mr):
+    trows, lo = trows_key.array, lo_key.array
+    return _frozen(trows + np.repeat(lo, mr) * a_cs)
+
+
+class _Key:
+    """A frozen, cached table as an lru_cache key: hashed and compared by identity,
+    holding the array (so its id stays its own while the entry lives)."""
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+    def __hash__(self):
+        return id(self.array)
+
+    def __eq__(self, other):
+        return isinstance(other, _Key) and other.array is self.array
+
+
+def _shifted_rows(trows, lo, a_cs, mr):
+    """Backward-weight tile rows moved lo[q] pixels along a segment (tile q's runs start
+    there): trows[q*mr + i] + lo[q]*a_cs."""
+    return _shifted_rows_cached(_Key(trows), _Key(lo), a_cs, mr)
 
 
 def valid_taps(n_out, origin, stride, dilation, k, lo, hi):
@@ -739,12 +827,20 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
                                     stride[0] * stride[1] * C * x.itemsize)
     seg_m, first, count, length = weight_chunks(N, Ho, Wo, chunk, groups)
     L = R * S * C
+    a_cs = stride[1] * C  # a segment's pixels apart in the input
     trows, torows = weight_tiles(R, S, *dilation, Wp, C, mr, Kp)
+    H, W = Hp - 2 * padding[0], Wp - 2 * padding[1]
+    tile_class, lo, cut, run_s0, run_n, rptr = weight_plan(
+        N, H, W, C, Ho, Wo, R, S, tuple(stride), tuple(padding), tuple(dilation), mr, chunk,
+        groups)
+    if lo.any():  # a tile's runs start lo pixels into each segment
+        trows = _shifted_rows(trows, lo, a_cs, mr)
     groups = min(groups, first.size)
     partial = buffer("partial", groups * (L + 1) * Kp, x.dtype).reshape(
         groups, (L + 1) * Kp)  # + a scratch row
-    _weight_gemm(xp.reshape(-1), _frozen(pix[seg_m]), seg_m, first, count, length, stride[1] * C,
-                 trows, torows, dyf, Kp, groups, partial, tail)
+    _weight_gemm(xp.reshape(-1), _permuted(pix, seg_m), seg_m, first, length, a_cs, trows,
+                 torows, dyf, Kp, groups, partial, tail, tile_class, lo, cut, run_s0, run_n,
+                 rptr)
     # The partial sums added in group order (NumPy reduces over the leading axis one
     # slice at a time, in order).
     dwt = np.add.reduce(partial.reshape(groups, L + 1, Kp)[:, :L], axis=0)

@@ -23,9 +23,10 @@ over T table-given offsets (the kernel taps, or the pixels) times Cn strided ste
 channels); B supplies NR contiguous values per step (NR output channels in vector
 lanes), b_stride apart within a table entry's Cn steps and b_tstride apart from one
 entry to the next (Cn*b_stride where B's rows follow each other; more where a caller
-skips some, as the weight gradient's border-trimmed pixel runs do). The caller must make every index above valid: B has NR readable values past
-each step's start (pad its channels to a multiple of NR), out has NR values from each
-row's start, and rows/toff/orows hold at least r0 + MR, t0 + T, o0 + MR entries.
+skips some, as the weight gradient's border-trimmed pixel runs do). The caller must
+make every index above valid: B has NR readable values past each step's start (pad its
+channels to a multiple of NR), out has NR values from each row's start, and
+rows/toff/orows hold at least r0 + MR, t0 + T, o0 + MR entries.
 
     forward (NHWC, weights packed [K/NR][R*S][C][NR]):
         A = padded input, rows = pixel bases, toff = tap offsets, Cn = C, a_cs = 1,

@@ -423,21 +423,28 @@ SKIP_GEOMETRIES = [
 @pytest.mark.parametrize("N, C, H, W, K, R, S, stride, padding, dilation", SKIP_GEOMETRIES)
 def test_skipping_padding_taps_gives_the_same_bits(monkeypatch, dtype, N, C, H, W, K, R, S,
                                                    stride, padding, dilation):
-    """Border pixels contract over the taps that reach real input only (forward_plan):
-    with nonzero random data the same bits as the full contraction over the zero
-    padding (forward, and backward-input, which is a forward), and the reference."""
+    """Border pixels contract over the taps that reach real input only (forward_plan),
+    weight-gradient tiles over the pixels their taps see real input at (weight_plan):
+    with nonzero random data the same bits as the full contractions over the zero
+    padding (forward, backward-input, which is a forward, and backward-weight), and the
+    reference."""
     case = make_case(np.random.default_rng(C + K), N, C, H, W, K, R, S, stride, padding,
                      dilation, dtype)
     out = {}
+    monkeypatch.setattr(nhwc, "CHUNK", 8)  # several chunks, and runs cut by chunk ends
+    monkeypatch.setattr(nhwc, "WEIGHT_CHUNK_BYTES", 0)
     for skip_min in (0.0, 2.0):  # always skip, never skip
         monkeypatch.setattr(nhwc, "SKIP_MIN", skip_min)
         nhwc.forward_plan.cache_clear()
-        out[skip_min] = nhwc_passes(case)[:2]
+        nhwc.weight_plan.cache_clear()
+        out[skip_min] = nhwc_passes(case)[:3]
     nhwc.forward_plan.cache_clear()
+    nhwc.weight_plan.cache_clear()
     for a, b_ in zip(out[0.0], out[2.0]):
         np.testing.assert_array_equal(a, b_)
     assert_close(to_nchw(out[0.0][0]), case["y"])
     assert_close(to_nchw(out[0.0][1]), case["dx"])
+    assert_close(out[0.0][2], case["dw"])
 
 
 @pytest.mark.parametrize("N, C, H, W, K, R, S, stride, padding, dilation", SKIP_GEOMETRIES)
@@ -470,6 +477,45 @@ def test_forward_plan_skips_only_taps_on_padding(N, C, H, W, K, R, S, stride, pa
                 assert inside == (t in kept), (m, t)
         owned += list(perm[start + own:start + count])
     assert sorted(owned) == list(range(N * Ho * Wo))
+
+
+@pytest.mark.parametrize("N, C, H, W, K, R, S, stride, padding, dilation", SKIP_GEOMETRIES)
+@pytest.mark.parametrize("chunk, groups", [(8, 1), (8, 4), (1000, 1)])
+def test_weight_plan_runs_cover_the_pixels_a_tile_needs(monkeypatch, N, C, H, W, K, R, S,
+                                                        stride, padding, dilation, chunk,
+                                                        groups):
+    """Each backward-weight tile's runs, in every chunk, are the chunk's segments (output
+    rows) where one of its taps' kernel rows reads real input, in order, and its column
+    range [lo, Wo - cut) holds every column where one of its taps' kernel columns does:
+    every product it drops is with padding."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    Ho = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    Wo = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    mr = 12
+    if Wo > chunk:
+        pytest.skip("rows cut into pieces: no skipping")
+    monkeypatch.setattr(nhwc, "SKIP_MIN", 0.0)
+    nhwc.weight_plan.cache_clear()
+    tile_class, lo, cut, run_s0, run_n, rptr = nhwc.weight_plan(
+        N, H, W, C, Ho, Wo, R, S, stride, padding, dilation, mr, chunk, groups)
+    nhwc.weight_plan.cache_clear()
+    seg_m, first, count, length = nhwc.weight_chunks(N, Ho, Wo, chunk, groups)
+    L = R * S * C
+    nclass = (rptr.size - 1) // first.size
+    for q in range(-(-L // mr)):
+        rows = np.minimum(np.minimum(q * mr, max(L - mr, 0)) + np.arange(mr), L - 1)
+        taps = {(row // C) // S for row in rows}, {(row // C) % S for row in rows}
+        for ch in range(first.size):
+            x0, x1 = rptr[ch * nclass + tile_class[q]], rptr[ch * nclass + tile_class[q] + 1]
+            got = [s for x in range(x0, x1) for s in range(run_s0[x], run_s0[x] + run_n[x])]
+            want = [s for s in range(first[ch], first[ch] + count[ch])
+                    if any(0 <= ((seg_m[s] // Wo) % Ho) * sh - ph + r * dh < H
+                           for r in taps[0])]
+            assert got == want, (q, ch)
+        used = [j for j in range(Wo)
+                if any(0 <= j * sw - pw + c * dw < W for c in taps[1])]
+        if used:
+            assert lo[q] <= used[0] and Wo - cut[q] > used[-1]
 
 
 @pytest.mark.parametrize("N, Ho, Wo, chunk", [(2, 3, 5, 64), (1, 4, 7, 14), (2, 2, 11, 5),
