@@ -489,11 +489,8 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
                                             cols_valid, mr)
     if perm is not None:
         pix, obase = _permuted(pix, perm), _permuted(obase, perm)
-    ng = _tasks(blocks.shape[0] * mr, mr, taps.size * run * -(-K // nr))
-    # tasks of equal work (taps per block), not of equal block counts: border blocks
-    # contract over fewer taps
-    bounds = np.searchsorted(cost, cost[-1] * np.arange(ng + 1) / ng).astype(np.int64)
-    bounds[-1] = blocks.shape[0]
+    bounds = _task_bounds(_Key(cost), _tasks(blocks.shape[0] * mr, mr,
+                                             taps.size * run * -(-K // nr)))
     _forward_gemm(xp.reshape(-1), pix, taps, run, wp,
                   _padded_bias(b, K, nr, xp.dtype), K, out, obase, kstride,
                   half_tail(K, xp.dtype), bounds, blocks, segs)
@@ -543,6 +540,7 @@ def _shifted_rows(trows, lo, a_cs, mr):
     return _shifted_rows_cached(_Key(trows), _Key(lo), a_cs, mr)
 
 
+@functools.lru_cache(maxsize=256)
 def valid_taps(n_out, origin, stride, dilation, k, lo, hi):
     """For each output position o < n_out along one axis, the kernel taps [first, end)
     whose input position origin + o*stride + t*dilation lies in [lo, hi) (real input,
@@ -554,6 +552,17 @@ def valid_taps(n_out, origin, stride, dilation, k, lo, hi):
         end = min(k, (hi - 1 - pos) // dilation + 1)
         out.append((first, end) if end > first else (0, 0))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _task_bounds(cost_key, ng):
+    """The first block of each of ng tasks (and the end), cut so that the tasks get equal
+    work (cost: forward_plan's running work per block), not equal block counts: border
+    blocks contract over fewer taps."""
+    cost = cost_key.array
+    bounds = np.searchsorted(cost, cost[-1] * np.arange(ng + 1) / ng).astype(np.int64)
+    bounds[-1] = cost.size - 1
+    return _frozen(bounds)
 
 
 def _blocks(start, count, mr, s_lo, s_hi):
