@@ -1,13 +1,17 @@
 """Channels-last (NHWC) convolution as implicit GEMM on the outer-product micro-kernel of
 kernels/cpu/microkernel.py: no column matrix, no BLAS.
 
-Layouts. x is NHWC (N, H, W, C), padded once into (N, H + 2*ph, W + 2*pw, C), so every
-window is in bounds and a window's values for one tap are C contiguous numbers. Output
-pixels are numbered m = (n*Ho + i)*Wo + j over the whole batch; `pixel_table` holds
-each one's flat offset into the padded input, `tap_table` each kernel tap's offset
-relative to it. Weights (K, C, R, S), PyTorch's layout, are packed once per call as
-[K/NR][R*S][C][NR] (output channels padded with zeros to a multiple of NR): one panel
-of NR output channels is R*S*C*NR contiguous values, read front to back by the kernel.
+Layouts. x is NHWC (N, H, W, C): a window's values for one tap are C contiguous
+numbers. The forward and backward-input read it where it is, each border pixel
+skipping the taps that fall on padding (forward_plan); backward-weight, NCHW input
+(converted anyway) and merged runs read a copy padded once into (N, H + 2*ph, W + 2*pw,
+C), where every window is in bounds. Output pixels are numbered m = (n*Ho + i)*Wo + j
+over the whole batch; `pixel_table` holds each one's flat offset into the input (that
+of its window's first tap, padding included: negative on the border of an input read
+in place), `tap_table` each kernel tap's offset relative to it. Weights (K, C, R, S),
+PyTorch's layout, are packed once per call as [K/NR][R*S][C][NR] (output channels
+padded with zeros to a multiple of NR): one panel of NR output channels is R*S*C*NR
+contiguous values, read front to back by the kernel.
 
 Forward. The output pixels are cut into blocks of MR that span rows and samples (no
 rounding waste on 7x7 maps); the last block starts at M - MR and overlaps the one before
@@ -61,6 +65,7 @@ WEIGHT_GROUPS = 8  # backward-weight partial sums at most (from the shape, not t
 MIN_WEIGHT_GROUPS = 4  # ... and at least, where there are enough pixels
 RUN_MERGE_BELOW = 16  # forward: below this many channels a kernel row is one run (_forward)
 SKIP_MIN = 0.06  # forward: border pixels skip padding taps where that saves this much work
+UNPADDED_READS = True  # forward, backward-input: NHWC input read in place, not padded (_forward)
 
 
 def blocking(dtype):
@@ -459,13 +464,15 @@ def _weight_gemm(xf, seg_pix, seg_m, first, length, a_cs, trows, torows, dyf, Kp
 # --- drivers (shared by the NHWC and NCHW entry points) ---------------------------------
 
 def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
-             origin=(0, 0), valid=None):
+             origin=(0, 0), valid=None, exact=False):
     """Forward of the padded NHWC input xp into out (flat), at obase + k*kstride, with
     weights of w_shape (K, C, R, S) packed as pack_weights does (wp); the windows start
     at row and column `origin` of xp (not 0: a phase of backward-input reading a part
     of a larger padded dy). valid = (h0, h1, w0, w1), the rows and columns of xp that
     hold real input (the rest is zero padding), lets forward_plan skip the taps of
-    border pixels that only read padding."""
+    border pixels that only read padding. With exact=True every such tap is skipped,
+    whatever it saves: then xp need not hold the padding at all (origin negative, the
+    windows reaching outside xp only where nothing is read; see _in_place)."""
     N, Hp, Wp, C = xp.shape
     K, _, R, S = w_shape
     (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
@@ -485,8 +492,9 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
         rows_valid = valid_taps(Ho, origin[0], sh, dh, R, valid[0], valid[1])
         if not merged:  # (a merged run spans the row's S taps: columns not skipped)
             cols_valid = valid_taps(Wo, origin[1], sw, dw, S, valid[2], valid[3])
+    assert not exact or (valid is not None and not merged), "padding needed"
     perm, blocks, segs, cost = forward_plan(N, Ho, Wo, R, 1 if merged else S, rows_valid,
-                                            cols_valid, mr)
+                                            cols_valid, mr, exact)
     if perm is not None:
         pix, obase = _permuted(pix, perm), _permuted(obase, perm)
     bounds = _task_bounds(_Key(cost), _tasks(blocks.shape[0] * mr, mr,
@@ -578,7 +586,7 @@ def _blocks(start, count, mr, s_lo, s_hi):
 
 
 @functools.lru_cache(maxsize=64)
-def forward_plan(N, Ho, Wo, R, S, rows_valid, cols_valid, mr):
+def forward_plan(N, Ho, Wo, R, S, rows_valid, cols_valid, mr, exact=False):
     """(perm, blocks, segs, cost) for _forward_gemm over N*Ho*Wo output pixels and R*S taps
     in (r, s) order (S = 1 where a kernel row is one merged run).
 
@@ -592,7 +600,8 @@ def forward_plan(N, Ho, Wo, R, S, rows_valid, cols_valid, mr):
     column is valid). A border pixel then skips the products with padding zeros that
     the padded input would add: on a 7x7 map with a 3x3 kernel and padding 1, 18% of
     all. Skipping adds an exact zero less, so the results are those of the full
-    contraction but for the sign of an exactly zero sum. cost[b] is the work of the
+    contraction but for the sign of an exactly zero sum (exact: always the classes, for
+    an input without its padding). cost[b] is the work of the
     blocks before block b, in blocks of all taps (for cutting tasks of equal work)."""
     M, T = N * Ho * Wo, R * S
     whole = np.array(_blocks(0, M, mr, 0, 1), dtype=np.int64).reshape(-1, 5)
@@ -622,7 +631,7 @@ def forward_plan(N, Ho, Wo, R, S, rows_valid, cols_valid, mr):
             perm.append(pixels)
             segs += ranges
             work += pixels.size * sum(e - f for f, e in ranges)
-    if work > (1 - SKIP_MIN) * M * T:
+    if work > (1 - SKIP_MIN) * M * T and not exact:
         return single
     blocks, segs = np.array(blocks, dtype=np.int64), np.array(segs, dtype=np.int64)
     taps = np.concatenate([[0], np.cumsum(segs[:, 1] - segs[:, 0])])
@@ -685,17 +694,30 @@ def forward(x, w, b, stride, padding, dilation, nchw=False):
     K, _, R, S = w.shape
     Ho = _out_size(H, R, stride[0], padding[0], dilation[0])
     Wo = _out_size(W, S, stride[1], padding[1], dilation[1])
-    xp = _padded_input(x, padding, nchw)
     if nchw:
         y = np.empty((N, K, Ho, Wo), dtype=x.dtype)
         obase, kstride = nchw_table(N, K, Ho, Wo), Ho * Wo
     else:
         y = np.empty((N, Ho, Wo, K), dtype=x.dtype)
         obase, kstride = nhwc_table(N * Ho * Wo, K), 1
-    _forward(xp, w.shape, pack_weights(w, blocking(x.dtype)[1]), b, stride, dilation,
-             (Ho, Wo), y.reshape(-1), obase, kstride,
-             valid=(padding[0], padding[0] + H, padding[1], padding[1] + W))
+    wp = pack_weights(w, blocking(x.dtype)[1])
+    if _in_place(nchw, C, dilation):
+        _forward(np.ascontiguousarray(x), w.shape, wp, b, stride, dilation, (Ho, Wo),
+                 y.reshape(-1), obase, kstride, origin=(-padding[0], -padding[1]),
+                 valid=(0, H, 0, W), exact=True)
+    else:
+        _forward(_padded_input(x, padding, nchw), w.shape, wp, b, stride, dilation,
+                 (Ho, Wo), y.reshape(-1), obase, kstride,
+                 valid=(padding[0], padding[0] + H, padding[1], padding[1] + W))
     return y
+
+
+def _in_place(nchw, C, dilation):
+    """Whether a forward (or backward-input) reads its NHWC input where it is, with no
+    padded copy: its border pixels then skip every tap on padding (_forward's exact).
+    Not for NCHW input (converted anyway, padding included, in one copy) nor where a
+    kernel row is one merged run (its columns cannot be skipped)."""
+    return UNPADDED_READS and not nchw and not (dilation[1] == 1 and C < RUN_MERGE_BELOW)
 
 
 @functools.lru_cache(maxsize=64)
@@ -738,19 +760,29 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
     dxf = dx.reshape(-1)
     if (sh, sw) == (1, 1):
         top, left = dh * (R - 1) - ph, dw * (S - 1) - pw
-        dyp = _pad_to(dy, top, left, H + dh * (R - 1), W + dw * (S - 1), nchw)
         obase, kstride = (nchw_table(N, C, H, W), H * W) if nchw else \
             (nhwc_table(N * H * W, C), 1)
         flipped = tuple(range(R - 1, -1, -1)), tuple(range(S - 1, -1, -1))
-        _forward(dyp, (C, K, R, S), _with_zero(w)[_pack_index(w.shape, *flipped, nr)], None,
-                 (1, 1), dilation, (H, W), dxf, obase, kstride,
-                 valid=(max(top, 0), top + Ho, max(left, 0), left + Wo))
+        wt = _with_zero(w)[_pack_index(w.shape, *flipped, nr)]
+        if _in_place(nchw, K, dilation):
+            _forward(np.ascontiguousarray(dy), (C, K, R, S), wt, None, (1, 1), dilation,
+                     (H, W), dxf, obase, kstride, origin=(-top, -left),
+                     valid=(0, Ho, 0, Wo), exact=True)
+        else:
+            dyp = _pad_to(dy, top, left, H + dh * (R - 1), W + dw * (S - 1), nchw)
+            _forward(dyp, (C, K, R, S), wt, None, (1, 1), dilation, (H, W), dxf, obase,
+                     kstride, valid=(max(top, 0), top + Ho, max(left, 0), left + Wo))
         return dx
     assert dilation == (1, 1), "strided backward-input needs dilation 1"
     (top, left, Hd, Wd), phases = _phase_plan(N, C, H, W, Ho, Wo, R, S, stride, padding,
                                               nchw)
     live = any(p[2] is not None for p in phases)
-    dyp = _pad_to(dy, top, left, Hd, Wd, nchw) if live else None
+    in_place = _in_place(nchw, K, (1, 1))
+    if in_place:  # the phases' windows placed on dy itself
+        dyp, shift, valid = np.ascontiguousarray(dy), (top, left), (0, Ho, 0, Wo)
+    else:
+        dyp = _pad_to(dy, top, left, Hd, Wd, nchw) if live else None
+        shift, valid = (0, 0), (top, top + Ho, left, left + Wo)
     wext = _with_zero(w)
     for rows, cols, obase, kstride, (Hu, Wu), origin in phases:
         if obase is None:  # no kernel offset reaches these pixels
@@ -763,8 +795,9 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
         # The taps that reach this phase (flipped already), as (C, K, Ma, Mb) weights
         _forward(dyp, (C, K, len(rows), len(cols)),
                  wext[_pack_index(w.shape, rows, cols, nr)], None, (1, 1), (1, 1),
-                 (Hu, Wu), dxf, obase, kstride, origin=origin,
-                 valid=(top, top + Ho, left, left + Wo))
+                 (Hu, Wu), dxf, obase, kstride,
+                 origin=(origin[0] - shift[0], origin[1] - shift[1]), valid=valid,
+                 exact=in_place)
     return dx
 
 

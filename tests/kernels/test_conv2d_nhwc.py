@@ -424,27 +424,32 @@ SKIP_GEOMETRIES = [
 def test_skipping_padding_taps_gives_the_same_bits(monkeypatch, dtype, N, C, H, W, K, R, S,
                                                    stride, padding, dilation):
     """Border pixels contract over the taps that reach real input only (forward_plan),
-    weight-gradient tiles over the pixels their taps see real input at (weight_plan):
-    with nonzero random data the same bits as the full contractions over the zero
-    padding (forward, backward-input, which is a forward, and backward-weight), and the
-    reference."""
+    on a padded copy or on the input itself (UNPADDED_READS), weight-gradient tiles over
+    the pixels their taps see real input at (weight_plan): with nonzero random data the
+    same bits as the full contractions over the zero padding (forward, backward-input,
+    which is a forward, and backward-weight), and the reference."""
     case = make_case(np.random.default_rng(C + K), N, C, H, W, K, R, S, stride, padding,
                      dilation, dtype)
     out = {}
     monkeypatch.setattr(nhwc, "CHUNK", 8)  # several chunks, and runs cut by chunk ends
     monkeypatch.setattr(nhwc, "WEIGHT_CHUNK_BYTES", 0)
-    for skip_min in (0.0, 2.0):  # always skip, never skip
+    # the input read in place (every padding tap skipped), padded with the padding taps
+    # skipped, padded with nothing skipped
+    for in_place, skip_min in ((True, 2.0), (False, 0.0), (False, 2.0)):
+        monkeypatch.setattr(nhwc, "UNPADDED_READS", in_place)
         monkeypatch.setattr(nhwc, "SKIP_MIN", skip_min)
         nhwc.forward_plan.cache_clear()
         nhwc.weight_plan.cache_clear()
-        out[skip_min] = nhwc_passes(case)[:3]
+        out[in_place, skip_min] = nhwc_passes(case)[:3]
     nhwc.forward_plan.cache_clear()
     nhwc.weight_plan.cache_clear()
-    for a, b_ in zip(out[0.0], out[2.0]):
-        np.testing.assert_array_equal(a, b_)
-    assert_close(to_nchw(out[0.0][0]), case["y"])
-    assert_close(to_nchw(out[0.0][1]), case["dx"])
-    assert_close(out[0.0][2], case["dw"])
+    full = out[False, 2.0]
+    for got in (out[True, 2.0], out[False, 0.0]):
+        for a, b_ in zip(got, full):
+            np.testing.assert_array_equal(a, b_)
+    assert_close(to_nchw(full[0]), case["y"])
+    assert_close(to_nchw(full[1]), case["dx"])
+    assert_close(full[2], case["dw"])
 
 
 @pytest.mark.parametrize("N, C, H, W, K, R, S, stride, padding, dilation", SKIP_GEOMETRIES)
