@@ -272,6 +272,21 @@ def pack_weights(w, nr):
     return out.reshape(-1)
 
 
+@njit(cache=True)
+def _gather_weights(wf, idx, out):
+    for i in range(idx.size):
+        j = idx[i]
+        out[i] = wf[j] if j >= 0 else 0
+
+
+def _gather(w, idx):
+    """out[i] = w.flat[idx[i]], or 0 where idx[i] < 0: backward-input's packed weight
+    table. A serial Numba loop (numbers: benchmarks/DESIGN.md, conv2d_nhwc.py)."""
+    out = np.empty(idx.size, dtype=w.dtype)
+    _gather_weights(np.ascontiguousarray(w).reshape(-1), idx, out)
+    return out
+
+
 def _padded_bias(b, K, nr, dtype):
     bp = np.zeros(-(-K // nr) * nr, dtype=dtype)
     if b is not None:
@@ -725,22 +740,14 @@ def _pack_index(w_shape, rows, cols, nr):
     """Where each value of the packed weights of backward-input comes from: the kernel
     taps (rows, cols) of (K, C, R, S) weights (flipped: rows and columns in decreasing
     order) as (C, K, len(rows), len(cols)) weights wt[c, k, a, b] = w[k, c, rows[a],
-    cols[b]], packed by pack_weights; flat indices into w, w.size for the zero padding
-    (see _with_zero). One gather then replaces the slicing, transposing and packing
+    cols[b]], packed by pack_weights; int32 flat indices into w, -1 for the zero
+    padding. One gather (_gather) then replaces the slicing, transposing and packing
     copies (about 1 ms a call of a (64, 128, 14, 14) stride-2 input gradient)."""
     K, C, R, S = w_shape
     idx = np.arange(1, K * C * R * S + 1).reshape(K, C, R, S)
     sub = idx[:, :, list(rows)][:, :, :, list(cols)].transpose(1, 0, 2, 3)
     packed = pack_weights(sub, nr) - 1  # (the padding's zeros become -1)
-    return _frozen(np.where(packed < 0, K * C * R * S, packed))
-
-
-def _with_zero(w):
-    """w flat with a 0 appended: wext[_pack_index(...)] is a packed weight table."""
-    wext = np.empty(w.size + 1, dtype=w.dtype)
-    wext[:-1] = w.reshape(-1)
-    wext[-1] = 0
-    return wext
+    return _frozen(packed.astype(np.int32))
 
 
 def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
@@ -763,7 +770,7 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
         obase, kstride = (nchw_table(N, C, H, W), H * W) if nchw else \
             (nhwc_table(N * H * W, C), 1)
         flipped = tuple(range(R - 1, -1, -1)), tuple(range(S - 1, -1, -1))
-        wt = _with_zero(w)[_pack_index(w.shape, *flipped, nr)]
+        wt = _gather(w, _pack_index(w.shape, *flipped, nr))
         if _in_place(nchw, K, dilation):
             _forward(np.ascontiguousarray(dy), (C, K, R, S), wt, None, (1, 1), dilation,
                      (H, W), dxf, obase, kstride, origin=(-top, -left),
@@ -783,7 +790,6 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
     else:
         dyp = _pad_to(dy, top, left, Hd, Wd, nchw) if live else None
         shift, valid = (0, 0), (top, top + Ho, left, left + Wo)
-    wext = _with_zero(w)
     for rows, cols, obase, kstride, (Hu, Wu), origin in phases:
         if obase is None:  # no kernel offset reaches these pixels
             h0, w0 = rows, cols
@@ -794,7 +800,7 @@ def backward_input(dy, w, x_shape, stride, padding, dilation, nchw=False):
             continue
         # The taps that reach this phase (flipped already), as (C, K, Ma, Mb) weights
         _forward(dyp, (C, K, len(rows), len(cols)),
-                 wext[_pack_index(w.shape, rows, cols, nr)], None, (1, 1), (1, 1),
+                 _gather(w, _pack_index(w.shape, rows, cols, nr)), None, (1, 1), (1, 1),
                  (Hu, Wu), dxf, obase, kstride,
                  origin=(origin[0] - shift[0], origin[1] - shift[1]), valid=valid,
                  exact=in_place)
