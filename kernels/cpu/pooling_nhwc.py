@@ -495,7 +495,6 @@ def max_pool_bwd_gather(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
     for task in prange(B * H * _n_lane_blocks(L)):
         b, h, l0, l1 = _row_task(task, H, L)
         l_big = l0 + (l1 - l0) // big * big
-        l_one = l_big + (l1 - l_big) // one * one
         hoffs = np.empty(kh, dtype=np.int64)
         for i in range(hcnt[h]):
             hoffs[i] = (b * Ho + hwho[h, hcnt[h] - 1 - i]) * Wo * L
@@ -505,16 +504,14 @@ def max_pool_bwd_gather(dy, argmax, kh, kw, sh, sw, ph, pw, dx):
             for lane in range(l0, l_big, big):
                 grad_window(_NV, dyf[lane:], af[lane:], hoffs, hcnt[h], woffs, w * kw,
                             wcnt[w], pos, dxf, dbase + lane)
-            for lane in range(l_big, l_one, one):
-                grad_window(1, dyf[lane:], af[lane:], hoffs, hcnt[h], woffs, w * kw,
-                            wcnt[w], pos, dxf, dbase + lane)
-            if l1 > l_one:  # lanes left: one more vector ending at l1, if it fits
-                if l1 - l0 >= one:
-                    grad_window(1, dyf[l1 - one:], af[l1 - one:], hoffs, hcnt[h], woffs,
-                                w * kw, wcnt[w], pos, dxf, dbase + l1 - one)
-                else:
-                    _grad_lanes(l1 - l_one, dyf[l_one:], af[l_one:], hoffs, hcnt[h], woffs,
-                                w * kw, wcnt[w], pos, dxf, dbase + l_one)
+            if l1 - l0 >= one:  # single vectors, the last one ending at l1 (see avg)
+                for k in range(l_big, l1, one):
+                    lane = min(k, l1 - one)
+                    grad_window(1, dyf[lane:], af[lane:], hoffs, hcnt[h], woffs, w * kw,
+                                wcnt[w], pos, dxf, dbase + lane)
+            else:
+                _grad_lanes(l1 - l0, dyf[l0:], af[l0:], hoffs, hcnt[h], woffs, w * kw,
+                            wcnt[w], pos, dxf, dbase + l0)
 
 
 @float32_parallel(**_JIT)
@@ -579,7 +576,6 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
     for task in prange(B * H * _n_lane_blocks(L)):
         b, h, l0, l1 = _row_task(task, H, L)
         l_big = l0 + (l1 - l0) // big * big
-        l_one = l_big + (l1 - l_big) // one * one
         hoffs = np.empty(kh, dtype=np.int64)  # ... per row, of this task's sample
         for i in range(hcnt[h]):
             hoffs[i] = (b * Ho + hwho[h, i]) * Wo * L
@@ -588,16 +584,16 @@ def avg_pool_bwd(dy, kh, kw, sh, sw, ph, pw, count_include_pad, dx):
             for lane in range(l0, l_big, big):
                 sum_window(_NV, sf[lane:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
                            dbase + lane)
-            for lane in range(l_big, l_one, one):
-                sum_window(1, sf[lane:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
-                           dbase + lane)
-            if l1 > l_one:  # lanes left: one more vector ending at l1, if it fits
-                if l1 - l0 >= one:
-                    sum_window(1, sf[l1 - one:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
-                               dbase + l1 - one)
-                else:
-                    _sum_lanes(l1 - l_one, sf[l_one:], hoffs, hcnt[h], woffs, w * kw,
-                               wcnt[w], dxf, dbase + l_one)
+            if l1 - l0 >= one:
+                # single vectors; the last one ends at l1, recomputing a few lanes of the
+                # one before with the same bits where the lanes do not divide into vectors
+                for k in range(l_big, l1, one):
+                    lane = min(k, l1 - one)
+                    sum_window(1, sf[lane:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
+                               dbase + lane)
+            else:  # fewer lanes than a vector
+                _sum_lanes(l1 - l0, sf[l0:], hoffs, hcnt[h], woffs, w * kw, wcnt[w], dxf,
+                           dbase + l0)
 
 
 @float32_parallel(**_JIT)
