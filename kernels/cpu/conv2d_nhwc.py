@@ -15,10 +15,11 @@ contiguous values, read front to back by the kernel.
 
 Forward. The output pixels are cut into blocks of MR that span rows and samples (no
 rounding waste on 7x7 maps); the last block starts at M - MR and overlaps the one before
-it, so there is no edge code: each block writes only the pixels it owns. On small maps
-the pixels are first grouped by border class (forward_plan): the pixels of the first
-output row, say, all have a kernel row that reads only padding, and their blocks skip
-it (18% of the products on a 7x7 map with a 3x3 kernel and padding 1, 9% on 14x14).
+it, so there is no edge code: each block writes only the pixels it owns. The pixels
+are first grouped by border class (forward_plan: always for an input read in place, on
+a padded copy where it saves at least SKIP_MIN): the pixels of the first output row,
+say, all have a kernel row that reads only padding, and their blocks skip it (18% of
+the products on a 7x7 map with a 3x3 kernel and padding 1, 9% on 14x14).
 A parallel task takes consecutive blocks, about GROUP of them and of equal work (as
 many tasks per thread: _tasks) and, panel by panel, runs the micro-kernel over each
 block's R*S*C contraction, or the tap ranges its class keeps (the accumulators start
@@ -519,21 +520,14 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
                   half_tail(K, xp.dtype), bounds, blocks, segs)
 
 
-_PERMUTED = {}  # (id(table), id(perm)) -> (table, perm, table[perm])
-
-
 def _permuted(table, perm):
-    """table[perm] for the cached (frozen) tables of a geometry, kept: an entry holds
-    both arrays, so their ids cannot be reused while it lives."""
-    key = (id(table), id(perm))
-    hit = _PERMUTED.get(key)
-    if hit is not None and hit[0] is table and hit[1] is perm:
-        return hit[2]
-    if len(_PERMUTED) >= 256:
-        _PERMUTED.clear()
-    out = _frozen(table[perm])
-    _PERMUTED[key] = (table, perm, out)
-    return out
+    """table[perm], kept per pair of cached (frozen) tables of a geometry (see _Key)."""
+    return _permuted_cached(_Key(table), _Key(perm))
+
+
+@functools.lru_cache(maxsize=256)
+def _permuted_cached(table_key, perm_key):
+    return _frozen(table_key.array[perm_key.array])
 
 
 @functools.lru_cache(maxsize=64)
