@@ -494,7 +494,7 @@ def _forward(xp, w_shape, wp, b, stride, dilation, out_hw, out, obase, kstride,
     (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
     mr, nr = blocking(xp.dtype)
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, sh, sw, origin)
-    merged = dw == 1 and C < RUN_MERGE_BELOW
+    merged = _merged_runs(C, dw)
     if merged:
         # A kernel row's S taps of C channels are S*C contiguous values of xp: one run
         # of the micro-kernel's inner loop per kernel row rather than S runs of a few
@@ -726,7 +726,13 @@ def _in_place(nchw, C, dilation):
     padded copy: its border pixels then skip every tap on padding (_forward's exact).
     Not for NCHW input (converted anyway, padding included, in one copy) nor where a
     kernel row is one merged run (its columns cannot be skipped)."""
-    return UNPADDED_READS and not nchw and not (dilation[1] == 1 and C < RUN_MERGE_BELOW)
+    return UNPADDED_READS and not nchw and not _merged_runs(C, dilation[1])
+
+
+def _merged_runs(C, dw):
+    """Whether the forward walks a kernel row's S taps as one run of S*C values (see
+    _forward): few channels and dilation 1 along the width."""
+    return dw == 1 and C < RUN_MERGE_BELOW
 
 
 @functools.lru_cache(maxsize=64)
@@ -867,7 +873,7 @@ def backward_weight(dy, x, w_shape, stride, padding, dilation, nchw=False):
     pix = pixel_table(N, Hp, Wp, C, Ho, Wo, *stride)
     chunk, groups = weight_blocking(N * Ho * Wo, Kp, x.itemsize,
                                     stride[0] * stride[1] * C * x.itemsize)
-    seg_m, first, count, length = weight_chunks(N, Ho, Wo, chunk, groups)
+    seg_m, first, _, length = weight_chunks(N, Ho, Wo, chunk, groups)
     L = R * S * C
     a_cs = stride[1] * C  # a segment's pixels apart in the input
     trows, torows = weight_tiles(R, S, *dilation, Wp, C, mr, Kp)

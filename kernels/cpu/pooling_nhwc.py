@@ -251,13 +251,19 @@ def _build_windows():
     return max_window, avg_window
 
 
-if numba.config.DISABLE_JIT:
-    max_window, avg_window = max_window_reference, avg_window_reference
-else:
+def _intrinsics(build, references):
+    """The intrinsics `build()` returns, or their plain-loop references under
+    NUMBA_DISABLE_JIT or where they cannot be built."""
+    if numba.config.DISABLE_JIT:
+        return references
     try:
-        max_window, avg_window = _build_windows()
+        return build()
     except Exception:  # pragma: no cover - an llvmlite without vector IR support
-        max_window, avg_window = max_window_reference, avg_window_reference
+        return references
+
+
+max_window, avg_window = _intrinsics(_build_windows,
+                                     (max_window_reference, avg_window_reference))
 
 
 @njit(inline="always")
@@ -399,13 +405,8 @@ def _build_gathers():
     return grad_window, sum_window
 
 
-if numba.config.DISABLE_JIT:
-    grad_window, sum_window = grad_window_reference, sum_window_reference
-else:
-    try:
-        grad_window, sum_window = _build_gathers()
-    except Exception:  # pragma: no cover - an llvmlite without vector IR support
-        grad_window, sum_window = grad_window_reference, sum_window_reference
+grad_window, sum_window = _intrinsics(_build_gathers,
+                                      (grad_window_reference, sum_window_reference))
 
 
 @float32_parallel(**_JIT)

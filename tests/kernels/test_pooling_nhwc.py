@@ -244,38 +244,51 @@ def _grad_window_call(ref_, nv, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, d
         lanes.grad_window(_NV, dy, am, hoffs, hcnt, woffs, w0, wcnt, pos, dx, doff)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_grad_window_intrinsic_matches_its_reference(dtype):
-    """The vector-IR max-pool gradient gather against its plain-loop twin, bitwise, for
-    one vector and _NV vectors of lanes: 0 to 4 covering windows in row-major order,
-    -0 and NaN gradients, lanes whose argmax is elsewhere (they add exact zeros), and
-    nothing written outside the nv vectors."""
-    rng = np.random.default_rng(4)
+def _check_gather_against_reference(dtype, rng, run, term, want_bits):
+    """A gather intrinsic (run(ref_, nv, g, am, hoffs, hcnt, woffs, w0, wcnt, dx) calls it,
+    or its reference with ref_, writing from dx[3]) against its reference, bitwise, for
+    one vector and _NV vectors of lanes: 0 to 4 covering windows from the two tables, -0
+    and NaN values, nothing written outside the nv vectors; and against the NumPy sum of
+    term(g, am, o, n) over the windows o (compared bitwise with want_bits, else by
+    value)."""
     one = lanes._LANES32 if dtype == np.float32 else lanes._LANES64
     for nv in (1, _NV):
         n = nv * one
-        windows = 6
-        dy = rng.standard_normal(windows * n + 9).astype(dtype)
-        dy[3::11] = -0.0
-        dy[5::29] = np.nan
-        am = rng.integers(0, 3, dy.size).astype(np.int32)  # argmax 1 = this pixel
+        g = rng.standard_normal(6 * n + 9).astype(dtype)
+        g[3::11] = -0.0
+        g[5::29] = np.nan
+        am = rng.integers(0, 3, g.size).astype(np.int32)  # argmax 1 = this pixel
         woffs = np.array([7, 7 + n, 7 + 2 * n], np.int64)  # windows' lane offsets
         hoffs = np.array([0, 3 * n], np.int64)
         for hcnt, wcnt, w0 in [(0, 1, 0), (1, 1, 0), (1, 2, 1), (2, 2, 0), (2, 1, 2)]:
             out = []
             for ref_ in (True, False):
                 dx = np.full(n + 8, 99, dtype)
-                _grad_window_call(ref_, nv, dy, am, hoffs, hcnt, woffs, w0, wcnt,
-                                  np.int32(1), dx, 3)
+                run(ref_, nv, g, am, hoffs, hcnt, woffs, w0, wcnt, dx)
                 out.append(dx)
             np.testing.assert_array_equal(out[1].view(np.uint8), out[0].view(np.uint8))
             assert (out[1][:3] == 99).all() and (out[1][3 + n:] == 99).all()
             want = np.zeros(n, dtype)
             for i in range(hcnt):
                 for j in range(wcnt):
-                    o = hoffs[i] + woffs[w0 + j]
-                    want += np.where(am[o:o + n] == 1, dy[o:o + n], 0)
-            np.testing.assert_array_equal(out[1][3:3 + n], want)
+                    want += term(g, am, hoffs[i] + woffs[w0 + j], n)
+            if want_bits:
+                np.testing.assert_array_equal(out[1][3:3 + n].view(np.uint8),
+                                              want.view(np.uint8))
+            else:
+                np.testing.assert_array_equal(out[1][3:3 + n], want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grad_window_intrinsic_matches_its_reference(dtype):
+    """The vector-IR max-pool gradient gather against its plain-loop twin, bitwise: the
+    covering windows in row-major order, lanes whose argmax is elsewhere adding exact
+    zeros."""
+    _check_gather_against_reference(
+        dtype, np.random.default_rng(4),
+        lambda ref_, nv, g, am, hoffs, hcnt, woffs, w0, wcnt, dx: _grad_window_call(
+            ref_, nv, g, am, hoffs, hcnt, woffs, w0, wcnt, np.int32(1), dx, 3),
+        lambda g, am, o, n: np.where(am[o:o + n] == 1, g[o:o + n], 0), want_bits=False)
 
 
 @numba.njit
@@ -294,31 +307,12 @@ def _sum_window_call(ref_, nv, g, hoffs, hcnt, woffs, w0, wcnt, dx, doff):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sum_window_intrinsic_matches_its_reference(dtype):
     """The vector-IR average-pool gradient gather against its plain-loop twin, bitwise:
-    0 to 4 windows added from +0 in the tables' order (-0 shares give +0, NaN
-    propagates), for one vector and _NV vectors, nothing written outside them."""
-    rng = np.random.default_rng(6)
-    one = lanes._LANES32 if dtype == np.float32 else lanes._LANES64
-    for nv in (1, _NV):
-        n = nv * one
-        g = rng.standard_normal(6 * n + 9).astype(dtype)
-        g[3::11] = -0.0
-        g[5::29] = np.nan
-        woffs = np.array([7, 7 + n, 7 + 2 * n], np.int64)
-        hoffs = np.array([0, 3 * n], np.int64)
-        for hcnt, wcnt, w0 in [(0, 1, 0), (1, 1, 0), (1, 2, 1), (2, 2, 0), (2, 1, 2)]:
-            out = []
-            for ref_ in (True, False):
-                dx = np.full(n + 8, 99, dtype)
-                _sum_window_call(ref_, nv, g, hoffs, hcnt, woffs, w0, wcnt, dx, 3)
-                out.append(dx)
-            np.testing.assert_array_equal(out[1].view(np.uint8), out[0].view(np.uint8))
-            assert (out[1][:3] == 99).all() and (out[1][3 + n:] == 99).all()
-            want = np.zeros(n, dtype)
-            for i in range(hcnt):
-                for j in range(wcnt):
-                    o = hoffs[i] + woffs[w0 + j]
-                    want += g[o:o + n]
-            np.testing.assert_array_equal(out[1][3:3 + n].view(np.uint8), want.view(np.uint8))
+    the windows added from +0 in the tables' order (-0 shares give +0, NaN propagates)."""
+    _check_gather_against_reference(
+        dtype, np.random.default_rng(6),
+        lambda ref_, nv, g, am, hoffs, hcnt, woffs, w0, wcnt, dx: _sum_window_call(
+            ref_, nv, g, hoffs, hcnt, woffs, w0, wcnt, dx, 3),
+        lambda g, am, o, n: g[o:o + n], want_bits=True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
